@@ -1,0 +1,1 @@
+//! Scoring of candidate kernels (filled by the evaluator issue).

@@ -1,0 +1,1 @@
+//! The recommender (filled by the recommender issue).
