@@ -1,1 +1,58 @@
-fn main() {}
+//! The `evokernel` command line: a thin layer over the library crates.
+
+mod cli;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "evokernel", version, about = "Evolves efficient attention kernels on a local inference core")]
+struct Cli {
+    /// Compute threads (default: every core).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate text with a GGUF model, streaming it to stdout.
+    Generate(cli::generate::Args),
+    /// Perplexity of a model on a text file.
+    Perplexity(cli::perplexity::Args),
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        which: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Prefill and decode speed of our core against candle-transformers on the same GGUF.
+    Core(cli::bench::CoreArgs),
+}
+
+fn main() -> ExitCode {
+    let args = Cli::parse();
+    if let Err(e) = cli::set_threads(args.threads) {
+        eprintln!("error: {e:#}");
+        return ExitCode::FAILURE;
+    }
+    let result = match args.command {
+        Command::Generate(a) => cli::generate::run(a),
+        Command::Perplexity(a) => cli::perplexity::run(a),
+        Command::Bench {
+            which: BenchCommand::Core(a),
+        } => cli::bench::run_core(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,1 +1,16 @@
-//! The inference core.
+//! The inference core: GGUF models on candle-core, tokenizers from GGUF metadata, one
+//! attention interface with swappable kernels, and generation.
+//!
+//! This crate knows nothing of SQLite, HTTP or evolution.
+
+pub mod assets;
+pub mod attention;
+mod error;
+pub mod generate;
+pub mod gguf;
+pub mod model;
+pub mod perplexity;
+pub mod tokenizer;
+
+pub use error::{Error, Result};
+pub use model::{KvCache, Logits, Model, ModelConfig};

@@ -1,0 +1,72 @@
+use std::io::Write;
+
+use kernels::generate::{generate, GenerateOptions, Sampling};
+use kernels::tokenizer::ChatMessage;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// smollm2 | qwen-coder | gemma3 | PATH.gguf
+    #[arg(long)]
+    model: String,
+    #[arg(long)]
+    prompt: String,
+    #[arg(long, default_value_t = 256)]
+    max_tokens: usize,
+    /// 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    #[arg(long)]
+    top_k: Option<usize>,
+    #[arg(long)]
+    top_p: Option<f32>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Wrap the prompt in the model's chat template as a user turn.
+    #[arg(long)]
+    chat: bool,
+    /// System message for --chat.
+    #[arg(long, requires = "chat")]
+    system: Option<String>,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let model = super::load_model(&args.model)?;
+    let tokenizer = &model.tokenizer;
+    let prompt = if args.chat {
+        let mut messages = Vec::new();
+        if let Some(system) = &args.system {
+            messages.push(ChatMessage::system(system));
+        }
+        messages.push(ChatMessage::user(&args.prompt));
+        let text = tokenizer.chat_template().render(&messages, true)?;
+        tokenizer.encode(&text, true)?
+    } else {
+        tokenizer.encode_with_bos(&args.prompt)?
+    };
+    let options = GenerateOptions {
+        max_tokens: args.max_tokens,
+        sampling: Sampling {
+            temperature: args.temperature,
+            top_k: args.top_k,
+            top_p: args.top_p,
+            seed: args.seed,
+        },
+        stop_tokens: tokenizer.stop_ids().to_vec(),
+    };
+    let mut stdout = std::io::stdout().lock();
+    let generation = generate(&model, &prompt, &options, |piece| {
+        // A closed pipe (`| head`) must not abort generation with a panic.
+        let _ = stdout.write_all(piece.as_bytes());
+        let _ = stdout.flush();
+    })?;
+    let _ = writeln!(stdout);
+    eprintln!(
+        "prompt {} tokens at {:.1} tok/s; generated {} tokens at {:.1} tok/s ({:?})",
+        generation.prompt_tokens,
+        generation.prefill_tokens_per_second(),
+        generation.tokens.len(),
+        generation.decode_tokens_per_second(),
+        generation.stop_reason,
+    );
+    Ok(())
+}

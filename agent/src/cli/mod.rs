@@ -1,0 +1,44 @@
+//! One module per subcommand; each parses its arguments and prints its results.
+
+pub mod bench;
+pub mod generate;
+pub mod perplexity;
+
+use std::path::Path;
+
+use anyhow::Context;
+
+/// Sizes the compute pool that our kernels and candle's both use.
+pub fn set_threads(threads: Option<usize>) -> anyhow::Result<()> {
+    if let Some(n) = threads {
+        anyhow::ensure!(n > 0, "--threads must be at least 1");
+        // candle reads this when it sizes its own work splits.
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .context("could not size the thread pool")?;
+    }
+    Ok(())
+}
+
+/// Loads `--model`: a short name (`smollm2`, `qwen-coder`, `gemma3`) or a GGUF path.
+pub fn load_model(name_or_path: &str) -> anyhow::Result<kernels::Model> {
+    let path = kernels::assets::resolve_model(name_or_path)?;
+    Ok(kernels::Model::load(&path)?)
+}
+
+/// Reads a UTF-8 text file, naming the file and the first bad byte otherwise.
+pub fn read_text(path: &Path) -> anyhow::Result<String> {
+    let bytes = std::fs::read(path).map_err(|source| kernels::Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    String::from_utf8(bytes).map_err(|e| {
+        kernels::Error::NotUtf8 {
+            path: path.to_path_buf(),
+            offset: e.utf8_error().valid_up_to(),
+        }
+        .into()
+    })
+}

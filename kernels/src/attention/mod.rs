@@ -1,0 +1,162 @@
+//! One attention interface that every transformer block calls.
+//!
+//! A block computes Q, K and V, applies RoPE, appends K and V to its cache, and hands the
+//! kernel a view of the queries and of the cache. Kernels are swapped per layer through
+//! `Arc<dyn AttentionKernel>`; layouts are head-major so that a kernel can hand a range of
+//! heads to another kernel (per-head mixes) without copying.
+
+pub mod naive;
+pub mod tiled;
+
+pub use naive::NaiveAttention;
+pub use tiled::TiledAttention;
+
+use crate::{Error, Result};
+
+/// Which keys a query may see. Positions are absolute token positions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mask {
+    /// Key `k` is visible to query `q` iff `k <= q`.
+    Causal,
+    /// Causal, and only the last `window` positions: `q - window < k <= q`.
+    SlidingWindow { window: usize },
+    /// Causal within fixed chunks (Llama 4): `k <= q` and `k / chunk == q / chunk`.
+    Chunked { chunk: usize },
+}
+
+impl Mask {
+    /// Rejects a window or chunk of zero, which would hide every key (and divide by zero).
+    pub fn validate(self) -> Result<()> {
+        match self {
+            Mask::SlidingWindow { window: 0 } | Mask::Chunked { chunk: 0 } => Err(
+                Error::InvalidRequest(format!("attention mask {self:?}: size must be at least 1")),
+            ),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether query position `q` may attend to key position `k`.
+    pub fn allows(self, q: usize, k: usize) -> bool {
+        if k > q {
+            return false;
+        }
+        match self {
+            Mask::Causal => true,
+            Mask::SlidingWindow { window } => q - k < window,
+            Mask::Chunked { chunk } => k / chunk == q / chunk,
+        }
+    }
+
+    /// The visible key positions for query `q`, as a half-open range (every mask here is one
+    /// contiguous range, which lets kernels skip whole tiles).
+    pub fn visible_keys(self, q: usize) -> std::ops::Range<usize> {
+        match self {
+            Mask::Causal => 0..q + 1,
+            Mask::SlidingWindow { window } => (q + 1).saturating_sub(window)..q + 1,
+            Mask::Chunked { chunk } => (q / chunk) * chunk..q + 1,
+        }
+    }
+}
+
+/// How one layer attends: the fixed settings a model gives its kernel.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LayerAttention {
+    /// Multiplies q·k before the softmax (usually 1/sqrt(head_dim)).
+    pub scale: f32,
+    pub mask: Mask,
+}
+
+/// Queries and the KV cache of one layer, head-major.
+///
+/// The `n_queries` queries sit at absolute positions `kv_len - n_queries .. kv_len`: the cache
+/// already holds their own keys and values. Prefill has `n_queries == kv_len` (or a chunk of the
+/// prompt after earlier chunks), decode has `n_queries == 1`.
+#[derive(Clone, Copy, Debug)]
+pub struct AttentionInput<'a> {
+    /// `[n_q_heads, n_queries, head_dim]`, RoPE already applied, not scaled.
+    pub q: &'a [f32],
+    /// `[n_kv_heads, kv_capacity, head_dim]`; positions `0..kv_len` are valid.
+    pub k: &'a [f32],
+    /// Same layout as `k`.
+    pub v: &'a [f32],
+    pub n_q_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub n_queries: usize,
+    pub kv_len: usize,
+    pub kv_capacity: usize,
+}
+
+impl AttentionInput<'_> {
+    /// Absolute position of query row `i`.
+    pub fn query_position(&self, i: usize) -> usize {
+        self.kv_len - self.n_queries + i
+    }
+
+    /// Query heads that share one KV head (grouped-query attention).
+    pub fn group_size(&self) -> usize {
+        self.n_q_heads / self.n_kv_heads
+    }
+
+    pub fn q_head(&self, h: usize) -> &[f32] {
+        let n = self.n_queries * self.head_dim;
+        &self.q[h * n..(h + 1) * n]
+    }
+
+    /// Keys `0..kv_len` of KV head `h`, `[kv_len, head_dim]`.
+    pub fn k_head(&self, h: usize) -> &[f32] {
+        let start = h * self.kv_capacity * self.head_dim;
+        &self.k[start..start + self.kv_len * self.head_dim]
+    }
+
+    pub fn v_head(&self, h: usize) -> &[f32] {
+        let start = h * self.kv_capacity * self.head_dim;
+        &self.v[start..start + self.kv_len * self.head_dim]
+    }
+
+    /// Checks every length and ratio, so kernels can index without bounds surprises.
+    pub fn validate(&self, out_len: usize) -> Result<()> {
+        let bad = |what: String| Err(Error::InvalidRequest(format!("attention input: {what}")));
+        if self.head_dim == 0 || self.n_q_heads == 0 {
+            return bad(format!(
+                "head_dim {} and n_q_heads {} must be positive",
+                self.head_dim, self.n_q_heads
+            ));
+        }
+        if self.n_kv_heads == 0 || self.n_q_heads % self.n_kv_heads != 0 {
+            return bad(format!(
+                "{} query heads are not a multiple of {} KV heads",
+                self.n_q_heads, self.n_kv_heads
+            ));
+        }
+        if self.n_queries > self.kv_len || self.kv_len > self.kv_capacity {
+            return bad(format!(
+                "need n_queries {} <= kv_len {} <= kv_capacity {}",
+                self.n_queries, self.kv_len, self.kv_capacity
+            ));
+        }
+        let q_len = self.n_q_heads * self.n_queries * self.head_dim;
+        let kv_len = self.n_kv_heads * self.kv_capacity * self.head_dim;
+        if self.q.len() != q_len || out_len != q_len {
+            return bad(format!("q has {} values and out {out_len}, expected {q_len}", self.q.len()));
+        }
+        if self.k.len() != kv_len || self.v.len() != kv_len {
+            return bad(format!(
+                "k has {} and v {} values, expected {kv_len}",
+                self.k.len(),
+                self.v.len()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// An attention kernel. Implementations must give the same result for a prefill of `n`
+/// queries as for `n` single-query decode calls over the growing cache.
+pub trait AttentionKernel: Send + Sync + std::fmt::Debug {
+    fn name(&self) -> &str;
+
+    /// Writes `[n_q_heads, n_queries, head_dim]` into `out`.
+    fn forward(&self, input: &AttentionInput, layer: &LayerAttention, out: &mut [f32])
+        -> Result<()>;
+}

@@ -1,0 +1,505 @@
+//! Transformer models loaded from GGUF. One `Model` type runs every family: each family's
+//! module reads its `ModelConfig` from the metadata, and the shared blocks below do the rest.
+//! Attention goes through `crate::attention::AttentionKernel`, chosen per layer.
+
+pub mod blocks;
+pub mod config;
+pub mod gemma3;
+mod kv_cache;
+pub mod linear;
+pub mod llama;
+pub mod llama4;
+pub mod qwen2;
+pub mod qwen3;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use candle_core::quantized::QTensor;
+use candle_core::{Device, Tensor};
+
+use crate::attention::{AttentionInput, AttentionKernel, LayerAttention, Mask, TiledAttention};
+use crate::gguf::GgufFile;
+use crate::tokenizer::Tokenizer;
+use crate::{Error, Result};
+use blocks::{add_assign, gated, l2_norm, rms_norm, softmax, to_head_major, to_row_major};
+pub use config::{Architecture, ModelConfig};
+use config::{Gating, MoeConfig, QkNorm};
+pub use kv_cache::KvCache;
+use linear::{to_f32_vec, Linear};
+
+/// Which positions' logits `Model::forward` returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    /// Only the last position: `[vocab]`.
+    Last,
+    /// Every position of the call: `[n_tokens, vocab]`.
+    All,
+    /// Positions `row..` of the call: `[n_tokens - row, vocab]`.
+    From(usize),
+}
+
+/// A loaded model: weights, tokenizer, and one attention kernel per layer.
+#[derive(Debug)]
+pub struct Model {
+    pub config: ModelConfig,
+    pub tokenizer: Tokenizer,
+    token_embedding: QTensor,
+    blocks: Vec<Block>,
+    final_norm: Vec<f32>,
+    output: Linear,
+    kernels: Vec<Arc<dyn AttentionKernel>>,
+}
+
+#[derive(Debug)]
+struct Block {
+    attn_norm: Vec<f32>,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    q_bias: Option<Vec<f32>>,
+    k_bias: Option<Vec<f32>>,
+    v_bias: Option<Vec<f32>>,
+    q_norm: Option<Vec<f32>>,
+    k_norm: Option<Vec<f32>>,
+    post_attn_norm: Option<Vec<f32>>,
+    ffn_norm: Vec<f32>,
+    ffn: FeedForward,
+    post_ffn_norm: Option<Vec<f32>>,
+}
+
+#[derive(Debug)]
+enum FeedForward {
+    Dense(GatedFfn),
+    Moe(Moe),
+}
+
+#[derive(Debug)]
+struct GatedFfn {
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+#[derive(Debug)]
+struct Moe {
+    config: MoeConfig,
+    router: Linear,
+    experts: Vec<GatedFfn>,
+    shared: Option<GatedFfn>,
+}
+
+impl Model {
+    /// Loads a GGUF model and its tokenizer; every layer starts with the exact tiled kernel.
+    pub fn load(path: &Path) -> Result<Self> {
+        let mut gguf = GgufFile::open(path)?;
+        let arch_name = gguf.string("general.architecture")?;
+        let architecture =
+            Architecture::from_gguf_name(&arch_name).ok_or_else(|| Error::UnknownArchitecture {
+                path: path.to_path_buf(),
+                arch: arch_name.clone(),
+                supported: Architecture::SUPPORTED
+                    .iter()
+                    .map(|(n, _)| *n)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })?;
+        let config = match architecture {
+            Architecture::Llama => llama::config(&gguf)?,
+            Architecture::Qwen2 => qwen2::config(&gguf)?,
+            Architecture::Qwen3 => qwen3::config(&gguf)?,
+            Architecture::Gemma3 => gemma3::config(&gguf)?,
+            Architecture::Llama4 => llama4::config(&gguf)?,
+        };
+        validate_config(&config, path)?;
+        let tokenizer = Tokenizer::from_gguf(gguf.content(), path)?;
+        Self::from_weights(config, tokenizer, &mut gguf)
+    }
+
+    fn from_weights(config: ModelConfig, tokenizer: Tokenizer, gguf: &mut GgufFile) -> Result<Self> {
+        let c = &config;
+        let (d, q_dim, kv_dim) = (c.d_model, c.q_dim(), c.kv_dim());
+        let token_embedding = gguf.tensor("token_embd.weight", &[c.vocab_size, d])?;
+        let output = match gguf.optional_tensor("output.weight", &[c.vocab_size, d])? {
+            Some(t) => Linear::new(t)?,
+            None => Linear::new(gguf.tensor("token_embd.weight", &[c.vocab_size, d])?)?,
+        };
+        let final_norm = to_f32_vec(&gguf.tensor("output_norm.weight", &[d])?)?;
+
+        let mut blocks = Vec::with_capacity(c.n_layers());
+        for (i, layer) in c.layers.iter().enumerate() {
+            let name = |t: &str| format!("blk.{i}.{t}");
+            let mut vector = |t: &str, len: usize| -> Result<Vec<f32>> {
+                to_f32_vec(&gguf.tensor(&name(t), &[len])?)
+            };
+            let attn_norm = vector("attn_norm.weight", d)?;
+            let ffn_norm = vector("ffn_norm.weight", d)?;
+            let (q_bias, k_bias, v_bias) = if c.qkv_bias {
+                (
+                    Some(vector("attn_q.bias", q_dim)?),
+                    Some(vector("attn_k.bias", kv_dim)?),
+                    Some(vector("attn_v.bias", kv_dim)?),
+                )
+            } else {
+                (None, None, None)
+            };
+            let (q_norm, k_norm) = if c.qk_norm == QkNorm::Rms {
+                (
+                    Some(vector("attn_q_norm.weight", c.head_dim)?),
+                    Some(vector("attn_k_norm.weight", c.head_dim)?),
+                )
+            } else {
+                (None, None)
+            };
+            let (post_attn_norm, post_ffn_norm) = if c.sandwich_norms {
+                (
+                    Some(vector("post_attention_norm.weight", d)?),
+                    Some(vector("post_ffw_norm.weight", d)?),
+                )
+            } else {
+                (None, None)
+            };
+            let mut matrix = |t: &str, rows: usize, cols: usize| -> Result<Linear> {
+                Linear::new(gguf.tensor(&name(t), &[rows, cols])?)
+            };
+            let q = matrix("attn_q.weight", q_dim, d)?;
+            let k = matrix("attn_k.weight", kv_dim, d)?;
+            let v = matrix("attn_v.weight", kv_dim, d)?;
+            let o = matrix("attn_output.weight", d, q_dim)?;
+            let ffn = match (layer.moe, c.moe) {
+                (true, Some(moe)) => FeedForward::Moe(load_moe(gguf, i, d, moe)?),
+                _ => FeedForward::Dense(GatedFfn {
+                    gate: matrix("ffn_gate.weight", c.ffn_hidden, d)?,
+                    up: matrix("ffn_up.weight", c.ffn_hidden, d)?,
+                    down: matrix("ffn_down.weight", d, c.ffn_hidden)?,
+                }),
+            };
+            blocks.push(Block {
+                attn_norm,
+                q,
+                k,
+                v,
+                o,
+                q_bias,
+                k_bias,
+                v_bias,
+                q_norm,
+                k_norm,
+                post_attn_norm,
+                ffn_norm,
+                ffn,
+                post_ffn_norm,
+            });
+        }
+        let kernels = vec![Arc::new(TiledAttention::default()) as Arc<dyn AttentionKernel>; blocks.len()];
+        Ok(Self {
+            config,
+            tokenizer,
+            token_embedding,
+            blocks,
+            final_norm,
+            output,
+            kernels,
+        })
+    }
+
+    /// Replaces the attention kernel of one layer.
+    pub fn set_attention_kernel(&mut self, layer: usize, kernel: Arc<dyn AttentionKernel>) -> Result<()> {
+        let n = self.kernels.len();
+        let slot = self.kernels.get_mut(layer).ok_or_else(|| {
+            Error::InvalidRequest(format!("layer {layer} does not exist (the model has {n})"))
+        })?;
+        *slot = kernel;
+        Ok(())
+    }
+
+    /// Uses one kernel in every layer.
+    pub fn set_attention_kernel_everywhere(&mut self, kernel: Arc<dyn AttentionKernel>) {
+        self.kernels.iter_mut().for_each(|k| *k = kernel.clone());
+    }
+
+    pub fn attention_kernel(&self, layer: usize) -> Option<&Arc<dyn AttentionKernel>> {
+        self.kernels.get(layer)
+    }
+
+    /// The attention settings the model gives layer `layer`'s kernel.
+    pub fn layer_attention(&self, layer: usize) -> Option<LayerAttention> {
+        self.config.layers.get(layer).map(|l| LayerAttention {
+            scale: self.config.attention_scale,
+            mask: l.mask,
+        })
+    }
+
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.config.n_layers(), self.config.n_kv_heads, self.config.head_dim)
+    }
+
+    /// Runs `tokens` after what `cache` already holds, appends their keys and values to it,
+    /// and returns logits. Prefill is one call with the prompt; decode is one call per token.
+    pub fn forward(&self, cache: &mut KvCache, tokens: &[u32], logits: Logits) -> Result<Vec<f32>> {
+        let c = &self.config;
+        if tokens.is_empty() {
+            return Err(Error::InvalidRequest("forward: no tokens given".into()));
+        }
+        if let Some(bad) = tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
+            return Err(Error::InvalidRequest(format!(
+                "token id {bad} is outside the vocabulary of {} tokens",
+                c.vocab_size
+            )));
+        }
+        let start = cache.len();
+        let end = start + tokens.len();
+        if end > c.context_length {
+            return Err(Error::InvalidRequest(format!(
+                "{end} tokens ({start} cached + {} new) exceed the model's context length of {}",
+                tokens.len(),
+                c.context_length
+            )));
+        }
+        cache.reserve(end);
+
+        let ids = Tensor::new(tokens, &Device::Cpu)?;
+        let mut x = self
+            .token_embedding
+            .embedding(&ids)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        if let Some(scale) = c.embedding_scale {
+            x.iter_mut().for_each(|v| *v *= scale);
+        }
+        for (i, block) in self.blocks.iter().enumerate() {
+            self.block_forward(i, block, &mut x, cache, start)?;
+        }
+        cache.set_len(end);
+
+        let d = c.d_model;
+        let first_row = match logits {
+            Logits::Last => tokens.len() - 1,
+            Logits::All => 0,
+            Logits::From(row) => row.min(tokens.len() - 1),
+        };
+        let mut rows = x.split_off(first_row * d);
+        rms_norm(&mut rows, &self.final_norm, c.rms_eps);
+        self.output.forward(&rows)
+    }
+
+    fn block_forward(
+        &self,
+        layer: usize,
+        block: &Block,
+        x: &mut [f32],
+        cache: &mut KvCache,
+        start: usize,
+    ) -> Result<()> {
+        let c = &self.config;
+        let lc = &c.layers[layer];
+        let n = x.len() / c.d_model;
+        let (hd, nh, nkv) = (c.head_dim, c.n_heads, c.n_kv_heads);
+
+        let mut h = x.to_vec();
+        rms_norm(&mut h, &block.attn_norm, c.rms_eps);
+        let mut q = block.q.forward(&h)?;
+        let mut k = block.k.forward(&h)?;
+        let mut v = block.v.forward(&h)?;
+        for (t, bias) in [(&mut q, &block.q_bias), (&mut k, &block.k_bias), (&mut v, &block.v_bias)] {
+            if let Some(bias) = bias {
+                t.chunks_exact_mut(bias.len()).for_each(|row| add_assign(row, bias));
+            }
+        }
+        if let (Some(qn), Some(kn)) = (&block.q_norm, &block.k_norm) {
+            rms_norm(&mut q, qn, c.rms_eps);
+            rms_norm(&mut k, kn, c.rms_eps);
+        }
+        if let Some(rope) = &lc.rope {
+            rope.apply(&mut q, nh, hd, start);
+            rope.apply(&mut k, nkv, hd, start);
+            if c.qk_norm == QkNorm::L2 {
+                l2_norm(&mut q, hd, c.rms_eps);
+                l2_norm(&mut k, hd, c.rms_eps);
+            }
+        }
+        if let Some(tuning) = &lc.temperature_tuning {
+            for (t, row) in q.chunks_exact_mut(nh * hd).enumerate() {
+                let factor = tuning.factor(start + t);
+                row.iter_mut().for_each(|v| *v *= factor);
+            }
+        }
+
+        let layer_cache = cache.layer_mut(layer);
+        layer_cache.write(start, &k, &v);
+        let q = to_head_major(&q, n, nh, hd);
+        let mut attn = vec![0f32; q.len()];
+        let input = AttentionInput {
+            q: &q,
+            k: &layer_cache.k,
+            v: &layer_cache.v,
+            n_q_heads: nh,
+            n_kv_heads: nkv,
+            head_dim: hd,
+            n_queries: n,
+            kv_len: start + n,
+            kv_capacity: layer_cache.capacity(),
+        };
+        let settings = LayerAttention {
+            scale: c.attention_scale,
+            mask: lc.mask,
+        };
+        self.kernels[layer].forward(&input, &settings, &mut attn)?;
+        let attn = to_row_major(&attn, n, nh, hd);
+        let mut out = block.o.forward(&attn)?;
+        if let Some(norm) = &block.post_attn_norm {
+            rms_norm(&mut out, norm, c.rms_eps);
+        }
+        add_assign(x, &out);
+
+        let mut h = x.to_vec();
+        rms_norm(&mut h, &block.ffn_norm, c.rms_eps);
+        let mut out = match &block.ffn {
+            FeedForward::Dense(ffn) => ffn.forward(&h, c.activation)?,
+            FeedForward::Moe(moe) => moe.forward(&h, c.d_model, c.activation)?,
+        };
+        if let Some(norm) = &block.post_ffn_norm {
+            rms_norm(&mut out, norm, c.rms_eps);
+        }
+        add_assign(x, &out);
+        Ok(())
+    }
+}
+
+impl GatedFfn {
+    fn forward(&self, x: &[f32], activation: blocks::Activation) -> Result<Vec<f32>> {
+        let mut gate = self.gate.forward(x)?;
+        let up = self.up.forward(x)?;
+        gated(&mut gate, &up, activation);
+        self.down.forward(&gate)
+    }
+}
+
+impl Moe {
+    /// Routes each token to its top-k experts; the shared expert sees every token.
+    fn forward(&self, x: &[f32], d: usize, activation: blocks::Activation) -> Result<Vec<f32>> {
+        let logits = self.router.forward(x)?;
+        let mut out = match &self.shared {
+            Some(shared) => shared.forward(x, activation)?,
+            None => vec![0f32; x.len()],
+        };
+        let n_experts = self.config.n_experts;
+        for (t, row) in x.chunks_exact(d).enumerate() {
+            let mut scores = logits[t * n_experts..(t + 1) * n_experts].to_vec();
+            let mut order: Vec<usize> = (0..n_experts).collect();
+            order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+            if self.config.gating == Gating::Softmax {
+                softmax(&mut scores);
+            }
+            let out_row = &mut out[t * d..(t + 1) * d];
+            for &e in &order[..self.config.n_experts_used] {
+                let expert_out = match self.config.gating {
+                    Gating::Softmax => {
+                        let mut y = self.experts[e].forward(row, activation)?;
+                        y.iter_mut().for_each(|v| *v *= scores[e]);
+                        y
+                    }
+                    Gating::SigmoidBeforeExpert => {
+                        let weight = 1.0 / (1.0 + (-scores[e]).exp());
+                        let scaled: Vec<f32> = row.iter().map(|v| v * weight).collect();
+                        self.experts[e].forward(&scaled, activation)?
+                    }
+                };
+                add_assign(out_row, &expert_out);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Loads a mixture-of-experts layer. GGUF stores the experts stacked in 3-D tensors;
+/// each expert's slice of the quantized bytes becomes its own matrix.
+fn load_moe(gguf: &mut GgufFile, layer: usize, d: usize, config: MoeConfig) -> Result<Moe> {
+    let name = |t: &str| format!("blk.{layer}.{t}");
+    let (ne, ff) = (config.n_experts, config.expert_ffn);
+    let router = Linear::new(gguf.tensor(&name("ffn_gate_inp.weight"), &[ne, d])?)?;
+    let gate = split_experts(gguf.tensor(&name("ffn_gate_exps.weight"), &[ne, ff, d])?)?;
+    let up = split_experts(gguf.tensor(&name("ffn_up_exps.weight"), &[ne, ff, d])?)?;
+    let down = split_experts(gguf.tensor(&name("ffn_down_exps.weight"), &[ne, d, ff])?)?;
+    let experts = gate
+        .into_iter()
+        .zip(up)
+        .zip(down)
+        .map(|((gate, up), down)| GatedFfn { gate, up, down })
+        .collect();
+    let shared = match config.shared_expert_ffn {
+        Some(sff) => Some(GatedFfn {
+            gate: Linear::new(gguf.tensor(&name("ffn_gate_shexp.weight"), &[sff, d])?)?,
+            up: Linear::new(gguf.tensor(&name("ffn_up_shexp.weight"), &[sff, d])?)?,
+            down: Linear::new(gguf.tensor(&name("ffn_down_shexp.weight"), &[d, sff])?)?,
+        }),
+        None => None,
+    };
+    Ok(Moe {
+        config,
+        router,
+        experts,
+        shared,
+    })
+}
+
+fn split_experts(stacked: QTensor) -> Result<Vec<Linear>> {
+    let (n, rows, cols) = stacked.shape().dims3()?;
+    let dtype = stacked.dtype();
+    let data = stacked.data()?;
+    let per_expert = data.len() / n;
+    data.chunks_exact(per_expert)
+        .map(|bytes| {
+            let storage = candle_core::quantized::QStorage::from_data(
+                std::borrow::Cow::Borrowed(bytes),
+                &Device::Cpu,
+                dtype,
+            )?;
+            Linear::new(QTensor::new(storage, (rows, cols))?)
+        })
+        .collect()
+}
+
+/// Rejects configs that would make the forward pass divide by zero or index out of range.
+fn validate_config(c: &ModelConfig, path: &Path) -> Result<()> {
+    let bad = |key: &str, reason: String| {
+        Err(Error::BadMetadata {
+            path: path.to_path_buf(),
+            key: format!("{}.{key}", c.architecture.gguf_name()),
+            reason,
+        })
+    };
+    if c.d_model == 0 || c.head_dim == 0 || c.n_layers() == 0 || c.vocab_size == 0 {
+        return bad(
+            "embedding_length",
+            "embedding length, head dim, block count and vocabulary must be positive".into(),
+        );
+    }
+    for layer in &c.layers {
+        if let Some(rope) = &layer.rope {
+            if rope.dims > c.head_dim || rope.dims % 2 != 0 {
+                return bad(
+                    "rope.dimension_count",
+                    format!("{} rotated dims do not fit head dim {}", rope.dims, c.head_dim),
+                );
+            }
+        }
+        match layer.mask {
+            Mask::SlidingWindow { window: 0 } => {
+                return bad("attention.sliding_window", "must be positive".into())
+            }
+            Mask::Chunked { chunk: 0 } => return bad("attention.chunk_size", "must be positive".into()),
+            _ => {}
+        }
+    }
+    if let Some(moe) = &c.moe {
+        if moe.n_experts_used == 0 || moe.n_experts_used > moe.n_experts {
+            return bad(
+                "expert_used_count",
+                format!("{} used of {} experts", moe.n_experts_used, moe.n_experts),
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,384 @@
+//! Attention kernels against the f64 oracle, against themselves (decode vs prefill), and
+//! against the mask (perturbing hidden keys changes nothing).
+
+use std::time::Instant;
+
+use kernels::attention::{
+    AttentionInput, AttentionKernel, LayerAttention, Mask, NaiveAttention, TiledAttention,
+};
+use proptest::prelude::*;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// One layer's queries and KV cache, owned, with random contents.
+#[derive(Clone, Debug)]
+struct Case {
+    n_q_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    n_queries: usize,
+    kv_len: usize,
+    kv_capacity: usize,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    layer: LayerAttention,
+}
+
+impl Case {
+    /// Random values in `[-1, 1)`; `sharpness` scales the scores, so a large one makes the
+    /// softmax peaked (and the running max move).
+    #[allow(clippy::too_many_arguments)]
+    fn random(
+        seed: u64,
+        n_q_heads: usize,
+        n_kv_heads: usize,
+        head_dim: usize,
+        n_queries: usize,
+        kv_len: usize,
+        kv_capacity: usize,
+        mask: Mask,
+        sharpness: f32,
+    ) -> Case {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut values = |n: usize| -> Vec<f32> {
+            (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+        };
+        let q = values(n_q_heads * n_queries * head_dim);
+        let k = values(n_kv_heads * kv_capacity * head_dim);
+        let v = values(n_kv_heads * kv_capacity * head_dim);
+        Case {
+            n_q_heads,
+            n_kv_heads,
+            head_dim,
+            n_queries,
+            kv_len,
+            kv_capacity,
+            q,
+            k,
+            v,
+            layer: LayerAttention {
+                scale: sharpness / (head_dim as f32).sqrt(),
+                mask,
+            },
+        }
+    }
+
+    fn input(&self) -> AttentionInput<'_> {
+        AttentionInput {
+            q: &self.q,
+            k: &self.k,
+            v: &self.v,
+            n_q_heads: self.n_q_heads,
+            n_kv_heads: self.n_kv_heads,
+            head_dim: self.head_dim,
+            n_queries: self.n_queries,
+            kv_len: self.kv_len,
+            kv_capacity: self.kv_capacity,
+        }
+    }
+
+    fn out_len(&self) -> usize {
+        self.n_q_heads * self.n_queries * self.head_dim
+    }
+
+    fn run(&self, kernel: &dyn AttentionKernel) -> Vec<f32> {
+        let mut out = vec![f32::NAN; self.out_len()];
+        kernel.forward(&self.input(), &self.layer, &mut out).unwrap();
+        out
+    }
+
+    /// The decode call for query row `i`: the cache cut at that row's position.
+    fn decode_step(&self, i: usize) -> Case {
+        let position = self.kv_len - self.n_queries + i;
+        let d = self.head_dim;
+        let q = (0..self.n_q_heads)
+            .flat_map(|h| {
+                let start = (h * self.n_queries + i) * d;
+                self.q[start..start + d].iter().copied()
+            })
+            .collect();
+        Case {
+            n_queries: 1,
+            kv_len: position + 1,
+            q,
+            ..self.clone()
+        }
+    }
+}
+
+fn mask_strategy() -> impl Strategy<Value = Mask> {
+    prop_oneof![
+        Just(Mask::Causal),
+        (1usize..40).prop_map(|window| Mask::SlidingWindow { window }),
+        (1usize..40).prop_map(|chunk| Mask::Chunked { chunk }),
+    ]
+}
+
+/// Shapes the kernels must handle: odd head dims, GQA ratios 1 to 4, lengths that are not
+/// multiples of any tile, spare cache capacity.
+fn case_strategy(max_kv_len: usize) -> impl Strategy<Value = Case> {
+    (
+        any::<u64>(),
+        1usize..=3,
+        prop::sample::select(vec![1usize, 2, 3, 4]),
+        prop::sample::select(vec![1usize, 3, 8, 64, 80]),
+        1..=max_kv_len,
+        0usize..=100,
+        0usize..4,
+        mask_strategy(),
+        prop::sample::select(vec![0.5f32, 1.0, 8.0]),
+    )
+        .prop_map(
+            |(seed, n_kv_heads, ratio, head_dim, kv_len, query_share, spare, mask, sharpness)| {
+                let n_queries = (kv_len * query_share / 100).max(1);
+                Case::random(
+                    seed,
+                    n_kv_heads * ratio,
+                    n_kv_heads,
+                    head_dim,
+                    n_queries,
+                    kv_len,
+                    kv_len + spare,
+                    mask,
+                    sharpness,
+                )
+            },
+        )
+}
+
+fn tiles_strategy() -> impl Strategy<Value = TiledAttention> {
+    (1usize..40, 1usize..70, any::<bool>()).prop_map(|(q_tile, kv_tile, portable)| {
+        let kernel = TiledAttention::with_tiles(q_tile, kv_tile).unwrap();
+        if portable {
+            kernel.portable()
+        } else {
+            kernel
+        }
+    })
+}
+
+/// Largest difference, relative to the largest value in V (outputs are convex mixes of V).
+fn max_error(case: &Case, got: &[f32], want: &[f32]) -> f32 {
+    let value_scale = case.v.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let diff = got
+        .iter()
+        .zip(want)
+        .fold(0.0f32, |m, (g, w)| m.max((g - w).abs()));
+    diff / value_scale.max(f32::MIN_POSITIVE)
+}
+
+/// `ln Σ exp(scale · q·k)` over the keys each row sees, in f64.
+fn reference_lse(case: &Case) -> Vec<f64> {
+    let input = case.input();
+    let d = case.head_dim;
+    let mut lse = Vec::new();
+    for h in 0..case.n_q_heads {
+        let keys = input.k_head(h / input.group_size());
+        for (i, query) in input.q_head(h).chunks_exact(d).enumerate() {
+            let position = input.query_position(i);
+            let scores: Vec<f64> = keys
+                .chunks_exact(d)
+                .enumerate()
+                .filter(|&(k, _)| case.layer.mask.allows(position, k))
+                .map(|(_, key)| {
+                    let dot: f64 = query
+                        .iter()
+                        .zip(key)
+                        .map(|(&q, &k)| f64::from(q) * f64::from(k))
+                        .sum();
+                    dot * f64::from(case.layer.scale)
+                })
+                .collect();
+            let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            lse.push(max + scores.iter().map(|s| (s - max).exp()).sum::<f64>().ln());
+        }
+    }
+    lse
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(96))]
+
+    #[test]
+    fn tiled_matches_naive(case in case_strategy(120), tiled in tiles_strategy()) {
+        let want = case.run(&NaiveAttention);
+        let got = case.run(&tiled);
+        let error = max_error(&case, &got, &want);
+        prop_assert!(error <= 1e-4, "error {error} with {tiled:?}");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    #[test]
+    fn tiled_lse_matches_f64_reference(case in case_strategy(80), tiled in tiles_strategy()) {
+        let mut out = vec![0.0; case.out_len()];
+        let mut lse = vec![f32::NAN; case.n_q_heads * case.n_queries];
+        tiled.forward_with_lse(&case.input(), &case.layer, &mut out, &mut lse).unwrap();
+        prop_assert_eq!(&out, &case.run(&tiled));
+        for (got, want) in lse.iter().zip(reference_lse(&case)) {
+            let error = (f64::from(*got) - want).abs();
+            prop_assert!(error <= 1e-4 * want.abs().max(1.0), "lse {got}, want {want}");
+        }
+    }
+
+    #[test]
+    fn decode_equals_prefill(case in case_strategy(60), tiled in tiles_strategy()) {
+        let kernels: [(&dyn AttentionKernel, f32); 2] = [(&NaiveAttention, 0.0), (&tiled, 1e-5)];
+        for (kernel, tolerance) in kernels {
+            let prefill = case.run(kernel);
+            let d = case.head_dim;
+            for i in 0..case.n_queries {
+                let decoded = case.decode_step(i).run(kernel);
+                let rows: Vec<f32> = (0..case.n_q_heads)
+                    .flat_map(|h| {
+                        let start = (h * case.n_queries + i) * d;
+                        prefill[start..start + d].iter().copied()
+                    })
+                    .collect();
+                let error = max_error(&case, &decoded, &rows);
+                prop_assert!(error <= tolerance, "{} row {i}: error {error}", kernel.name());
+            }
+        }
+    }
+
+    /// Changing the key and value at one cache position changes exactly the rows whose mask
+    /// shows them that position; positions past `kv_len` are invisible to every row.
+    #[test]
+    fn only_visible_keys_change_a_row(
+        case in case_strategy(24),
+        tiled in tiles_strategy(),
+        position_seed in any::<u64>(),
+    ) {
+        let sharp_free = Case { layer: LayerAttention { scale: 0.1, ..case.layer }, ..case };
+        let kernels: [&dyn AttentionKernel; 2] = [&NaiveAttention, &tiled];
+        let input = sharp_free.input();
+        let d = sharp_free.head_dim;
+        let kv_head = (position_seed % sharp_free.n_kv_heads as u64) as usize;
+        for kernel in kernels {
+            let before = sharp_free.run(kernel);
+            for position in 0..sharp_free.kv_capacity {
+                let mut perturbed = sharp_free.clone();
+                let start = (kv_head * sharp_free.kv_capacity + position) * d;
+                for x in start..start + d {
+                    perturbed.k[x] += 0.5;
+                    perturbed.v[x] += 4.0;
+                }
+                let after = perturbed.run(kernel);
+                for h in 0..sharp_free.n_q_heads {
+                    for i in 0..sharp_free.n_queries {
+                        let row = (h * sharp_free.n_queries + i) * d..(h * sharp_free.n_queries + i + 1) * d;
+                        let visible = h / input.group_size() == kv_head
+                            && position < sharp_free.kv_len
+                            && sharp_free.layer.mask.allows(input.query_position(i), position);
+                        let changed = before[row.clone()] != after[row];
+                        prop_assert_eq!(
+                            changed, visible,
+                            "{}: head {} row {} key {}", kernel.name(), h, i, position
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn masks_are_causal_and_visible_keys_agree(mask in mask_strategy()) {
+        for q in 0..100 {
+            let visible = mask.visible_keys(q);
+            for k in 0..110 {
+                let allowed = mask.allows(q, k);
+                prop_assert!(!allowed || k <= q, "{mask:?} lets {q} see the future key {k}");
+                prop_assert_eq!(visible.contains(&k), allowed, "{:?} q {} k {}", mask, q, k);
+            }
+            prop_assert!(mask.allows(q, q), "{mask:?} hides {q} from itself");
+        }
+    }
+}
+
+#[test]
+fn bad_input_is_an_error_not_a_panic() {
+    let good = Case::random(7, 4, 2, 8, 3, 5, 6, Mask::Causal, 1.0);
+    let bad_cases: Vec<(&str, Case)> = vec![
+        ("short q", Case { q: good.q[1..].to_vec(), ..good.clone() }),
+        ("short k", Case { k: good.k[1..].to_vec(), ..good.clone() }),
+        ("short v", Case { v: good.v[1..].to_vec(), ..good.clone() }),
+        ("3 q heads on 2 kv heads", Case { n_q_heads: 3, ..good.clone() }),
+        ("no kv heads", Case { n_kv_heads: 0, ..good.clone() }),
+        ("no q heads", Case { n_q_heads: 0, q: Vec::new(), ..good.clone() }),
+        ("head_dim 0", Case { head_dim: 0, q: Vec::new(), k: Vec::new(), v: Vec::new(), ..good.clone() }),
+        ("more queries than keys", Case { n_queries: 6, kv_len: 5, ..good.clone() }),
+        ("kv_len past capacity", Case { kv_len: 7, ..good.clone() }),
+        (
+            "window 0",
+            Case { layer: LayerAttention { mask: Mask::SlidingWindow { window: 0 }, ..good.layer }, ..good.clone() },
+        ),
+        (
+            "chunk 0",
+            Case { layer: LayerAttention { mask: Mask::Chunked { chunk: 0 }, ..good.layer }, ..good.clone() },
+        ),
+    ];
+    let kernels: [&dyn AttentionKernel; 2] = [&NaiveAttention, &TiledAttention::default()];
+    for kernel in kernels {
+        let mut out = vec![0.0; good.out_len()];
+        kernel.forward(&good.input(), &good.layer, &mut out).unwrap();
+        let mut short_out = vec![0.0; good.out_len() - 1];
+        assert!(kernel.forward(&good.input(), &good.layer, &mut short_out).is_err());
+        for (what, case) in &bad_cases {
+            let mut out = vec![0.0; case.out_len()];
+            let result = kernel.forward(&case.input(), &case.layer, &mut out);
+            let error = result.expect_err(what).to_string();
+            assert!(error.starts_with("attention"), "{what}: {error}");
+        }
+    }
+    let mut out = vec![0.0; good.out_len()];
+    let mut lse = vec![0.0; good.n_q_heads * good.n_queries + 1];
+    let tiled = TiledAttention::default();
+    assert!(tiled.forward_with_lse(&good.input(), &good.layer, &mut out, &mut lse).is_err());
+    assert!(TiledAttention::with_tiles(0, 64).is_err());
+    assert!(TiledAttention::with_tiles(32, 0).is_err());
+}
+
+/// Prints median times for a causal prefill of 1024 tokens, 9 query heads on 3 KV heads,
+/// head_dim 64. Run with `cargo test --release -p kernels --test attention -- --ignored
+/// --nocapture`.
+#[test]
+#[ignore = "timing; run in release"]
+fn prefill_speed() {
+    let (t, heads, kv_heads, d) = (1024, 9, 3, 64);
+    let case = Case::random(1, heads, kv_heads, d, t, t, t, Mask::Causal, 1.0);
+    let median = |kernel: &dyn AttentionKernel, runs: usize| {
+        let mut out = vec![0.0; case.out_len()];
+        let mut times: Vec<f64> = (0..runs)
+            .map(|_| {
+                let start = Instant::now();
+                kernel.forward(&case.input(), &case.layer, &mut out).unwrap();
+                start.elapsed().as_secs_f64()
+            })
+            .collect();
+        times.sort_by(f64::total_cmp);
+        (times[runs / 2], out)
+    };
+    let (naive, want) = median(&NaiveAttention, 3);
+    let flops = 4.0 * (t * t) as f64 / 2.0 * d as f64 * heads as f64;
+    println!("naive: {:.2} ms", naive * 1e3);
+    for (name, kernel) in [
+        ("tiled", TiledAttention::default()),
+        ("tiled portable", TiledAttention::default().portable()),
+    ] {
+        let (time, got) = median(&kernel, 21);
+        println!(
+            "{name}: {:.2} ms, {:.1} GFLOP/s, {:.0}x naive",
+            time * 1e3,
+            flops / time / 1e9,
+            naive / time
+        );
+        assert!(max_error(&case, &got, &want) <= 1e-4);
+    }
+}
