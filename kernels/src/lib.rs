@@ -10,6 +10,7 @@ pub mod generate;
 pub mod gguf;
 pub mod model;
 pub mod perplexity;
+pub mod quant;
 pub mod tokenizer;
 
 pub use error::{Error, Result};

@@ -70,9 +70,9 @@ pub fn perplexity(model: &Model, tokens: &[u32], options: PerplexityOptions) -> 
         let first_row = next - 1 - begin;
         let logits = model.forward(&mut cache, window, Logits::From(first_row))?;
         processed += window.len();
-        for target in next..end {
-            let row = target - 1 - begin - first_row;
-            nll -= log_prob(&logits[row * vocab..(row + 1) * vocab], tokens[target]);
+        // Row r of `logits` predicts token begin + first_row + r + 1.
+        for (row, &target) in logits.chunks_exact(vocab).zip(&tokens[next..end]) {
+            nll -= log_prob(row, target);
             scored += 1;
         }
         next = end;

@@ -41,9 +41,8 @@ impl Case {
         sharpness: f32,
     ) -> Case {
         let mut rng = StdRng::seed_from_u64(seed);
-        let mut values = |n: usize| -> Vec<f32> {
-            (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
-        };
+        let mut values =
+            |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect() };
         let q = values(n_q_heads * n_queries * head_dim);
         let k = values(n_kv_heads * kv_capacity * head_dim);
         let v = values(n_kv_heads * kv_capacity * head_dim);
@@ -84,7 +83,9 @@ impl Case {
 
     fn run(&self, kernel: &dyn AttentionKernel) -> Vec<f32> {
         let mut out = vec![f32::NAN; self.out_len()];
-        kernel.forward(&self.input(), &self.layer, &mut out).unwrap();
+        kernel
+            .forward(&self.input(), &self.layer, &mut out)
+            .unwrap();
         out
     }
 
@@ -306,30 +307,105 @@ proptest! {
 fn bad_input_is_an_error_not_a_panic() {
     let good = Case::random(7, 4, 2, 8, 3, 5, 6, Mask::Causal, 1.0);
     let bad_cases: Vec<(&str, Case)> = vec![
-        ("short q", Case { q: good.q[1..].to_vec(), ..good.clone() }),
-        ("short k", Case { k: good.k[1..].to_vec(), ..good.clone() }),
-        ("short v", Case { v: good.v[1..].to_vec(), ..good.clone() }),
-        ("3 q heads on 2 kv heads", Case { n_q_heads: 3, ..good.clone() }),
-        ("no kv heads", Case { n_kv_heads: 0, ..good.clone() }),
-        ("no q heads", Case { n_q_heads: 0, q: Vec::new(), ..good.clone() }),
-        ("head_dim 0", Case { head_dim: 0, q: Vec::new(), k: Vec::new(), v: Vec::new(), ..good.clone() }),
-        ("more queries than keys", Case { n_queries: 6, kv_len: 5, ..good.clone() }),
-        ("kv_len past capacity", Case { kv_len: 7, ..good.clone() }),
+        (
+            "short q",
+            Case {
+                q: good.q[1..].to_vec(),
+                ..good.clone()
+            },
+        ),
+        (
+            "short k",
+            Case {
+                k: good.k[1..].to_vec(),
+                ..good.clone()
+            },
+        ),
+        (
+            "short v",
+            Case {
+                v: good.v[1..].to_vec(),
+                ..good.clone()
+            },
+        ),
+        (
+            "3 q heads on 2 kv heads",
+            Case {
+                n_q_heads: 3,
+                ..good.clone()
+            },
+        ),
+        (
+            "no kv heads",
+            Case {
+                n_kv_heads: 0,
+                ..good.clone()
+            },
+        ),
+        (
+            "no q heads",
+            Case {
+                n_q_heads: 0,
+                q: Vec::new(),
+                ..good.clone()
+            },
+        ),
+        (
+            "head_dim 0",
+            Case {
+                head_dim: 0,
+                q: Vec::new(),
+                k: Vec::new(),
+                v: Vec::new(),
+                ..good.clone()
+            },
+        ),
+        (
+            "more queries than keys",
+            Case {
+                n_queries: 6,
+                kv_len: 5,
+                ..good.clone()
+            },
+        ),
+        (
+            "kv_len past capacity",
+            Case {
+                kv_len: 7,
+                ..good.clone()
+            },
+        ),
         (
             "window 0",
-            Case { layer: LayerAttention { mask: Mask::SlidingWindow { window: 0 }, ..good.layer }, ..good.clone() },
+            Case {
+                layer: LayerAttention {
+                    mask: Mask::SlidingWindow { window: 0 },
+                    ..good.layer
+                },
+                ..good.clone()
+            },
         ),
         (
             "chunk 0",
-            Case { layer: LayerAttention { mask: Mask::Chunked { chunk: 0 }, ..good.layer }, ..good.clone() },
+            Case {
+                layer: LayerAttention {
+                    mask: Mask::Chunked { chunk: 0 },
+                    ..good.layer
+                },
+                ..good.clone()
+            },
         ),
     ];
     let kernels: [&dyn AttentionKernel; 2] = [&NaiveAttention, &TiledAttention::default()];
     for kernel in kernels {
         let mut out = vec![0.0; good.out_len()];
-        kernel.forward(&good.input(), &good.layer, &mut out).unwrap();
+        kernel
+            .forward(&good.input(), &good.layer, &mut out)
+            .unwrap();
         let mut short_out = vec![0.0; good.out_len() - 1];
-        assert!(kernel.forward(&good.input(), &good.layer, &mut short_out).is_err());
+        assert!(kernel
+            .forward(&good.input(), &good.layer, &mut short_out)
+            .is_err());
         for (what, case) in &bad_cases {
             let mut out = vec![0.0; case.out_len()];
             let result = kernel.forward(&case.input(), &case.layer, &mut out);
@@ -340,7 +416,9 @@ fn bad_input_is_an_error_not_a_panic() {
     let mut out = vec![0.0; good.out_len()];
     let mut lse = vec![0.0; good.n_q_heads * good.n_queries + 1];
     let tiled = TiledAttention::default();
-    assert!(tiled.forward_with_lse(&good.input(), &good.layer, &mut out, &mut lse).is_err());
+    assert!(tiled
+        .forward_with_lse(&good.input(), &good.layer, &mut out, &mut lse)
+        .is_err());
     assert!(TiledAttention::with_tiles(0, 64).is_err());
     assert!(TiledAttention::with_tiles(32, 0).is_err());
 }
@@ -358,7 +436,9 @@ fn prefill_speed() {
         let mut times: Vec<f64> = (0..runs)
             .map(|_| {
                 let start = Instant::now();
-                kernel.forward(&case.input(), &case.layer, &mut out).unwrap();
+                kernel
+                    .forward(&case.input(), &case.layer, &mut out)
+                    .unwrap();
                 start.elapsed().as_secs_f64()
             })
             .collect();

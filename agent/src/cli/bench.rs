@@ -76,13 +76,14 @@ pub fn run_core(args: CoreArgs) -> anyhow::Result<()> {
         }, prompt.len(), continuation.len())?)
     };
 
+    let engines: Vec<&EngineSpeed> = [&ours].into_iter().chain(peer.as_ref()).collect();
     if args.json {
         let json = serde_json::json!({
             "model": args.model,
             "threads": threads,
             "prompt_tokens": prompt.len(),
             "decode_tokens": continuation.len(),
-            "engines": [&ours].into_iter().chain(peer.as_ref()).collect::<Vec<_>>(),
+            "engines": engines,
             "prefill_ratio": peer.as_ref().map(|p| ours.prefill_tok_per_s / p.prefill_tok_per_s),
             "decode_ratio": peer.as_ref().map(|p| ours.decode_tok_per_s / p.decode_tok_per_s),
         });
@@ -95,7 +96,7 @@ pub fn run_core(args: CoreArgs) -> anyhow::Result<()> {
     );
     println!("| engine | prefill tok/s | decode tok/s |");
     println!("|---|---|---|");
-    for e in [&ours].into_iter().chain(peer.as_ref()) {
+    for e in &engines {
         println!("| {} | {:.1} | {:.1} |", e.engine, e.prefill_tok_per_s, e.decode_tok_per_s);
     }
     if let Some(p) = &peer {
@@ -138,7 +139,7 @@ fn median(values: &[f64]) -> f64 {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
     let mid = sorted.len() / 2;
-    if sorted.len() % 2 == 0 {
+    if sorted.len().is_multiple_of(2) {
         (sorted[mid - 1] + sorted[mid]) / 2.0
     } else {
         sorted[mid]

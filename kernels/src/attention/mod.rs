@@ -123,7 +123,7 @@ impl AttentionInput<'_> {
                 self.head_dim, self.n_q_heads
             ));
         }
-        if self.n_kv_heads == 0 || self.n_q_heads % self.n_kv_heads != 0 {
+        if self.n_kv_heads == 0 || !self.n_q_heads.is_multiple_of(self.n_kv_heads) {
             return bad(format!(
                 "{} query heads are not a multiple of {} KV heads",
                 self.n_q_heads, self.n_kv_heads
@@ -138,7 +138,10 @@ impl AttentionInput<'_> {
         let q_len = self.n_q_heads * self.n_queries * self.head_dim;
         let kv_len = self.n_kv_heads * self.kv_capacity * self.head_dim;
         if self.q.len() != q_len || out_len != q_len {
-            return bad(format!("q has {} values and out {out_len}, expected {q_len}", self.q.len()));
+            return bad(format!(
+                "q has {} values and out {out_len}, expected {q_len}",
+                self.q.len()
+            ));
         }
         if self.k.len() != kv_len || self.v.len() != kv_len {
             return bad(format!(
@@ -157,6 +160,10 @@ pub trait AttentionKernel: Send + Sync + std::fmt::Debug {
     fn name(&self) -> &str;
 
     /// Writes `[n_q_heads, n_queries, head_dim]` into `out`.
-    fn forward(&self, input: &AttentionInput, layer: &LayerAttention, out: &mut [f32])
-        -> Result<()>;
+    fn forward(
+        &self,
+        input: &AttentionInput,
+        layer: &LayerAttention,
+        out: &mut [f32],
+    ) -> Result<()>;
 }

@@ -7,10 +7,16 @@
 //! accumulated output is rescaled by `exp(old_max - new_max)`. Keys no row of the item can
 //! see are never visited, because `Mask::visible_keys` is one contiguous range per row.
 //!
-//! The inner loops are register-blocked micro-kernels over `ROWS` query rows and `LANES`
-//! keys or values, written on fixed-size arrays so the compiler vectorises them. The same
-//! code is compiled twice: once for the baseline target, and once inside an
-//! `avx2,fma` function chosen at run time.
+//! When that gives too few items to keep every thread busy (decode, one query per head, on
+//! few KV heads), an item takes fewer heads of its group, down to one.
+//!
+//! Rows are handled in blocks of `ROWS` by register-blocked micro-kernels: scores as dot
+//! products of a block's rows with a few keys at a time (eight vector accumulators, summed
+//! across lanes at the end, reading keys straight from the cache), and values as
+//! `probability × value` sums over 16 columns at a time. They are written once against the
+//! small `Simd` trait, which has a portable implementation on arrays and an AVX2/FMA one
+//! on intrinsics chosen at run time. The loops stay ordinary Rust, so the portable twin
+//! tests the same code the fast path runs.
 
 use std::cell::RefCell;
 use std::ops::Range;
@@ -22,22 +28,22 @@ use crate::{Error, Result};
 
 /// Query rows per micro-kernel call.
 const ROWS: usize = 4;
-/// Keys (scores) or output values (accumulation) per micro-kernel call: two AVX2 registers.
-const LANES: usize = 16;
+/// f32 lanes of one vector (AVX2).
+const LANES: usize = 8;
 
 /// Which compilation of the micro-kernels runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+#[derive(Clone, Copy, Debug)]
 enum Isa {
     Portable,
-    Avx2Fma,
+    #[cfg(target_arch = "x86_64")]
+    Avx2Fma(Avx2Fma),
 }
 
 impl Isa {
     fn detect() -> Isa {
         #[cfg(target_arch = "x86_64")]
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            return Isa::Avx2Fma;
+        if let Some(token) = Avx2Fma::detect() {
+            return Isa::Avx2Fma(token);
         }
         Isa::Portable
     }
@@ -162,13 +168,11 @@ impl TiledAttention {
     }
 
     fn attend(&self, job: &Job, item: &mut [Piece], scratch: &mut Scratch) {
-        #[cfg(target_arch = "x86_64")]
-        if self.isa == Isa::Avx2Fma {
-            // SAFETY: `Isa::Avx2Fma` is only chosen after detecting both features.
-            unsafe { attend_avx2_fma(job, item, scratch) };
-            return;
+        match self.isa {
+            Isa::Portable => attend_item(Portable, job, item, scratch),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2Fma(token) => attend_item(token, job, item, scratch),
         }
-        attend_item::<Separate>(job, item, scratch);
     }
 }
 
@@ -220,16 +224,16 @@ struct Job<'a, 'b> {
 /// Per-thread buffers, kept between calls so that steady-state calls do not allocate.
 #[derive(Default)]
 struct Scratch {
-    /// Scaled queries, per block of `ROWS` rows transposed to `[head_dim, ROWS]`.
+    /// Scaled queries, `[rows, head_dim]`.
     q: Vec<f32>,
     /// Unnormalised output, `[rows, head_dim]`.
     acc: Vec<f32>,
     max: Vec<f32>,
     sum: Vec<f32>,
-    /// The current key tile transposed to `[head_dim, kv_tile rounded up to LANES]`.
-    keys: Vec<f32>,
-    /// Scores, then probabilities, of one row block: `[ROWS, kv_tile rounded up]`.
+    /// Scores, then probabilities, of one row block: `[ROWS, kv_tile]`.
     scores: Vec<f32>,
+    /// The probabilities again, key-major: `[kv_tile, ROWS]`.
+    probs: Vec<f32>,
 }
 
 thread_local! {
@@ -249,45 +253,157 @@ fn refill(buffer: &mut Vec<f32>, len: usize, value: f32) {
     buffer.resize(len, value);
 }
 
-/// `a * b + c`, fused where the target has FMA.
-trait MulAdd {
-    fn mul_add(a: f32, b: f32, c: f32) -> f32;
+/// The operations the micro-kernels need, for one instruction set. A value of the type is
+/// the right to use it; `attend_block` is the entry point compiled for that set.
+trait Simd: Copy {
+    /// `LANES` f32 lanes.
+    type V: Copy;
+    fn splat(self, x: f32) -> Self::V;
+    fn load(self, xs: &[f32; LANES]) -> Self::V;
+    /// Stores into `xs[..LANES]`.
+    fn store(self, v: Self::V, xs: &mut [f32]);
+    /// `a * b + c`, lane-wise.
+    fn mul_add(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    /// The sum of each vector's lanes.
+    fn sums(self, v: [Self::V; LANES]) -> [f32; LANES];
+    /// `a * b + c`, fused where the instruction set has FMA.
+    fn mul_add_f32(self, a: f32, b: f32, c: f32) -> f32;
+    /// `attend_block` for `R` rows, taking scores `KEYS` keys at a time.
+    fn attend_block<const R: usize, const KEYS: usize>(self, ctx: &BlockCtx, rows: BlockRows);
 }
 
-/// Multiply, then add: the baseline target has no FMA, and `f32::mul_add` would call libm.
-struct Separate;
+/// The baseline target, in plain arithmetic that the compiler vectorises as it can.
+#[derive(Clone, Copy, Debug)]
+struct Portable;
 
-impl MulAdd for Separate {
+impl Simd for Portable {
+    type V = [f32; LANES];
+
     #[inline(always)]
-    fn mul_add(a: f32, b: f32, c: f32) -> f32 {
+    fn splat(self, x: f32) -> Self::V {
+        [x; LANES]
+    }
+
+    #[inline(always)]
+    fn load(self, xs: &[f32; LANES]) -> Self::V {
+        *xs
+    }
+
+    #[inline(always)]
+    fn store(self, v: Self::V, xs: &mut [f32]) {
+        xs[..LANES].copy_from_slice(&v);
+    }
+
+    #[inline(always)]
+    fn mul_add(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V {
+        std::array::from_fn(|i| self.mul_add_f32(a[i], b[i], c[i]))
+    }
+
+    #[inline(always)]
+    fn sums(self, v: [Self::V; LANES]) -> [f32; LANES] {
+        v.map(|lanes| lanes.iter().sum())
+    }
+
+    /// Multiply, then add: the baseline has no FMA, and `f32::mul_add` would call libm.
+    #[inline(always)]
+    fn mul_add_f32(self, a: f32, b: f32, c: f32) -> f32 {
         a * b + c
     }
-}
 
-#[cfg(target_arch = "x86_64")]
-struct Fused;
-
-#[cfg(target_arch = "x86_64")]
-impl MulAdd for Fused {
-    #[inline(always)]
-    fn mul_add(a: f32, b: f32, c: f32) -> f32 {
-        a.mul_add(b, c)
+    fn attend_block<const R: usize, const KEYS: usize>(self, ctx: &BlockCtx, rows: BlockRows) {
+        attend_block::<Portable, R, KEYS>(self, ctx, rows);
     }
 }
 
-/// The micro-kernels compiled for AVX2 and FMA.
+/// AVX2 and FMA, found at run time: only `detect` makes one.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy, Debug)]
+struct Avx2Fma(());
+
+#[cfg(target_arch = "x86_64")]
+impl Avx2Fma {
+    fn detect() -> Option<Avx2Fma> {
+        (is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")).then_some(Avx2Fma(()))
+    }
+}
+
+// SAFETY (every `unsafe` block in this impl): an `Avx2Fma` value exists only where `detect`
+// found AVX2 and FMA, and loads and stores go through slices checked to hold `LANES` values.
+#[cfg(target_arch = "x86_64")]
+impl Simd for Avx2Fma {
+    type V = std::arch::x86_64::__m256;
+
+    #[inline(always)]
+    fn splat(self, x: f32) -> Self::V {
+        unsafe { std::arch::x86_64::_mm256_set1_ps(x) }
+    }
+
+    #[inline(always)]
+    fn load(self, xs: &[f32; LANES]) -> Self::V {
+        unsafe { std::arch::x86_64::_mm256_loadu_ps(xs.as_ptr()) }
+    }
+
+    #[inline(always)]
+    fn store(self, v: Self::V, xs: &mut [f32]) {
+        let xs = &mut xs[..LANES];
+        unsafe { std::arch::x86_64::_mm256_storeu_ps(xs.as_mut_ptr(), v) }
+    }
+
+    #[inline(always)]
+    fn mul_add(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V {
+        unsafe { std::arch::x86_64::_mm256_fmadd_ps(a, b, c) }
+    }
+
+    /// Pairwise adds: after two rounds each 128-bit half holds four partial sums, and adding
+    /// the halves finishes all eight.
+    #[inline(always)]
+    fn sums(self, v: [Self::V; LANES]) -> [f32; LANES] {
+        use std::arch::x86_64::{_mm256_add_ps, _mm256_hadd_ps, _mm256_permute2f128_ps};
+        let mut out = [0.0; LANES];
+        unsafe {
+            let pairs = [
+                _mm256_hadd_ps(v[0], v[1]),
+                _mm256_hadd_ps(v[2], v[3]),
+                _mm256_hadd_ps(v[4], v[5]),
+                _mm256_hadd_ps(v[6], v[7]),
+            ];
+            let low = _mm256_hadd_ps(pairs[0], pairs[1]);
+            let high = _mm256_hadd_ps(pairs[2], pairs[3]);
+            let total = _mm256_add_ps(
+                _mm256_permute2f128_ps::<0x20>(low, high),
+                _mm256_permute2f128_ps::<0x31>(low, high),
+            );
+            self.store(total, &mut out);
+        }
+        out
+    }
+
+    #[inline(always)]
+    fn mul_add_f32(self, a: f32, b: f32, c: f32) -> f32 {
+        a.mul_add(b, c)
+    }
+
+    fn attend_block<const R: usize, const KEYS: usize>(self, ctx: &BlockCtx, rows: BlockRows) {
+        unsafe { attend_block_avx2_fma::<R, KEYS>(self, ctx, rows) }
+    }
+}
+
+/// `attend_block` compiled with AVX2 and FMA enabled, so the `Avx2Fma` operations inline.
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn attend_avx2_fma(job: &Job, item: &mut [Piece], scratch: &mut Scratch) {
-    attend_item::<Fused>(job, item, scratch);
+unsafe fn attend_block_avx2_fma<const R: usize, const KEYS: usize>(
+    simd: Avx2Fma,
+    ctx: &BlockCtx,
+    rows: BlockRows,
+) {
+    attend_block::<Avx2Fma, R, KEYS>(simd, ctx, rows);
 }
 
 /// One work item: some query heads of one group over one query tile.
-#[inline(always)]
-fn attend_item<F: MulAdd>(job: &Job, item: &mut [Piece], scratch: &mut Scratch) {
+fn attend_item<S: Simd>(simd: S, job: &Job, item: &mut [Piece], scratch: &mut Scratch) {
     let input = job.input;
     let d = input.head_dim;
     let group_size = input.group_size();
@@ -301,24 +417,18 @@ fn attend_item<F: MulAdd>(job: &Job, item: &mut [Piece], scratch: &mut Scratch) 
     // `first_head + r % heads`, so rows of one block share (almost) the same visible keys.
     let rows = positions * heads;
     let position = |row: usize| input.query_position(first_query + row / heads);
-    let kv_pad = job.kv_tile.next_multiple_of(LANES);
 
     grow(&mut scratch.q, rows * d);
-    grow(&mut scratch.keys, d * kv_pad);
-    grow(&mut scratch.scores, ROWS * kv_pad);
+    grow(&mut scratch.scores, ROWS * job.kv_tile);
+    grow(&mut scratch.probs, ROWS * job.kv_tile);
     refill(&mut scratch.acc, rows * d, 0.0);
     refill(&mut scratch.max, rows, f32::NEG_INFINITY);
     refill(&mut scratch.sum, rows, 0.0);
-    for block in (0..rows).step_by(ROWS) {
-        let block_rows = ROWS.min(rows - block);
-        let q_block = &mut scratch.q[block * d..(block + block_rows) * d];
-        for r in 0..block_rows {
-            let row = block + r;
-            let query = first_query + row / heads;
-            let head = input.q_head(first_head + row % heads);
-            for (dim, &q) in head[query * d..(query + 1) * d].iter().enumerate() {
-                q_block[dim * block_rows + r] = q * job.scale;
-            }
+    for (row, q) in scratch.q.chunks_exact_mut(d).take(rows).enumerate() {
+        let query = first_query + row / heads;
+        let head = input.q_head(first_head + row % heads);
+        for (q, &x) in q.iter_mut().zip(&head[query * d..(query + 1) * d]) {
+            *q = x * job.scale;
         }
     }
 
@@ -327,17 +437,6 @@ fn attend_item<F: MulAdd>(job: &Job, item: &mut [Piece], scratch: &mut Scratch) 
     let item_keys = job.mask.visible_keys(position(0)).start..position(rows - 1) + 1;
     for tile_start in item_keys.clone().step_by(job.kv_tile) {
         let tile = tile_start..(tile_start + job.kv_tile).min(item_keys.end);
-        let tile_len = tile.len();
-        // Padding columns of `kt` keep stale values: their scores are never read.
-        let tile_pad = tile_len.next_multiple_of(LANES);
-        let kt = &mut scratch.keys[..d * tile_pad];
-        for (k, key) in keys[tile.start * d..tile.end * d].chunks_exact(d).enumerate() {
-            for (dim, &x) in key.iter().enumerate() {
-                kt[dim * tile_pad + k] = x;
-            }
-        }
-        let tile_values = &values[tile.start * d..tile.end * d];
-
         for block in (0..rows).step_by(ROWS) {
             let block_rows = ROWS.min(rows - block);
             let visible: [Range<usize>; ROWS] = std::array::from_fn(|r| {
@@ -345,31 +444,36 @@ fn attend_item<F: MulAdd>(job: &Job, item: &mut [Piece], scratch: &mut Scratch) 
                     return 0..0;
                 }
                 let seen = job.mask.visible_keys(position(block + r));
-                let start = seen.start.clamp(tile.start, tile.end) - tile.start;
-                let end = seen.end.clamp(tile.start, tile.end) - tile.start;
-                start..end.max(start)
+                let start = seen.start.clamp(tile.start, tile.end);
+                start..seen.end.clamp(start, tile.end)
             });
             let Some(span) = union(&visible[..block_rows]) else {
                 continue;
             };
             let ctx = BlockCtx {
                 d,
-                tile_pad,
-                kt: &scratch.keys[..d * tile_pad],
-                values: tile_values,
-                visible: &visible[..block_rows],
-                span,
+                stride: job.kv_tile,
+                keys: &keys[span.start * d..span.end * d],
+                values: &values[span.start * d..span.end * d],
+                visible: std::array::from_fn(|r| {
+                    visible[r].start.max(span.start) - span.start
+                        ..visible[r].end.max(span.start) - span.start
+                }),
             };
-            let q = &scratch.q[block * d..(block + block_rows) * d];
-            let acc = &mut scratch.acc[block * d..(block + block_rows) * d];
-            let max = &mut scratch.max[block..block + block_rows];
-            let sum = &mut scratch.sum[block..block + block_rows];
-            let scores = &mut scratch.scores;
+            let rows = BlockRows {
+                q: &scratch.q[block * d..(block + block_rows) * d],
+                acc: &mut scratch.acc[block * d..(block + block_rows) * d],
+                max: &mut scratch.max[block..block + block_rows],
+                sum: &mut scratch.sum[block..block + block_rows],
+                scores: &mut scratch.scores,
+                probs: &mut scratch.probs,
+            };
+            // Score `LANES` (row, key) pairs at a time: eight accumulators hide FMA latency.
             match block_rows {
-                4 => attend_block::<F, 4>(&ctx, q, scores, acc, max, sum),
-                3 => attend_block::<F, 3>(&ctx, q, scores, acc, max, sum),
-                2 => attend_block::<F, 2>(&ctx, q, scores, acc, max, sum),
-                _ => attend_block::<F, 1>(&ctx, q, scores, acc, max, sum),
+                4 => simd.attend_block::<4, 2>(&ctx, rows),
+                3 => simd.attend_block::<3, 2>(&ctx, rows),
+                2 => simd.attend_block::<2, 4>(&ctx, rows),
+                _ => simd.attend_block::<1, 8>(&ctx, rows),
             }
         }
     }
@@ -394,59 +498,74 @@ fn attend_item<F: MulAdd>(job: &Job, item: &mut [Piece], scratch: &mut Scratch) 
 
 /// The smallest range holding every non-empty range, if there is one.
 fn union(ranges: &[Range<usize>]) -> Option<Range<usize>> {
-    ranges
-        .iter()
-        .filter(|range| !range.is_empty())
-        .fold(None, |span: Option<Range<usize>>, range| match span {
+    ranges.iter().filter(|range| !range.is_empty()).fold(
+        None,
+        |span: Option<Range<usize>>, range| match span {
             None => Some(range.clone()),
             Some(span) => Some(span.start.min(range.start)..span.end.max(range.end)),
-        })
+        },
+    )
 }
 
-/// One row block against one KV tile: what does not change between the blocks' sizes.
+/// The keys one row block sees in one KV tile: the span from the first key any row of the
+/// block sees to the last.
 struct BlockCtx<'a> {
     d: usize,
-    /// Keys in the tile, rounded up to `LANES`: the row stride of `kt` and `scores`.
-    tile_pad: usize,
-    kt: &'a [f32],
+    /// Row stride of the score buffer: the KV tile size.
+    stride: usize,
+    /// `[span, head_dim]`.
+    keys: &'a [f32],
     values: &'a [f32],
-    /// Each row's visible keys, relative to the tile start.
-    visible: &'a [Range<usize>],
-    /// The union of `visible`.
-    span: Range<usize>,
+    /// Each row's visible keys, relative to the span (empty past the block's rows).
+    visible: [Range<usize>; ROWS],
 }
 
-/// Scores, online-softmax update and value accumulation for `R` rows against one KV tile.
+/// The rows of one block and the buffers it works in.
+struct BlockRows<'a> {
+    /// Scaled queries, `[R, head_dim]`.
+    q: &'a [f32],
+    acc: &'a mut [f32],
+    max: &'a mut [f32],
+    sum: &'a mut [f32],
+    scores: &'a mut [f32],
+    probs: &'a mut [f32],
+}
+
+/// Scores, online-softmax update and value accumulation for `R` rows against the keys of
+/// one KV tile that the block sees.
 #[inline(always)]
-fn attend_block<F: MulAdd, const R: usize>(
+fn attend_block<S: Simd, const R: usize, const KEYS: usize>(
+    simd: S,
     ctx: &BlockCtx,
-    q: &[f32],
-    scores: &mut [f32],
-    acc: &mut [f32],
-    max: &mut [f32],
-    sum: &mut [f32],
+    rows: BlockRows,
 ) {
-    let stride = ctx.tile_pad;
-    let span = ctx.span.clone();
-    let aligned = span.start / LANES * LANES..span.end.next_multiple_of(LANES);
-    for key_block in aligned.step_by(LANES) {
-        let mut dots = [[0.0f32; LANES]; R];
-        for (k, q) in ctx.kt.chunks_exact(stride).zip(q.chunks_exact(R)) {
-            let k = &k[key_block..key_block + LANES];
-            for (dots, &q) in dots.iter_mut().zip(q) {
-                for (dot, &k) in dots.iter_mut().zip(k) {
-                    *dot = F::mul_add(q, k, *dot);
-                }
-            }
-        }
+    let BlockRows {
+        q,
+        acc,
+        max,
+        sum,
+        scores,
+        probs,
+    } = rows;
+    let (d, stride) = (ctx.d, ctx.stride);
+    let span = ctx.keys.len() / d;
+    let blocked = span / KEYS * KEYS;
+    for first in (0..blocked).step_by(KEYS) {
+        let dots = dot_block::<S, R, KEYS>(simd, q, &ctx.keys[first * d..(first + KEYS) * d], d);
         for (r, dots) in dots.iter().enumerate() {
-            scores[r * stride + key_block..][..LANES].copy_from_slice(dots);
+            scores[r * stride + first..][..KEYS].copy_from_slice(dots);
+        }
+    }
+    for key in blocked..span {
+        let dots = dot_block::<S, R, 1>(simd, q, &ctx.keys[key * d..(key + 1) * d], d);
+        for (r, dots) in dots.iter().enumerate() {
+            scores[r * stride + key] = dots[0];
         }
     }
 
     for r in 0..R {
-        let row = &mut scores[r * stride + span.start..r * stride + span.end];
-        let visible = ctx.visible[r].start - span.start..ctx.visible[r].end - span.start;
+        let row = &mut scores[r * stride..r * stride + span];
+        let visible = ctx.visible[r].clone();
         if visible.is_empty() {
             row.fill(0.0);
             continue;
@@ -455,62 +574,143 @@ fn attend_block<F: MulAdd, const R: usize>(
         let new_max = max[r].max(tile_max);
         let rescale = (max[r] - new_max).exp();
         for p in &mut row[visible.clone()] {
-            *p = exp_nonpositive::<F>(*p - new_max);
+            *p = exp_nonpositive(simd, *p - new_max);
         }
         row[..visible.start].fill(0.0);
         row[visible.end..].fill(0.0);
-        sum[r] = F::mul_add(sum[r], rescale, reduce(&row[visible], 0.0, |a, b| a + b));
+        let tile_sum = reduce(&row[visible], 0.0, |a, b| a + b);
+        sum[r] = simd.mul_add_f32(sum[r], rescale, tile_sum);
         max[r] = new_max;
         if rescale != 1.0 {
-            for a in &mut acc[r * ctx.d..(r + 1) * ctx.d] {
+            for a in &mut acc[r * d..(r + 1) * d] {
                 *a *= rescale;
             }
         }
     }
 
-    let probs: [&[f32]; R] =
-        std::array::from_fn(|r| &scores[r * stride + span.start..r * stride + span.end]);
-    let values = &ctx.values[span.start * ctx.d..span.end * ctx.d];
-    let wide = ctx.d / LANES * LANES;
-    for column in (0..wide).step_by(LANES) {
-        accumulate_values::<F, R, LANES>(&probs, values, ctx.d, column, acc);
+    // Key-major probabilities, so the value loop reads one key's R weights without checks.
+    let probs = &mut probs[..span * R];
+    for (r, row) in scores.chunks_exact(stride).take(R).enumerate() {
+        for (p, &x) in probs.iter_mut().skip(r).step_by(R).zip(&row[..span]) {
+            *p = x;
+        }
     }
-    for column in wide..ctx.d {
-        accumulate_values::<F, R, 1>(&probs, values, ctx.d, column, acc);
+    let wide = d / (2 * LANES) * (2 * LANES);
+    for column in (0..wide).step_by(2 * LANES) {
+        accumulate_values::<S, R>(simd, probs, ctx.values, d, column, acc);
+    }
+    for column in wide..d {
+        accumulate_column::<S, R>(simd, probs, ctx.values, d, column, acc);
     }
 }
 
-/// `acc[r][column..column + W] += Σ_k probs[r][k] · values[k][column..column + W]`.
+/// `q_r · key_k` for `R` query rows and `KEYS` keys, both `[_, d]`.
 #[inline(always)]
-fn accumulate_values<F: MulAdd, const R: usize, const W: usize>(
-    probs: &[&[f32]; R],
+#[allow(clippy::needless_range_loop)] // r and k name a register block's rows and keys
+fn dot_block<S: Simd, const R: usize, const KEYS: usize>(
+    simd: S,
+    q: &[f32],
+    keys: &[f32],
+    d: usize,
+) -> [[f32; KEYS]; R] {
+    let wide = d / LANES;
+    let q_rows: [&[[f32; LANES]]; R] = std::array::from_fn(|r| &as_lanes(&q[r * d..])[..wide]);
+    let key_rows: [&[[f32; LANES]]; KEYS] =
+        std::array::from_fn(|k| &as_lanes(&keys[k * d..])[..wide]);
+    let mut acc = [[simd.splat(0.0); KEYS]; R];
+    for column in 0..wide {
+        let key: [S::V; KEYS] = std::array::from_fn(|k| simd.load(&key_rows[k][column]));
+        for r in 0..R {
+            let q = simd.load(&q_rows[r][column]);
+            for k in 0..KEYS {
+                acc[r][k] = simd.mul_add(q, key[k], acc[r][k]);
+            }
+        }
+    }
+    let mut lanes = [simd.splat(0.0); LANES];
+    for r in 0..R {
+        for k in 0..KEYS {
+            lanes[r * KEYS + k] = acc[r][k];
+        }
+    }
+    let sums = simd.sums(lanes);
+    let mut dots = [[0.0; KEYS]; R];
+    for r in 0..R {
+        for k in 0..KEYS {
+            dots[r][k] = (wide * LANES..d).fold(sums[r * KEYS + k], |dot, c| {
+                simd.mul_add_f32(q[r * d + c], keys[k * d + c], dot)
+            });
+        }
+    }
+    dots
+}
+
+/// `xs` as whole vectors of `LANES`, dropping a shorter tail.
+#[inline(always)]
+fn as_lanes(xs: &[f32]) -> &[[f32; LANES]] {
+    // SAFETY: `[f32; LANES]` is `LANES` consecutive f32 with f32's alignment, and the new
+    // slice covers `xs.len() / LANES` of them, all inside `xs`.
+    unsafe { std::slice::from_raw_parts(xs.as_ptr().cast(), xs.len() / LANES) }
+}
+
+/// `acc[r][column..column + 2·LANES] += Σ_k probs[k][r] · values[k][column..column + 2·LANES]`.
+#[inline(always)]
+fn accumulate_values<S: Simd, const R: usize>(
+    simd: S,
+    probs: &[f32],
     values: &[f32],
     d: usize,
     column: usize,
     acc: &mut [f32],
 ) {
-    let mut sums = [[0.0f32; W]; R];
-    for (k, value) in values.chunks_exact(d).enumerate() {
-        let value = &value[column..column + W];
-        for (sums, probs) in sums.iter_mut().zip(probs) {
-            let p = probs[k];
-            for (s, &v) in sums.iter_mut().zip(value) {
-                *s = F::mul_add(p, v, *s);
+    let mut sums = [[simd.splat(0.0); 2]; R];
+    for (sums, row) in sums.iter_mut().zip(acc.chunks_exact(d)) {
+        let row = &as_lanes(&row[column..])[..2];
+        *sums = [simd.load(&row[0]), simd.load(&row[1])];
+    }
+    for (value, probs) in values.chunks_exact(d).zip(probs.chunks_exact(R)) {
+        let value = &as_lanes(&value[column..])[..2];
+        let value = [simd.load(&value[0]), simd.load(&value[1])];
+        for (sums, &p) in sums.iter_mut().zip(probs) {
+            let p = simd.splat(p);
+            for (s, &v) in sums.iter_mut().zip(&value) {
+                *s = simd.mul_add(p, v, *s);
             }
         }
     }
     for (row, sums) in acc.chunks_exact_mut(d).zip(&sums) {
-        for (a, s) in row[column..column + W].iter_mut().zip(sums) {
-            *a += s;
-        }
+        let row = &mut row[column..column + 2 * LANES];
+        simd.store(sums[0], row);
+        simd.store(sums[1], &mut row[LANES..]);
     }
 }
 
-/// Folds `xs` with `op` in `LANES` independent lanes, so the loop vectorises.
+/// `accumulate_values` for one column: the columns past the last whole block.
+#[inline(always)]
+fn accumulate_column<S: Simd, const R: usize>(
+    simd: S,
+    probs: &[f32],
+    values: &[f32],
+    d: usize,
+    column: usize,
+    acc: &mut [f32],
+) {
+    let mut sums = [0.0f32; R];
+    for (value, probs) in values.chunks_exact(d).zip(probs.chunks_exact(R)) {
+        for (s, &p) in sums.iter_mut().zip(probs) {
+            *s = simd.mul_add_f32(p, value[column], *s);
+        }
+    }
+    for (row, s) in acc.chunks_exact_mut(d).zip(sums) {
+        row[column] += s;
+    }
+}
+
+/// Folds `xs` with `op` in `2·LANES` independent lanes, so the loop vectorises.
 #[inline(always)]
 fn reduce(xs: &[f32], init: f32, op: impl Fn(f32, f32) -> f32) -> f32 {
-    let mut lanes = [init; LANES];
-    let chunks = xs.chunks_exact(LANES);
+    let mut lanes = [init; 2 * LANES];
+    let chunks = xs.chunks_exact(2 * LANES);
     let tail = chunks.remainder().iter().fold(init, |a, &b| op(a, b));
     for chunk in chunks {
         for (lane, &x) in lanes.iter_mut().zip(chunk) {
@@ -525,21 +725,21 @@ fn reduce(xs: &[f32], init: f32, op: impl Fn(f32, f32) -> f32) -> f32 {
 /// Cephes `expf`: `x = n·ln2 + r` with `|r| <= ln2/2`, `exp(r)` by a degree-6 polynomial,
 /// `2^n` built in the exponent bits. Relative error about 2 ulp.
 #[inline(always)]
-fn exp_nonpositive<F: MulAdd>(x: f32) -> f32 {
+fn exp_nonpositive(simd: impl Simd, x: f32) -> f32 {
     /// Adding 1.5·2²³ rounds to an integer, which then sits in the low mantissa bits.
     const ROUND: f32 = 12_582_912.0;
     let x = x.max(-87.0);
-    let shifted = F::mul_add(x, std::f32::consts::LOG2_E, ROUND);
+    let shifted = simd.mul_add_f32(x, std::f32::consts::LOG2_E, ROUND);
     let n = shifted - ROUND;
-    let r = F::mul_add(n, -0.693_359_4, x);
-    let r = F::mul_add(n, 2.121_944_4e-4, r);
+    let r = simd.mul_add_f32(n, -0.693_359_4, x);
+    let r = simd.mul_add_f32(n, 2.121_944_4e-4, r);
     let mut p = 1.987_569_1e-4;
-    p = F::mul_add(p, r, 1.398_2e-3);
-    p = F::mul_add(p, r, 8.333_452e-3);
-    p = F::mul_add(p, r, 4.166_579_6e-2);
-    p = F::mul_add(p, r, 0.166_666_65);
-    p = F::mul_add(p, r, 0.5);
-    let p = F::mul_add(p, r * r, r) + 1.0;
+    p = simd.mul_add_f32(p, r, 1.398_2e-3);
+    p = simd.mul_add_f32(p, r, 8.333_452e-3);
+    p = simd.mul_add_f32(p, r, 4.166_579_6e-2);
+    p = simd.mul_add_f32(p, r, 0.166_666_65);
+    p = simd.mul_add_f32(p, r, 0.5);
+    let p = simd.mul_add_f32(p, r * r, r) + 1.0;
     let exponent = shifted.to_bits() as i32 - ROUND.to_bits() as i32 + 127;
     p * f32::from_bits((exponent << 23) as u32)
 }
@@ -553,7 +753,7 @@ mod tests {
         for i in 0..=87_000 {
             let x = -(i as f32) / 1000.0;
             let want = x.exp();
-            let got = exp_nonpositive::<Separate>(x);
+            let got = exp_nonpositive(Portable, x);
             assert!(
                 (got - want).abs() <= 4.0 * f32::EPSILON * want,
                 "exp({x}) = {got}, std says {want}"

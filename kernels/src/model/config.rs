@@ -155,7 +155,7 @@ impl CommonKeys {
         let n_layers = gguf.usize(&key("block_count"))?;
         let n_heads = gguf.usize(&key("attention.head_count"))?;
         let n_kv_heads = gguf.usize(&key("attention.head_count_kv"))?;
-        if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
+        if n_heads == 0 || n_kv_heads == 0 || !n_heads.is_multiple_of(n_kv_heads) {
             return Err(crate::Error::BadMetadata {
                 path: gguf.path().to_path_buf(),
                 key: key("attention.head_count_kv"),

@@ -14,7 +14,7 @@ const SLIDING_WINDOW_PATTERN: usize = 6;
 const LOCAL_ROPE_BASE: f32 = 10_000.0;
 
 pub fn is_global_layer(layer: usize) -> bool {
-    (layer + 1) % SLIDING_WINDOW_PATTERN == 0
+    (layer + 1).is_multiple_of(SLIDING_WINDOW_PATTERN)
 }
 
 pub fn config(gguf: &GgufFile) -> Result<ModelConfig> {

@@ -1,26 +1,37 @@
-//! A weight matrix applied to rows of activations. Quantized GGUF weights go through
-//! candle-core's `QMatMul`; plain `f32` weights (synthetic test models, small tensors) too.
+//! A weight matrix applied to rows of activations. Formats with kernels of our own go through
+//! `crate::quant::QuantMatrix`; the rest through candle-core's `QMatMul`.
 
 use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
 
-use crate::Result;
+use crate::quant::QuantMatrix;
+use crate::{Error, Result};
 
 #[derive(Debug)]
 pub struct Linear {
-    weight: QMatMul,
+    weight: Weight,
     /// Output features (rows of the weight).
     pub out_dim: usize,
     /// Input features.
     pub in_dim: usize,
 }
 
+#[derive(Debug)]
+enum Weight {
+    Own(QuantMatrix),
+    Candle(QMatMul),
+}
+
 impl Linear {
     /// `qtensor` is `[out_dim, in_dim]`, as GGUF stores it.
     pub fn new(qtensor: QTensor) -> Result<Self> {
         let (out_dim, in_dim) = qtensor.shape().dims2()?;
+        let weight = match QuantMatrix::from_qtensor(&qtensor)? {
+            Some(matrix) => Weight::Own(matrix),
+            None => Weight::Candle(QMatMul::from_qtensor(qtensor)?),
+        };
         Ok(Self {
-            weight: QMatMul::from_qtensor(qtensor)?,
+            weight,
             out_dim,
             in_dim,
         })
@@ -28,10 +39,31 @@ impl Linear {
 
     /// `x` is `[rows, in_dim]`; returns `[rows, out_dim]`.
     pub fn forward(&self, x: &[f32]) -> Result<Vec<f32>> {
+        if self.in_dim == 0 || !x.len().is_multiple_of(self.in_dim) {
+            return Err(Error::InvalidRequest(format!(
+                "linear layer: {} inputs are not whole rows of {}",
+                x.len(),
+                self.in_dim
+            )));
+        }
         let rows = x.len() / self.in_dim;
-        let input = Tensor::from_slice(x, (rows, self.in_dim), &Device::Cpu)?;
-        let output = self.weight.forward(&input)?;
-        Ok(output.flatten_all()?.to_vec1::<f32>()?)
+        match &self.weight {
+            Weight::Own(matrix) => {
+                let mut y = vec![0.0; rows * self.out_dim];
+                matrix.matmul(x, rows, &mut y);
+                Ok(y)
+            }
+            Weight::Candle(weight) => {
+                let input = Tensor::from_slice(x, (rows, self.in_dim), &Device::Cpu)?;
+                let output = weight.forward(&input)?;
+                Ok(output.flatten_all()?.to_vec1::<f32>()?)
+            }
+        }
+    }
+
+    /// Whether this layer runs on our own kernels rather than candle's.
+    pub fn uses_own_kernels(&self) -> bool {
+        matches!(self.weight, Weight::Own(_))
     }
 }
 

@@ -47,7 +47,7 @@ pub fn config(gguf: &GgufFile) -> Result<ModelConfig> {
         });
     }
     for (i, layer) in config.layers.iter_mut().enumerate() {
-        if no_rope_step > 0 && (i + 1) % no_rope_step == 0 {
+        if no_rope_step > 0 && (i + 1).is_multiple_of(no_rope_step) {
             layer.rope = None;
             layer.temperature_tuning = Some(TemperatureTuning {
                 floor_scale,
@@ -56,7 +56,7 @@ pub fn config(gguf: &GgufFile) -> Result<ModelConfig> {
         } else {
             layer.mask = Mask::Chunked { chunk };
         }
-        layer.moe = config.moe.is_some() && moe_step > 0 && (i + 1) % moe_step == 0;
+        layer.moe = config.moe.is_some() && moe_step > 0 && (i + 1).is_multiple_of(moe_step);
     }
     Ok(config)
 }

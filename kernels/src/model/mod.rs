@@ -478,7 +478,7 @@ fn validate_config(c: &ModelConfig, path: &Path) -> Result<()> {
     }
     for layer in &c.layers {
         if let Some(rope) = &layer.rope {
-            if rope.dims > c.head_dim || rope.dims % 2 != 0 {
+            if rope.dims > c.head_dim || !rope.dims.is_multiple_of(2) {
                 return bad(
                     "rope.dimension_count",
                     format!("{} rotated dims do not fit head dim {}", rope.dims, c.head_dim),

@@ -1,0 +1,355 @@
+//! The x86-64 kernels, compiled for AVX2 with FMA and F16C (every AVX2 CPU we target has both)
+//! and chosen at run time. Each computes the dot products of one weight row with `N`
+//! activation rows, decoding every weight block once for all `N`.
+//!
+//! Integer products use `maddubs` (u8 × i8 → adjacent pairs summed to i16) and `madd` (i16
+//! pairs → i32), as llama.cpp does. `maddubs` wants one unsigned operand, so the weights are
+//! decoded to unsigned quants wherever they can be, with their offsets folded into per-block
+//! sums of the activations: Q4_0 (q − 8), Q5_0 (q − 16), Q4_1 (+ m), Q4_K (− min) and Q6_K
+//! (q − 32). Only Q8_0 needs the sign trick. No pair sum can saturate: |q_a| ≤ 127 and the
+//! unsigned quants are below 64 (Q8_0's |q_w| ≤ 128 gives 2·128·127 < 2¹⁵).
+//!
+//! The only unsafe code is the `load_*` helpers, which read through array references and so
+//! stay in bounds by type; intrinsics are safe to call in functions compiled for them.
+
+use std::arch::x86_64::*;
+
+use super::blocks::{array_at, q4k, q6k, WeightFormat, QK, QK_K};
+use super::kernel::Kernel;
+use super::q8::{Q8KRow, Q8Row};
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn load_u8x16(b: &[u8; 16]) -> __m128i {
+    // SAFETY: reads the 16 bytes of `b`; unaligned loads are allowed.
+    unsafe { _mm_loadu_si128(b.as_ptr().cast()) }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn load_u8x32(b: &[u8; 32]) -> __m256i {
+    // SAFETY: reads the 32 bytes of `b`; unaligned loads are allowed.
+    unsafe { _mm256_loadu_si256(b.as_ptr().cast()) }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn load_i8x32(q: &[i8; 32]) -> __m256i {
+    // SAFETY: reads the 32 bytes of `q`; unaligned loads are allowed.
+    unsafe { _mm256_loadu_si256(q.as_ptr().cast()) }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn load_i16x16(q: &[i16; 16]) -> __m256i {
+    // SAFETY: reads the 32 bytes of `q`; unaligned loads are allowed.
+    unsafe { _mm256_loadu_si256(q.as_ptr().cast()) }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn load_f32x8(x: &[f32; 8]) -> __m256 {
+    // SAFETY: reads the 32 bytes of `x`; unaligned loads are allowed.
+    unsafe { _mm256_loadu_ps(x.as_ptr()) }
+}
+
+/// Eight little-endian `f32` from 32 bytes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn load_f32x8_le(b: &[u8; 32]) -> __m256 {
+    // SAFETY: reads the 32 bytes of `b`, which x86 reads as little-endian `f32`.
+    unsafe { _mm256_loadu_ps(b.as_ptr().cast()) }
+}
+
+/// Two little-endian `f16` (e.g. Q4_1's `d`, `m`) → lanes 0 and 1.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn f16x2(b: &[u8; 4]) -> __m128 {
+    _mm_cvtph_ps(_mm_cvtsi32_si128(i32::from_le_bytes(*b)))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn f16(block: &[u8], at: usize) -> f32 {
+    let bits = u16::from_le_bytes(*array_at(block, at));
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn lane1(v: __m128) -> f32 {
+    _mm_cvtss_f32(_mm_movehdup_ps(v))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+}
+
+/// 16 bytes of nibbles → 32 bytes: the low nibbles (elements 0..16), then the high ones.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn nibbles(qs: &[u8; 16]) -> __m256i {
+    let v = load_u8x16(qs);
+    let both = _mm256_set_m128i(_mm_srli_epi16::<4>(v), v);
+    _mm256_and_si256(both, _mm256_set1_epi8(0x0F))
+}
+
+/// Byte `i` is 0xFF where bit `i` of `bits` is set, else 0.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn bits_to_bytes(bits: u32) -> __m256i {
+    // Byte i takes byte i / 8 of `bits`; the mask then sets every bit but bit i % 8.
+    let spread = _mm256_shuffle_epi8(
+        _mm256_set1_epi32(bits as i32),
+        _mm256_set_epi64x(
+            0x0303_0303_0303_0303,
+            0x0202_0202_0202_0202,
+            0x0101_0101_0101_0101,
+            0,
+        ),
+    );
+    let others = _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe);
+    _mm256_cmpeq_epi8(_mm256_or_si256(spread, others), _mm256_set1_epi8(-1))
+}
+
+/// A Q4_0, Q4_1 or Q5_0 block as 32 unsigned quants, `d` and `m` (value `d·q + m`).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn unsigned_block(format: WeightFormat, block: &[u8]) -> (__m256i, f32, f32) {
+    match format {
+        WeightFormat::Q4_0 => {
+            let d = f16(block, 0);
+            (nibbles(array_at(block, 2)), d, -8.0 * d)
+        }
+        WeightFormat::Q4_1 => {
+            let dm = f16x2(array_at(block, 0));
+            (nibbles(array_at(block, 4)), _mm_cvtss_f32(dm), lane1(dm))
+        }
+        WeightFormat::Q5_0 => {
+            let d = f16(block, 0);
+            let high = bits_to_bytes(u32::from_le_bytes(*array_at(block, 2)));
+            let q = _mm256_or_si256(
+                nibbles(array_at(block, 6)),
+                _mm256_and_si256(high, _mm256_set1_epi8(0x10)),
+            );
+            (q, d, -16.0 * d)
+        }
+        _ => unreachable!("{format:?} has no unsigned 32-element blocks"),
+    }
+}
+
+/// Q4_0, Q4_1, Q5_0: `Σ_blocks d_w·d_a·Σ q_w·q_a + m_w·(d_a·Σ q_a)`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) fn unsigned32<K: Kernel, const N: usize>(
+    w_row: &[u8],
+    acts: &[Q8Row<'_>; N],
+) -> [f32; N] {
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_ps(); N];
+    let mut offsets = [0f32; N];
+    for (b, block) in w_row.chunks_exact(K::FORMAT.block_bytes()).enumerate() {
+        let (qw, d, m) = unsigned_block(K::FORMAT, block);
+        let dw = _mm256_set1_ps(d);
+        for n in 0..N {
+            let qa = load_i8x32(array_at(acts[n].qs, b * QK));
+            let dot = _mm256_madd_epi16(_mm256_maddubs_epi16(qw, qa), ones);
+            let [da, sa] = acts[n].ds[b];
+            let scale = _mm256_mul_ps(dw, _mm256_set1_ps(da));
+            acc[n] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(dot), acc[n]);
+            offsets[n] = m.mul_add(sa, offsets[n]);
+        }
+    }
+    let mut out = [0f32; N];
+    for n in 0..N {
+        out[n] = hsum(acc[n]) + offsets[n];
+    }
+    out
+}
+
+/// Q8_0: the sign trick, `|q_w| · (q_a · sign q_w)`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) fn q8_0<K: Kernel, const N: usize>(w_row: &[u8], acts: &[Q8Row<'_>; N]) -> [f32; N] {
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_ps(); N];
+    for (b, block) in w_row.chunks_exact(K::FORMAT.block_bytes()).enumerate() {
+        let dw = _mm256_set1_ps(f16(block, 0));
+        let qw = load_u8x32(array_at(block, 2));
+        let abs = _mm256_abs_epi8(qw);
+        for n in 0..N {
+            let qa = _mm256_sign_epi8(load_i8x32(array_at(acts[n].qs, b * QK)), qw);
+            let dot = _mm256_madd_epi16(_mm256_maddubs_epi16(abs, qa), ones);
+            let scale = _mm256_mul_ps(dw, _mm256_set1_ps(acts[n].ds[b][0]));
+            acc[n] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(dot), acc[n]);
+        }
+    }
+    let mut out = [0f32; N];
+    for n in 0..N {
+        out[n] = hsum(acc[n]);
+    }
+    out
+}
+
+/// Q4_K: per sub-block `scale·Σ q_w·q_a` in `i32`, then `d·d_a` of that minus `dmin·d_a` of
+/// `Σ min·Σ q_a` (from the activations' sums of 16).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) fn q4k<K: Kernel, const N: usize>(w_row: &[u8], acts: &[Q8KRow<'_>; N]) -> [f32; N] {
+    let low4 = _mm256_set1_epi8(0x0F);
+    let mut acc = [_mm256_setzero_ps(); N];
+    for (b, block) in w_row.chunks_exact(K::FORMAT.block_bytes()).enumerate() {
+        let d_dmin = f16x2(array_at(block, q4k::D));
+        let (d, dmin) = (_mm_cvtss_f32(d_dmin), lane1(d_dmin));
+        let (scales, mins) = q4k::scales_mins(array_at(block, q4k::SCALES));
+        // Each min twice, to meet the two sums of 16 under its 32 elements.
+        let mins = _mm256_cvtepu8_epi16(load_u8x16(&std::array::from_fn(|i| mins[i / 2])));
+        let mut dots = [_mm256_setzero_si256(); N];
+        for c in 0..4 {
+            let qw = load_u8x32(array_at(block, q4k::QS + 32 * c));
+            let low = _mm256_and_si256(qw, low4);
+            let high = _mm256_and_si256(_mm256_srli_epi16::<4>(qw), low4);
+            let scale_low = _mm256_set1_epi16(i16::from(scales[2 * c]));
+            let scale_high = _mm256_set1_epi16(i16::from(scales[2 * c + 1]));
+            for n in 0..N {
+                let at = b * QK_K + 64 * c;
+                let qa_low = load_i8x32(array_at(acts[n].qs, at));
+                let qa_high = load_i8x32(array_at(acts[n].qs, at + 32));
+                let p_low = _mm256_madd_epi16(_mm256_maddubs_epi16(low, qa_low), scale_low);
+                let p_high = _mm256_madd_epi16(_mm256_maddubs_epi16(high, qa_high), scale_high);
+                dots[n] = _mm256_add_epi32(dots[n], _mm256_add_epi32(p_low, p_high));
+            }
+        }
+        for n in 0..N {
+            let sums = &acts[n].sums[b];
+            let min = _mm256_madd_epi16(load_i16x16(&sums.bsums), mins);
+            let scale = _mm256_set1_ps(d * sums.d);
+            let min_scale = _mm256_set1_ps(dmin * sums.d);
+            acc[n] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(dots[n]), acc[n]);
+            acc[n] = _mm256_fnmadd_ps(min_scale, _mm256_cvtepi32_ps(min), acc[n]);
+        }
+    }
+    let mut out = [0f32; N];
+    for n in 0..N {
+        out[n] = hsum(acc[n]);
+    }
+    out
+}
+
+/// Q6_K: per 16-element sub-block `scale·Σ q_w·q_a` on the stored (+32) quants, less
+/// `32·Σ scale·Σ q_a` from the activations' sums of 16, times `d·d_a`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) fn q6k<K: Kernel, const N: usize>(w_row: &[u8], acts: &[Q8KRow<'_>; N]) -> [f32; N] {
+    let low4 = _mm256_set1_epi8(0x0F);
+    let bits45 = _mm256_set1_epi8(0x30);
+    let mut acc = [_mm256_setzero_ps(); N];
+    for (b, block) in w_row.chunks_exact(K::FORMAT.block_bytes()).enumerate() {
+        let d = f16(block, q6k::D);
+        let scales: &[u8; 16] = array_at(block, q6k::SCALES);
+        let mut dots = [_mm256_setzero_si256(); N];
+        for half in 0..2 {
+            let ql0 = load_u8x32(array_at(block, q6k::QL + 64 * half));
+            let ql1 = load_u8x32(array_at(block, q6k::QL + 64 * half + 32));
+            let qh = load_u8x32(array_at(block, q6k::QH + 32 * half));
+            // Quarter k takes a nibble of ql0 or ql1 and bits 2k..2k+2 of qh, moved to bits 4..6.
+            let quarters = [
+                _mm256_or_si256(
+                    _mm256_and_si256(ql0, low4),
+                    _mm256_and_si256(_mm256_slli_epi16::<4>(qh), bits45),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(ql1, low4),
+                    _mm256_and_si256(_mm256_slli_epi16::<2>(qh), bits45),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), low4),
+                    _mm256_and_si256(qh, bits45),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), low4),
+                    _mm256_and_si256(_mm256_srli_epi16::<2>(qh), bits45),
+                ),
+            ];
+            for (k, qw) in quarters.into_iter().enumerate() {
+                // Its 32 elements are sub-blocks `sub` (low 128 bits) and `sub + 1`.
+                let sub = 8 * half + 2 * k;
+                let scale = _mm256_set_m128i(
+                    _mm_set1_epi16(i16::from(scales[sub + 1] as i8)),
+                    _mm_set1_epi16(i16::from(scales[sub] as i8)),
+                );
+                for n in 0..N {
+                    let qa = load_i8x32(array_at(acts[n].qs, b * QK_K + 128 * half + 32 * k));
+                    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(qw, qa), scale);
+                    dots[n] = _mm256_add_epi32(dots[n], p);
+                }
+            }
+        }
+        let scales = _mm256_cvtepi8_epi16(load_u8x16(scales));
+        for n in 0..N {
+            let sums = &acts[n].sums[b];
+            let offset = _mm256_madd_epi16(load_i16x16(&sums.bsums), scales);
+            let dot = _mm256_sub_epi32(dots[n], _mm256_slli_epi32::<5>(offset));
+            let scale = _mm256_set1_ps(d * sums.d);
+            acc[n] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(dot), acc[n]);
+        }
+    }
+    let mut out = [0f32; N];
+    for n in 0..N {
+        out[n] = hsum(acc[n]);
+    }
+    out
+}
+
+/// `f32` weights against `f32` rows.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) fn f32<K: Kernel, const N: usize>(w_row: &[u8], acts: &[&[f32]; N]) -> [f32; N] {
+    let cols = w_row.len() / 4;
+    let whole = cols / 8 * 8;
+    let mut acc = [_mm256_setzero_ps(); N];
+    for i in (0..whole).step_by(8) {
+        let w = load_f32x8_le(array_at(w_row, 4 * i));
+        for n in 0..N {
+            acc[n] = _mm256_fmadd_ps(w, load_f32x8(array_at(acts[n], i)), acc[n]);
+        }
+    }
+    let mut out = [0f32; N];
+    for n in 0..N {
+        out[n] = hsum(acc[n]);
+        for (w, &a) in w_row[4 * whole..].chunks_exact(4).zip(&acts[n][whole..]) {
+            out[n] = f32::from_le_bytes(*array_at(w, 0)).mul_add(a, out[n]);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn avx2() -> bool {
+        super::super::Isa::Avx2.is_supported()
+    }
+
+    #[test]
+    fn bits_to_bytes_spreads_each_bit_to_its_byte() {
+        if !avx2() {
+            return;
+        }
+        for bits in [0u32, 1, 0x8000_0000, 0xDEAD_BEEF, u32::MAX, 0x0001_8000] {
+            // SAFETY: AVX2 (with FMA and F16C) was detected above.
+            let v = unsafe { bits_to_bytes(bits) };
+            let mut bytes = [0u8; 32];
+            // SAFETY: writes 32 bytes into a 32-byte array.
+            unsafe { _mm256_storeu_si256(bytes.as_mut_ptr().cast(), v) };
+            for (i, &byte) in bytes.iter().enumerate() {
+                assert_eq!(byte, if bits >> i & 1 == 1 { 0xFF } else { 0 }, "bit {i} of {bits:#x}");
+            }
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! The threaded driver: quantizes the activation rows once, cuts the output `[rows, out_dim]`
+//! into tiles of activation rows × weight rows, and runs the tiles on rayon's global pool.
+//!
+//! A tile walks its activation rows in groups of `GROUP`; for each group every weight row of
+//! the tile goes through one kernel call, which decodes each weight block once for the whole
+//! group. The group's quantized rows stay in L1 while the tile's weight rows stream past them:
+//! that reuse is where prefill's speed comes from. Decode (one row) is the same code with
+//! groups of one and the output dimension split finely enough to keep every thread busy.
+
+use std::marker::PhantomData;
+use std::ops::Range;
+
+use rayon::prelude::*;
+
+use super::kernel::{Kernel, Row};
+use super::q8::Activations;
+use super::{Isa, QuantMatrix};
+
+/// Activation rows per kernel call.
+const GROUP: usize = 4;
+/// Most activation rows in a tile.
+const MAX_TILE_ROWS: usize = 64;
+/// Most weight rows in a tile (it bounds the tile's buffer on the stack).
+const MAX_TILE_OUTS: usize = 64;
+/// Tiles wanted per thread, so that uneven tiles still balance.
+const TILES_PER_THREAD: usize = 4;
+/// Below this much work (weight bytes × rows) a matmul stays on the calling thread: waking
+/// the pool would cost more than it saves.
+const SEQUENTIAL_WORK: usize = 32 * 1024;
+
+/// `y = x · Wᵀ` with `K`'s kernels for `isa`.
+pub(super) fn run<K: Kernel>(m: &QuantMatrix, isa: Isa, x: &[f32], rows: usize, y: &mut [f32]) {
+    assert!(isa.is_supported(), "this CPU cannot run the {isa:?} kernels");
+    let scratch = K::Acts::scratch();
+    let mut acts = scratch.take();
+    acts.quantize(x, m.in_dim);
+
+    let plan = Plan::new(rows, m.out_dim, rayon::current_num_threads());
+    let out = SharedOutput::new(y, m.out_dim);
+    let run_tile = |t: usize| {
+        let (rows, outs) = plan.tile(t);
+        tile::<K>(m, isa, &acts, rows, outs, &out);
+    };
+    if plan.tiles() == 1 || rows * m.data.len() < SEQUENTIAL_WORK {
+        (0..plan.tiles()).for_each(run_tile);
+    } else {
+        (0..plan.tiles()).into_par_iter().for_each(run_tile);
+    }
+    scratch.set(acts);
+}
+
+/// One tile: activation rows `rows` against weight rows `outs`.
+fn tile<K: Kernel>(
+    m: &QuantMatrix,
+    isa: Isa,
+    acts: &K::Acts,
+    rows: Range<usize>,
+    outs: Range<usize>,
+    out: &SharedOutput<'_>,
+) {
+    let mut buf = [[0f32; MAX_TILE_OUTS]; GROUP];
+    for first in rows.clone().step_by(GROUP) {
+        let n = GROUP.min(rows.end - first);
+        match n {
+            1 => group::<K, 1>(m, isa, acts, first, outs.clone(), &mut buf),
+            2 => group::<K, 2>(m, isa, acts, first, outs.clone(), &mut buf),
+            3 => group::<K, 3>(m, isa, acts, first, outs.clone(), &mut buf),
+            _ => group::<K, GROUP>(m, isa, acts, first, outs.clone(), &mut buf),
+        }
+        for (i, values) in buf[..n].iter().enumerate() {
+            // SAFETY: the plan's tiles partition the output, so only this tile writes there.
+            unsafe { out.write(first + i, outs.start, &values[..outs.len()]) };
+        }
+    }
+}
+
+/// Activation rows `first..first + N` against weight rows `outs`, into `buf[..N][..outs.len()]`.
+#[inline(always)]
+fn group<K: Kernel, const N: usize>(
+    m: &QuantMatrix,
+    isa: Isa,
+    acts: &K::Acts,
+    first: usize,
+    outs: Range<usize>,
+    buf: &mut [[f32; MAX_TILE_OUTS]; GROUP],
+) {
+    let rows: [Row<'_, K>; N] = std::array::from_fn(|i| acts.row(first + i));
+    for (j, o) in outs.enumerate() {
+        let w_row = &m.data[o * m.row_bytes..(o + 1) * m.row_bytes];
+        // SAFETY: `run` asserted that the CPU supports `isa`.
+        let dots = unsafe { K::dot(isa, w_row, &rows) };
+        for (b, dot) in buf.iter_mut().zip(dots) {
+            b[j] = dot;
+        }
+    }
+}
+
+/// How the output `[rows, outs]` is cut into tiles.
+#[derive(Clone, Copy, Debug)]
+struct Plan {
+    rows: usize,
+    outs: usize,
+    tile_rows: usize,
+    tile_outs: usize,
+    out_tiles: usize,
+}
+
+impl Plan {
+    fn new(rows: usize, outs: usize, threads: usize) -> Self {
+        debug_assert!(rows > 0 && outs > 0);
+        let tile_rows = rows.min(MAX_TILE_ROWS);
+        let row_tiles = rows.div_ceil(tile_rows);
+        // Enough output tiles for every thread to get several (a multiple of the thread
+        // count, so that even tiles split evenly), none above `MAX_TILE_OUTS` weight rows.
+        let wanted = (threads * TILES_PER_THREAD)
+            .div_ceil(row_tiles)
+            .max(outs.div_ceil(MAX_TILE_OUTS))
+            .next_multiple_of(threads.max(1))
+            .min(outs);
+        let tile_outs = outs.div_ceil(wanted);
+        Plan {
+            rows,
+            outs,
+            tile_rows,
+            tile_outs,
+            out_tiles: outs.div_ceil(tile_outs),
+        }
+    }
+
+    fn tiles(&self) -> usize {
+        self.rows.div_ceil(self.tile_rows) * self.out_tiles
+    }
+
+    /// Tile `t`'s activation rows and weight rows; consecutive tiles share activation rows.
+    fn tile(&self, t: usize) -> (Range<usize>, Range<usize>) {
+        let (r, o) = (t / self.out_tiles * self.tile_rows, t % self.out_tiles * self.tile_outs);
+        (r..(r + self.tile_rows).min(self.rows), o..(o + self.tile_outs).min(self.outs))
+    }
+}
+
+/// The output `[rows, outs]` shared by the tiles of one matmul, each writing its own part.
+struct SharedOutput<'a> {
+    ptr: *mut f32,
+    rows: usize,
+    outs: usize,
+    _y: PhantomData<&'a mut [f32]>,
+}
+
+// SAFETY: it only writes, through `write`, whose callers keep their ranges disjoint, as
+// handing each thread its own `&mut` piece of `y` would.
+unsafe impl Sync for SharedOutput<'_> {}
+
+impl<'a> SharedOutput<'a> {
+    fn new(y: &'a mut [f32], outs: usize) -> Self {
+        SharedOutput {
+            ptr: y.as_mut_ptr(),
+            rows: y.len() / outs,
+            outs,
+            _y: PhantomData,
+        }
+    }
+
+    /// Copies `values` to `y[row, first..first + values.len()]`.
+    ///
+    /// # Safety
+    /// No other thread may touch that range during the call.
+    unsafe fn write(&self, row: usize, first: usize, values: &[f32]) {
+        assert!(row < self.rows && first + values.len() <= self.outs);
+        // SAFETY: in bounds by the assert; exclusive by the caller's promise; `values` is
+        // the caller's own buffer, so the two cannot overlap.
+        unsafe {
+            let dst = self.ptr.add(row * self.outs + first);
+            std::ptr::copy_nonoverlapping(values.as_ptr(), dst, values.len());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiles_cover_the_output_exactly_once() {
+        for rows in [1, 2, 3, 4, 5, 17, 63, 64, 65, 130, 512] {
+            for outs in [1, 2, 7, 33, 64, 65, 192, 576, 1536, 4099] {
+                for threads in [1, 2, 3, 8] {
+                    let plan = Plan::new(rows, outs, threads);
+                    let mut hits = vec![0u8; rows * outs];
+                    for t in 0..plan.tiles() {
+                        let (rs, os) = plan.tile(t);
+                        assert!(!rs.is_empty() && !os.is_empty());
+                        assert!(rs.len() <= MAX_TILE_ROWS && os.len() <= MAX_TILE_OUTS);
+                        for r in rs {
+                            for o in os.clone() {
+                                hits[r * outs + o] += 1;
+                            }
+                        }
+                    }
+                    assert!(hits.iter().all(|&h| h == 1), "{plan:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn decode_splits_the_output_evenly_across_threads() {
+        for (outs, tiles) in [(192, 8), (576, 10), (1536, 24)] {
+            let plan = Plan::new(1, outs, 2);
+            assert_eq!(plan.tiles(), tiles, "{plan:?}");
+        }
+    }
+}

@@ -1,0 +1,295 @@
+//! Our quantized matmul against an f64 reference on candle's dequantized weights, its AVX2
+//! kernels against the portable ones, decode against prefill, and the formats it declines.
+//!
+//! Tolerance against the reference: the kernels use the weights exactly as stored and
+//! quantize each activation block to `d·q` with `d = amax / 127`, so each activation is off by
+//! at most `amax / 254` (`amax` the largest magnitude in its block: 32 values, 256 for the
+//! K-quants). Hence `|ours − reference| ≤ Σ_i |W[o, i]| · amax(block of i) / 254`, plus f32
+//! rounding, allowed as `1e-4 · Σ_i |W[o, i] · x[i]|`. `f32` weights see no quantization and
+//! get the rounding allowance alone.
+
+use std::borrow::Cow;
+
+use candle_core::quantized::{GgmlDType, QStorage, QTensor};
+use candle_core::{Device, Tensor};
+use kernels::model::linear::Linear;
+use kernels::quant::{Isa, QuantMatrix, WeightFormat};
+use proptest::prelude::*;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// A weight matrix in `format`, candle's dequantization of it, and activation rows.
+struct Case {
+    qtensor: QTensor,
+    /// `[out_dim, in_dim]`, dequantized by candle.
+    weights: Vec<f32>,
+    out_dim: usize,
+    in_dim: usize,
+    /// `[rows, in_dim]`.
+    x: Vec<f32>,
+    rows: usize,
+}
+
+impl Case {
+    fn random(format: WeightFormat, out_dim: usize, in_dim: usize, rows: usize, seed: u64) -> Case {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let w: Vec<f32> = (0..out_dim * in_dim).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        // Activations with occasional outliers, as after a norm layer.
+        let x = (0..rows * in_dim)
+            .map(|_| {
+                let outlier = if rng.random_bool(0.02) { 20.0 } else { 1.0 };
+                rng.random_range(-1.0f32..1.0) * outlier
+            })
+            .collect();
+        let tensor = Tensor::from_vec(w, (out_dim, in_dim), &Device::Cpu).unwrap();
+        let qtensor = QTensor::quantize(&tensor, format.dtype()).unwrap();
+        let weights = qtensor
+            .dequantize(&Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        Case {
+            qtensor,
+            weights,
+            out_dim,
+            in_dim,
+            x,
+            rows,
+        }
+    }
+
+    fn matrix(&self) -> QuantMatrix {
+        QuantMatrix::from_qtensor(&self.qtensor).unwrap().expect("a format with our kernels")
+    }
+
+    fn run(&self, isa: Isa) -> Vec<f32> {
+        let mut y = vec![f32::NAN; self.rows * self.out_dim];
+        self.matrix().matmul_with(isa, &self.x, self.rows, &mut y);
+        y
+    }
+
+    fn w_row(&self, o: usize) -> &[f32] {
+        &self.weights[o * self.in_dim..(o + 1) * self.in_dim]
+    }
+
+    fn x_row(&self, r: usize) -> &[f32] {
+        &self.x[r * self.in_dim..(r + 1) * self.in_dim]
+    }
+
+    /// `Σ_i |W[o, i] · x[r, i]|`: the scale of the dot product's rounding.
+    fn magnitude(&self, r: usize, o: usize) -> f64 {
+        let terms = self.w_row(o).iter().zip(self.x_row(r));
+        terms.map(|(&w, &x)| (f64::from(w) * f64::from(x)).abs()).sum()
+    }
+
+    /// The error bound of the module's comment for output `(r, o)`.
+    fn bound(&self, format: WeightFormat, r: usize, o: usize) -> f64 {
+        let rounding = 1e-4 * self.magnitude(r, o) + 1e-6;
+        let block = match format {
+            WeightFormat::F32 => return rounding,
+            WeightFormat::Q4K | WeightFormat::Q6K => 256,
+            _ => 32,
+        };
+        let quantization: f64 = self
+            .x_row(r)
+            .chunks(block)
+            .zip(self.w_row(o).chunks(block))
+            .map(|(x, w)| {
+                let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let w_abs: f64 = w.iter().map(|&w| f64::from(w.abs())).sum();
+                w_abs * f64::from(amax) / 254.0
+            })
+            .sum();
+        quantization + rounding
+    }
+
+    fn reference(&self, r: usize, o: usize) -> f64 {
+        let terms = self.w_row(o).iter().zip(self.x_row(r));
+        terms.map(|(&w, &x)| f64::from(w) * f64::from(x)).sum()
+    }
+}
+
+fn supported_isas() -> Vec<Isa> {
+    [Isa::Portable, Isa::Avx2].into_iter().filter(|isa| isa.is_supported()).collect()
+}
+
+/// Shapes: row lengths of one and of several blocks, odd output counts, and enough of both
+/// (130 × 70) that the work is split into many tiles and runs on the pool.
+fn shapes(format: WeightFormat) -> Vec<(usize, usize, usize)> {
+    let in_dims: &[usize] = match format {
+        WeightFormat::F32 => &[37, 96],
+        WeightFormat::Q4K | WeightFormat::Q6K => &[256, 768],
+        _ => &[32, 96, 576],
+    };
+    let mut shapes = Vec::new();
+    for &in_dim in in_dims {
+        for out_dim in [1, 7, 33, 130] {
+            for rows in [1, 3, 17, 70] {
+                shapes.push((out_dim, in_dim, rows));
+            }
+        }
+    }
+    shapes
+}
+
+#[test]
+fn every_format_matches_the_dequantized_reference() {
+    for format in WeightFormat::ALL {
+        for (seed, (out_dim, in_dim, rows)) in shapes(format).into_iter().enumerate() {
+            let case = Case::random(format, out_dim, in_dim, rows, seed as u64);
+            for isa in supported_isas() {
+                let y = case.run(isa);
+                for r in 0..rows {
+                    for o in 0..out_dim {
+                        let (got, want) = (f64::from(y[r * out_dim + o]), case.reference(r, o));
+                        let bound = case.bound(format, r, o);
+                        assert!(
+                            (got - want).abs() <= bound,
+                            "{format:?} {isa:?} [{rows}, {in_dim}] × [{out_dim}, {in_dim}]ᵀ at \
+                             ({r}, {o}): {got} vs {want}, bound {bound}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// AVX2 and portable kernels see the same quantized activations and sum the same integers;
+/// only the order of the f32 sums differs.
+fn assert_kernels_agree(case: &Case, format: WeightFormat) {
+    let (avx2, portable) = (case.run(Isa::Avx2), case.run(Isa::Portable));
+    for r in 0..case.rows {
+        for o in 0..case.out_dim {
+            let i = r * case.out_dim + o;
+            let tolerance = 2e-5 * case.magnitude(r, o) + 1e-6;
+            assert!(
+                f64::from((avx2[i] - portable[i]).abs()) <= tolerance,
+                "{format:?} [{}, {}] × [{}, {}]ᵀ at ({r}, {o}): AVX2 {} vs portable {}",
+                case.rows,
+                case.in_dim,
+                case.out_dim,
+                case.in_dim,
+                avx2[i],
+                portable[i]
+            );
+        }
+    }
+}
+
+#[test]
+fn avx2_and_portable_kernels_agree() {
+    if !Isa::Avx2.is_supported() {
+        eprintln!("skipped: this CPU has no AVX2");
+        return;
+    }
+    for format in WeightFormat::ALL {
+        for (seed, (out_dim, in_dim, rows)) in shapes(format).into_iter().enumerate() {
+            let case = Case::random(format, out_dim, in_dim, rows, 1000 + seed as u64);
+            assert_kernels_agree(&case, format);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn avx2_equals_portable_on_random_shapes(
+        format in prop::sample::select(WeightFormat::ALL.to_vec()),
+        out_dim in 1usize..40,
+        blocks in 1usize..4,
+        rows in 1usize..10,
+        seed in any::<u64>(),
+    ) {
+        prop_assume!(Isa::Avx2.is_supported());
+        let in_dim = blocks * format.block_elems().max(8);
+        let case = Case::random(format, out_dim, in_dim, rows, seed);
+        assert_kernels_agree(&case, format);
+    }
+}
+
+#[test]
+fn a_decode_row_equals_its_row_of_a_prefill() {
+    for format in WeightFormat::ALL {
+        let in_dim = 2 * format.block_elems().max(32);
+        let case = Case::random(format, 33, in_dim, 17, 7);
+        for isa in supported_isas() {
+            let prefill = case.run(isa);
+            let matrix = case.matrix();
+            for r in 0..case.rows {
+                let mut decode = vec![f32::NAN; case.out_dim];
+                matrix.matmul_with(isa, case.x_row(r), 1, &mut decode);
+                let row = &prefill[r * case.out_dim..(r + 1) * case.out_dim];
+                // Each row is quantized alone and summed in the same order in every group size.
+                assert_eq!(decode, row, "{format:?} {isa:?} row {r}");
+            }
+        }
+    }
+}
+
+#[test]
+fn matmul_uses_the_best_kernels() {
+    let case = Case::random(WeightFormat::Q4_1, 7, 64, 3, 3);
+    let mut y = vec![0.0; 3 * 7];
+    case.matrix().matmul(&case.x, 3, &mut y);
+    assert_eq!(y, case.run(Isa::best()));
+}
+
+#[test]
+fn unsupported_formats_are_left_to_candle() {
+    let tensor = Tensor::ones((4, 256), candle_core::DType::F32, &Device::Cpu).unwrap();
+    for dtype in [GgmlDType::F16, GgmlDType::Q5_1, GgmlDType::Q2K, GgmlDType::Q3K, GgmlDType::Q5K] {
+        let qtensor = QTensor::quantize(&tensor, dtype).unwrap();
+        assert!(QuantMatrix::from_qtensor(&qtensor).unwrap().is_none(), "{dtype:?}");
+    }
+}
+
+#[test]
+fn data_that_does_not_fit_the_shape_is_an_error() {
+    let case = Case::random(WeightFormat::Q4_1, 7, 64, 1, 5);
+    let data = case.qtensor.data().unwrap();
+    // One block (20 bytes) short of 7 rows of two blocks.
+    let short = &data[..data.len() - 20];
+    let storage = QStorage::from_data(Cow::Borrowed(short), &Device::Cpu, GgmlDType::Q4_1).unwrap();
+    let qtensor = QTensor::new(storage, (7, 64)).unwrap();
+    let err = QuantMatrix::from_qtensor(&qtensor).unwrap_err();
+    assert!(err.to_string().contains("bytes of data"), "{err}");
+}
+
+#[test]
+fn a_tensor_that_is_not_a_matrix_is_an_error() {
+    let tensor = Tensor::ones(64, candle_core::DType::F32, &Device::Cpu).unwrap();
+    let qtensor = QTensor::quantize(&tensor, GgmlDType::Q8_0).unwrap();
+    assert!(QuantMatrix::from_qtensor(&qtensor).is_err());
+}
+
+#[test]
+fn linear_runs_our_kernels_and_candles_alike() {
+    for (dtype, ours) in [(GgmlDType::Q4_1, true), (GgmlDType::Q5_1, false)] {
+        // 128 columns: candle's Q5_1 kernel needs an even number of blocks.
+        let case = Case::random(WeightFormat::Q4_1, 33, 128, 5, 11);
+        let tensor = case.qtensor.dequantize(&Device::Cpu).unwrap();
+        let quantize = || QTensor::quantize(&tensor, dtype).unwrap();
+        let weights = quantize().dequantize(&Device::Cpu).unwrap();
+        let case = Case {
+            qtensor: quantize(),
+            weights: weights.flatten_all().unwrap().to_vec1().unwrap(),
+            ..case
+        };
+        let linear = Linear::new(quantize()).unwrap();
+        assert_eq!(linear.uses_own_kernels(), ours, "{dtype:?}");
+        let y = linear.forward(&case.x).unwrap();
+        for r in 0..case.rows {
+            for o in 0..case.out_dim {
+                let got = f64::from(y[r * case.out_dim + o]);
+                // candle's activation scales are f16: allow twice our bound.
+                let bound = 2.0 * case.bound(WeightFormat::Q4_1, r, o);
+                assert!((got - case.reference(r, o)).abs() <= bound, "{dtype:?} ({r}, {o})");
+            }
+        }
+        assert!(linear.forward(&case.x[1..]).is_err(), "a partial row must be refused");
+    }
+}
