@@ -26,11 +26,36 @@ struct Shape {
 }
 
 const SMOLLM2: [Shape; 5] = [
-    Shape { name: "attn q/o", in_dim: 576, out_dim: 576, dtype: GgmlDType::Q4_1 },
-    Shape { name: "attn k/v", in_dim: 576, out_dim: 192, dtype: GgmlDType::Q4_1 },
-    Shape { name: "ffn gate/up", in_dim: 576, out_dim: 1536, dtype: GgmlDType::Q4_1 },
-    Shape { name: "ffn down", in_dim: 1536, out_dim: 576, dtype: GgmlDType::Q4_1 },
-    Shape { name: "lm head", in_dim: 576, out_dim: 49152, dtype: GgmlDType::Q8_0 },
+    Shape {
+        name: "attn q/o",
+        in_dim: 576,
+        out_dim: 576,
+        dtype: GgmlDType::Q4_1,
+    },
+    Shape {
+        name: "attn k/v",
+        in_dim: 576,
+        out_dim: 192,
+        dtype: GgmlDType::Q4_1,
+    },
+    Shape {
+        name: "ffn gate/up",
+        in_dim: 576,
+        out_dim: 1536,
+        dtype: GgmlDType::Q4_1,
+    },
+    Shape {
+        name: "ffn down",
+        in_dim: 1536,
+        out_dim: 576,
+        dtype: GgmlDType::Q4_1,
+    },
+    Shape {
+        name: "lm head",
+        in_dim: 576,
+        out_dim: 49152,
+        dtype: GgmlDType::Q8_0,
+    },
 ];
 
 fn median(mut times: Vec<Duration>) -> Duration {
@@ -38,23 +63,37 @@ fn median(mut times: Vec<Duration>) -> Duration {
     times[times.len() / 2]
 }
 
-/// Median of `runs` timed calls of `f(i)`, after `runs / 4 + 1` untimed ones.
-fn time(runs: usize, mut f: impl FnMut(usize)) -> Duration {
-    (0..runs / 4 + 1).for_each(&mut f);
-    let times = (0..runs)
-        .map(|i| {
-            let start = Instant::now();
-            f(i);
-            start.elapsed()
-        })
-        .collect();
-    median(times)
+/// Medians of `runs` timed calls each of `a(i)` and `b(i)`, alternated so that both see the
+/// same load from anything else on the machine, after `runs / 4 + 1` untimed calls of each.
+fn time_both(
+    runs: usize,
+    mut a: impl FnMut(usize),
+    mut b: impl FnMut(usize),
+) -> (Duration, Duration) {
+    for i in 0..runs / 4 + 1 {
+        a(i);
+        b(i);
+    }
+    let timed = |f: &mut dyn FnMut(usize), i| {
+        let start = Instant::now();
+        f(i);
+        start.elapsed()
+    };
+    let (mut times_a, mut times_b) = (Vec::with_capacity(runs), Vec::with_capacity(runs));
+    for i in 0..runs {
+        times_a.push(timed(&mut a, i));
+        times_b.push(timed(&mut b, i));
+    }
+    (median(times_a), median(times_b))
 }
 
 fn main() -> kernels::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
-    let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1));
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1));
     println!(
         "threads: ours {} (rayon), kernels {:?}; candle {}",
         rayon::current_num_threads(),
@@ -63,18 +102,34 @@ fn main() -> kernels::Result<()> {
     );
     println!(
         "{:<12} {:>11} {:>5} {:>5} {:>10} {:>10} {:>7} {:>8} {:>8}",
-        "matrix", "shape", "type", "rows", "ours ms", "candle ms", "speedup", "ours GB/s", "cand GB/s"
+        "matrix",
+        "shape",
+        "type",
+        "rows",
+        "ours ms",
+        "candle ms",
+        "speedup",
+        "ours GB/s",
+        "cand GB/s"
     );
     let mut rng = StdRng::seed_from_u64(1);
-    for shape in SMOLLM2.iter().filter(|s| only.is_none_or(|o| s.name.contains(o.as_str()))) {
-        let w: Vec<f32> =
-            (0..shape.in_dim * shape.out_dim).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    for shape in SMOLLM2
+        .iter()
+        .filter(|s| only.is_none_or(|o| s.name.contains(o.as_str())))
+    {
+        let w: Vec<f32> = (0..shape.in_dim * shape.out_dim)
+            .map(|_| rng.random_range(-1.0f32..1.0))
+            .collect();
         let w = Tensor::from_vec(w, (shape.out_dim, shape.in_dim), &Device::Cpu)?;
         let quantized = QTensor::quantize(&w, shape.dtype)?;
         let data = quantized.data()?;
         let bytes = data.len();
         for rows in [1, 512] {
-            let copies = if rows == 1 { STREAMED_BYTES.div_ceil(bytes) } else { 1 };
+            let copies = if rows == 1 {
+                STREAMED_BYTES.div_ceil(bytes)
+            } else {
+                1
+            };
             let mut ours = Vec::with_capacity(copies);
             let mut theirs = Vec::with_capacity(copies);
             for _ in 0..copies {
@@ -83,22 +138,32 @@ fn main() -> kernels::Result<()> {
                 ours.push(QuantMatrix::from_qtensor(&q)?.expect("a format with our kernels"));
                 theirs.push(QMatMul::from_qtensor(q)?);
             }
-            let x: Vec<f32> = (0..rows * shape.in_dim).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let x: Vec<f32> = (0..rows * shape.in_dim)
+                .map(|_| rng.random_range(-1.0..1.0))
+                .collect();
             let input = Tensor::from_slice(&x, (rows, shape.in_dim), &Device::Cpu)?;
             let mut y = vec![0f32; rows * shape.out_dim];
             let runs = match (quick, rows) {
                 (true, 1) => 50,
                 (false, 1) => 400,
                 (true, _) => 3,
-                (false, _) => 11,
+                (false, _) => 15,
             };
-            let ours_time = time(runs, |i| ours[i % copies].matmul(&x, rows, &mut y));
-            let candle_time = time(runs, |i| {
-                theirs[i % copies].forward(&input).expect("candle's matmul");
-            });
+            let (ours_time, candle_time) = time_both(
+                runs,
+                |i| ours[i % copies].matmul(&x, rows, &mut y),
+                // Half a ring apart, so neither reads what the other just brought into cache.
+                |i| {
+                    let copy = (i + copies / 2) % copies;
+                    theirs[copy].forward(&input).expect("candle's matmul");
+                },
+            );
             let gbps = |t: Duration| bytes as f64 / t.as_secs_f64() / 1e9;
             let (ours_gbps, candle_gbps) = if rows == 1 {
-                (format!("{:.1}", gbps(ours_time)), format!("{:.1}", gbps(candle_time)))
+                (
+                    format!("{:.1}", gbps(ours_time)),
+                    format!("{:.1}", gbps(candle_time)),
+                )
             } else {
                 ("-".into(), "-".into())
             };

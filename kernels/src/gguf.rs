@@ -39,10 +39,13 @@ impl GgufFile {
         // A truncated download still has a whole header; catch it here rather than at the
         // first missing tensor, many seconds into loading.
         for (name, info) in &content.tensor_infos {
+            let dims = info.shape.dims();
+            let bytes = tensor_bytes(info.ggml_dtype, dims)
+                .ok_or_else(|| bad(format!("tensor `{name}` has impossible dims {dims:?}")))?;
             let end = content
                 .tensor_data_offset
                 .saturating_add(info.offset)
-                .saturating_add(tensor_bytes(info.ggml_dtype, info.shape.elem_count()) as u64);
+                .saturating_add(bytes as u64);
             if end > file_len {
                 return Err(bad(format!(
                     "tensor `{name}` ends at byte {end} but the file has {file_len} bytes (truncated download? re-run scripts/fetch-assets)"
@@ -217,7 +220,9 @@ impl GgufFile {
     }
 }
 
-/// Bytes a tensor of `elems` elements takes in `dtype`.
-pub fn tensor_bytes(dtype: GgmlDType, elems: usize) -> usize {
-    elems / dtype.block_size() * dtype.type_size()
+/// Bytes a tensor of shape `dims` takes in `dtype`; `None` if that overflows, as the dims
+/// of a corrupt header can (`Shape::elem_count` would panic on them).
+pub fn tensor_bytes(dtype: GgmlDType, dims: &[usize]) -> Option<usize> {
+    let elems = dims.iter().try_fold(1usize, |n, &d| n.checked_mul(d))?;
+    (elems / dtype.block_size()).checked_mul(dtype.type_size())
 }

@@ -14,4 +14,4 @@ pub mod quant;
 pub mod tokenizer;
 
 pub use error::{Error, Result};
-pub use model::{KvCache, Logits, Model, ModelConfig};
+pub use model::{KvCache, Logits, Model, ModelConfig, WeightFormat};

@@ -12,8 +12,8 @@ use std::borrow::Cow;
 
 use candle_core::quantized::{GgmlDType, QStorage, QTensor};
 use candle_core::{Device, Tensor};
-use kernels::model::linear::Linear;
-use kernels::quant::{Isa, QuantMatrix, WeightFormat};
+use kernels::model::linear::{Linear, WeightFormat};
+use kernels::quant::{BlockFormat, Isa, QuantMatrix};
 use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -31,9 +31,11 @@ struct Case {
 }
 
 impl Case {
-    fn random(format: WeightFormat, out_dim: usize, in_dim: usize, rows: usize, seed: u64) -> Case {
+    fn random(format: BlockFormat, out_dim: usize, in_dim: usize, rows: usize, seed: u64) -> Case {
         let mut rng = StdRng::seed_from_u64(seed);
-        let w: Vec<f32> = (0..out_dim * in_dim).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        let w: Vec<f32> = (0..out_dim * in_dim)
+            .map(|_| rng.random_range(-1.0f32..1.0))
+            .collect();
         // Activations with occasional outliers, as after a norm layer.
         let x = (0..rows * in_dim)
             .map(|_| {
@@ -61,7 +63,9 @@ impl Case {
     }
 
     fn matrix(&self) -> QuantMatrix {
-        QuantMatrix::from_qtensor(&self.qtensor).unwrap().expect("a format with our kernels")
+        QuantMatrix::from_qtensor(&self.qtensor)
+            .unwrap()
+            .expect("a format with our kernels")
     }
 
     fn run(&self, isa: Isa) -> Vec<f32> {
@@ -81,15 +85,17 @@ impl Case {
     /// `Σ_i |W[o, i] · x[r, i]|`: the scale of the dot product's rounding.
     fn magnitude(&self, r: usize, o: usize) -> f64 {
         let terms = self.w_row(o).iter().zip(self.x_row(r));
-        terms.map(|(&w, &x)| (f64::from(w) * f64::from(x)).abs()).sum()
+        terms
+            .map(|(&w, &x)| (f64::from(w) * f64::from(x)).abs())
+            .sum()
     }
 
     /// The error bound of the module's comment for output `(r, o)`.
-    fn bound(&self, format: WeightFormat, r: usize, o: usize) -> f64 {
+    fn bound(&self, format: BlockFormat, r: usize, o: usize) -> f64 {
         let rounding = 1e-4 * self.magnitude(r, o) + 1e-6;
         let block = match format {
-            WeightFormat::F32 => return rounding,
-            WeightFormat::Q4K | WeightFormat::Q6K => 256,
+            BlockFormat::F32 => return rounding,
+            BlockFormat::Q4K | BlockFormat::Q6K => 256,
             _ => 32,
         };
         let quantization: f64 = self
@@ -112,15 +118,18 @@ impl Case {
 }
 
 fn supported_isas() -> Vec<Isa> {
-    [Isa::Portable, Isa::Avx2].into_iter().filter(|isa| isa.is_supported()).collect()
+    [Isa::Portable, Isa::Avx2]
+        .into_iter()
+        .filter(|isa| isa.is_supported())
+        .collect()
 }
 
 /// Shapes: row lengths of one and of several blocks, odd output counts, and enough of both
 /// (130 × 70) that the work is split into many tiles and runs on the pool.
-fn shapes(format: WeightFormat) -> Vec<(usize, usize, usize)> {
+fn shapes(format: BlockFormat) -> Vec<(usize, usize, usize)> {
     let in_dims: &[usize] = match format {
-        WeightFormat::F32 => &[37, 96],
-        WeightFormat::Q4K | WeightFormat::Q6K => &[256, 768],
+        BlockFormat::F32 => &[37, 96],
+        BlockFormat::Q4K | BlockFormat::Q6K => &[256, 768],
         _ => &[32, 96, 576],
     };
     let mut shapes = Vec::new();
@@ -136,7 +145,7 @@ fn shapes(format: WeightFormat) -> Vec<(usize, usize, usize)> {
 
 #[test]
 fn every_format_matches_the_dequantized_reference() {
-    for format in WeightFormat::ALL {
+    for format in BlockFormat::ALL {
         for (seed, (out_dim, in_dim, rows)) in shapes(format).into_iter().enumerate() {
             let case = Case::random(format, out_dim, in_dim, rows, seed as u64);
             for isa in supported_isas() {
@@ -159,7 +168,7 @@ fn every_format_matches_the_dequantized_reference() {
 
 /// AVX2 and portable kernels see the same quantized activations and sum the same integers;
 /// only the order of the f32 sums differs.
-fn assert_kernels_agree(case: &Case, format: WeightFormat) {
+fn assert_kernels_agree(case: &Case, format: BlockFormat) {
     let (avx2, portable) = (case.run(Isa::Avx2), case.run(Isa::Portable));
     for r in 0..case.rows {
         for o in 0..case.out_dim {
@@ -185,7 +194,7 @@ fn avx2_and_portable_kernels_agree() {
         eprintln!("skipped: this CPU has no AVX2");
         return;
     }
-    for format in WeightFormat::ALL {
+    for format in BlockFormat::ALL {
         for (seed, (out_dim, in_dim, rows)) in shapes(format).into_iter().enumerate() {
             let case = Case::random(format, out_dim, in_dim, rows, 1000 + seed as u64);
             assert_kernels_agree(&case, format);
@@ -198,7 +207,7 @@ proptest! {
 
     #[test]
     fn avx2_equals_portable_on_random_shapes(
-        format in prop::sample::select(WeightFormat::ALL.to_vec()),
+        format in prop::sample::select(BlockFormat::ALL.to_vec()),
         out_dim in 1usize..40,
         blocks in 1usize..4,
         rows in 1usize..10,
@@ -213,7 +222,7 @@ proptest! {
 
 #[test]
 fn a_decode_row_equals_its_row_of_a_prefill() {
-    for format in WeightFormat::ALL {
+    for format in BlockFormat::ALL {
         let in_dim = 2 * format.block_elems().max(32);
         let case = Case::random(format, 33, in_dim, 17, 7);
         for isa in supported_isas() {
@@ -232,7 +241,7 @@ fn a_decode_row_equals_its_row_of_a_prefill() {
 
 #[test]
 fn matmul_uses_the_best_kernels() {
-    let case = Case::random(WeightFormat::Q4_1, 7, 64, 3, 3);
+    let case = Case::random(BlockFormat::Q4_1, 7, 64, 3, 3);
     let mut y = vec![0.0; 3 * 7];
     case.matrix().matmul(&case.x, 3, &mut y);
     assert_eq!(y, case.run(Isa::best()));
@@ -241,15 +250,24 @@ fn matmul_uses_the_best_kernels() {
 #[test]
 fn unsupported_formats_are_left_to_candle() {
     let tensor = Tensor::ones((4, 256), candle_core::DType::F32, &Device::Cpu).unwrap();
-    for dtype in [GgmlDType::F16, GgmlDType::Q5_1, GgmlDType::Q2K, GgmlDType::Q3K, GgmlDType::Q5K] {
+    for dtype in [
+        GgmlDType::F16,
+        GgmlDType::Q5_1,
+        GgmlDType::Q2K,
+        GgmlDType::Q3K,
+        GgmlDType::Q5K,
+    ] {
         let qtensor = QTensor::quantize(&tensor, dtype).unwrap();
-        assert!(QuantMatrix::from_qtensor(&qtensor).unwrap().is_none(), "{dtype:?}");
+        assert!(
+            QuantMatrix::from_qtensor(&qtensor).unwrap().is_none(),
+            "{dtype:?}"
+        );
     }
 }
 
 #[test]
 fn data_that_does_not_fit_the_shape_is_an_error() {
-    let case = Case::random(WeightFormat::Q4_1, 7, 64, 1, 5);
+    let case = Case::random(BlockFormat::Q4_1, 7, 64, 1, 5);
     let data = case.qtensor.data().unwrap();
     // One block (20 bytes) short of 7 rows of two blocks.
     let short = &data[..data.len() - 20];
@@ -268,28 +286,43 @@ fn a_tensor_that_is_not_a_matrix_is_an_error() {
 
 #[test]
 fn linear_runs_our_kernels_and_candles_alike() {
-    for (dtype, ours) in [(GgmlDType::Q4_1, true), (GgmlDType::Q5_1, false)] {
-        // 128 columns: candle's Q5_1 kernel needs an even number of blocks.
-        let case = Case::random(WeightFormat::Q4_1, 33, 128, 5, 11);
-        let tensor = case.qtensor.dequantize(&Device::Cpu).unwrap();
+    // 128 columns: candle's Q5_1 kernel needs an even number of blocks.
+    let case = Case::random(BlockFormat::Q4_1, 33, 128, 5, 11);
+    let tensor = case.qtensor.dequantize(&Device::Cpu).unwrap();
+    for (dtype, held, ours) in [
+        (GgmlDType::Q4_1, WeightFormat::AsStored, true),
+        (GgmlDType::Q5_1, WeightFormat::AsStored, false),
+        (GgmlDType::Q5_1, WeightFormat::F32, true),
+    ] {
         let quantize = || QTensor::quantize(&tensor, dtype).unwrap();
         let weights = quantize().dequantize(&Device::Cpu).unwrap();
         let case = Case {
             qtensor: quantize(),
             weights: weights.flatten_all().unwrap().to_vec1().unwrap(),
+            x: case.x.clone(),
             ..case
         };
-        let linear = Linear::new(quantize()).unwrap();
-        assert_eq!(linear.uses_own_kernels(), ours, "{dtype:?}");
+        let linear = Linear::new(quantize(), held).unwrap();
+        assert_eq!(linear.uses_own_kernels(), ours, "{dtype:?} {held:?}");
         let y = linear.forward(&case.x).unwrap();
+        // Held as f32, the matmul rounds nothing; as stored, candle's activation scales are
+        // f16, so allow it twice our bound.
+        let format = if held == WeightFormat::F32 {
+            BlockFormat::F32
+        } else {
+            BlockFormat::Q4_1
+        };
         for r in 0..case.rows {
             for o in 0..case.out_dim {
                 let got = f64::from(y[r * case.out_dim + o]);
-                // candle's activation scales are f16: allow twice our bound.
-                let bound = 2.0 * case.bound(WeightFormat::Q4_1, r, o);
-                assert!((got - case.reference(r, o)).abs() <= bound, "{dtype:?} ({r}, {o})");
+                let bound = 2.0 * case.bound(format, r, o);
+                let want = case.reference(r, o);
+                assert!((got - want).abs() <= bound, "{dtype:?} {held:?} ({r}, {o})");
             }
         }
-        assert!(linear.forward(&case.x[1..]).is_err(), "a partial row must be refused");
+        assert!(
+            linear.forward(&case.x[1..]).is_err(),
+            "a partial row must be refused"
+        );
     }
 }

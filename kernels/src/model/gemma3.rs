@@ -23,9 +23,13 @@ pub fn config(gguf: &GgufFile) -> Result<ModelConfig> {
     let global_scale = gguf
         .optional_f32("gemma3.rope.scaling.factor")?
         .unwrap_or(1.0);
-    let local_base = gguf
-        .optional_f32("gemma3.rope.local_freq_base")?
-        .unwrap_or(LOCAL_ROPE_BASE);
+    // Converters have written the local base under either key; real Gemma 3 uses 10k.
+    let local_base = match gguf.optional_f32("gemma3.rope.freq_base_swa")? {
+        Some(base) => base,
+        None => gguf
+            .optional_f32("gemma3.rope.local_freq_base")?
+            .unwrap_or(LOCAL_ROPE_BASE),
+    };
     let global_rope = Rope::new(RopeStyle::Neox, keys.rope_dims, keys.rope_base, global_scale);
     let local_rope = Rope::new(RopeStyle::Neox, keys.rope_dims, local_base, 1.0);
 

@@ -32,6 +32,15 @@ impl KvCache {
         }
     }
 
+    /// Whether this cache has the shape of a model with these dimensions.
+    pub fn fits(&self, n_layers: usize, n_kv_heads: usize, head_dim: usize) -> bool {
+        self.layers.len() == n_layers
+            && self
+                .layers
+                .iter()
+                .all(|l| l.n_kv_heads == n_kv_heads && l.head_dim == head_dim)
+    }
+
     /// Number of cached positions.
     pub fn len(&self) -> usize {
         self.len

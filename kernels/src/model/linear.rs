@@ -7,6 +7,17 @@ use candle_core::{Device, Module, Tensor};
 use crate::quant::QuantMatrix;
 use crate::{Error, Result};
 
+/// How weight matrices are held in memory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WeightFormat {
+    /// As the GGUF file stores them (quantized): fast, and what users run.
+    #[default]
+    AsStored,
+    /// Dequantized to f32 at load: slower and larger, but free of the 8-bit rounding of
+    /// activations inside quantized matmuls, so two engines can be compared to float precision.
+    F32,
+}
+
 #[derive(Debug)]
 pub struct Linear {
     weight: Weight,
@@ -24,11 +35,15 @@ enum Weight {
 
 impl Linear {
     /// `qtensor` is `[out_dim, in_dim]`, as GGUF stores it.
-    pub fn new(qtensor: QTensor) -> Result<Self> {
+    pub fn new(qtensor: QTensor, format: WeightFormat) -> Result<Self> {
         let (out_dim, in_dim) = qtensor.shape().dims2()?;
-        let weight = match QuantMatrix::from_qtensor(&qtensor)? {
-            Some(matrix) => Weight::Own(matrix),
-            None => Weight::Candle(QMatMul::from_qtensor(qtensor)?),
+        let weight = match format {
+            // An f32 GEMM through candle: the point of this format is float precision.
+            WeightFormat::F32 => Weight::Candle(QMatMul::Tensor(qtensor.dequantize(&Device::Cpu)?)),
+            WeightFormat::AsStored => match QuantMatrix::from_qtensor(&qtensor)? {
+                Some(matrix) => Weight::Own(matrix),
+                None => Weight::Candle(QMatMul::from_qtensor(qtensor)?),
+            },
         };
         Ok(Self {
             weight,

@@ -20,13 +20,14 @@ use candle_core::{Device, Tensor};
 
 use crate::attention::{AttentionInput, AttentionKernel, LayerAttention, Mask, TiledAttention};
 use crate::gguf::GgufFile;
-use crate::tokenizer::Tokenizer;
+use crate::tokenizer::{ChatTemplate, Tokenizer};
 use crate::{Error, Result};
 use blocks::{add_assign, gated, l2_norm, rms_norm, softmax, to_head_major, to_row_major};
 pub use config::{Architecture, ModelConfig};
 use config::{Gating, MoeConfig, QkNorm};
 pub use kv_cache::KvCache;
 use linear::{to_f32_vec, Linear};
+pub use linear::WeightFormat;
 
 /// Which positions' logits `Model::forward` returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,6 +45,8 @@ pub enum Logits {
 pub struct Model {
     pub config: ModelConfig,
     pub tokenizer: Tokenizer,
+    /// None when the file carries no chat template (base models other than Gemma).
+    pub chat_template: Option<ChatTemplate>,
     token_embedding: QTensor,
     blocks: Vec<Block>,
     final_norm: Vec<f32>,
@@ -93,6 +96,11 @@ struct Moe {
 impl Model {
     /// Loads a GGUF model and its tokenizer; every layer starts with the exact tiled kernel.
     pub fn load(path: &Path) -> Result<Self> {
+        Self::load_with(path, WeightFormat::AsStored)
+    }
+
+    /// Loads with the weights held in `format`.
+    pub fn load_with(path: &Path, format: WeightFormat) -> Result<Self> {
         let mut gguf = GgufFile::open(path)?;
         let arch_name = gguf.string("general.architecture")?;
         let architecture =
@@ -114,16 +122,28 @@ impl Model {
         };
         validate_config(&config, path)?;
         let tokenizer = Tokenizer::from_gguf(gguf.content(), path)?;
-        Self::from_weights(config, tokenizer, &mut gguf)
+        let chat_template = match ChatTemplate::from_gguf(gguf.content(), path) {
+            Ok(template) => Some(template),
+            Err(Error::MissingMetadata { .. }) => None,
+            Err(e) => return Err(e),
+        };
+        let mut model = Self::from_weights(config, tokenizer, &mut gguf, format)?;
+        model.chat_template = chat_template;
+        Ok(model)
     }
 
-    fn from_weights(config: ModelConfig, tokenizer: Tokenizer, gguf: &mut GgufFile) -> Result<Self> {
+    fn from_weights(
+        config: ModelConfig,
+        tokenizer: Tokenizer,
+        gguf: &mut GgufFile,
+        format: WeightFormat,
+    ) -> Result<Self> {
         let c = &config;
         let (d, q_dim, kv_dim) = (c.d_model, c.q_dim(), c.kv_dim());
         let token_embedding = gguf.tensor("token_embd.weight", &[c.vocab_size, d])?;
         let output = match gguf.optional_tensor("output.weight", &[c.vocab_size, d])? {
-            Some(t) => Linear::new(t)?,
-            None => Linear::new(gguf.tensor("token_embd.weight", &[c.vocab_size, d])?)?,
+            Some(t) => Linear::new(t, format)?,
+            None => Linear::new(gguf.tensor("token_embd.weight", &[c.vocab_size, d])?, format)?,
         };
         let final_norm = to_f32_vec(&gguf.tensor("output_norm.weight", &[d])?)?;
 
@@ -161,14 +181,14 @@ impl Model {
                 (None, None)
             };
             let mut matrix = |t: &str, rows: usize, cols: usize| -> Result<Linear> {
-                Linear::new(gguf.tensor(&name(t), &[rows, cols])?)
+                Linear::new(gguf.tensor(&name(t), &[rows, cols])?, format)
             };
             let q = matrix("attn_q.weight", q_dim, d)?;
             let k = matrix("attn_k.weight", kv_dim, d)?;
             let v = matrix("attn_v.weight", kv_dim, d)?;
             let o = matrix("attn_output.weight", d, q_dim)?;
             let ffn = match (layer.moe, c.moe) {
-                (true, Some(moe)) => FeedForward::Moe(load_moe(gguf, i, d, moe)?),
+                (true, Some(moe)) => FeedForward::Moe(load_moe(gguf, i, d, moe, format)?),
                 _ => FeedForward::Dense(GatedFfn {
                     gate: matrix("ffn_gate.weight", c.ffn_hidden, d)?,
                     up: matrix("ffn_up.weight", c.ffn_hidden, d)?,
@@ -196,6 +216,7 @@ impl Model {
         Ok(Self {
             config,
             tokenizer,
+            chat_template: None,
             token_embedding,
             blocks,
             final_norm,
@@ -247,6 +268,11 @@ impl Model {
                 "token id {bad} is outside the vocabulary of {} tokens",
                 c.vocab_size
             )));
+        }
+        if !cache.fits(c.n_layers(), c.n_kv_heads, c.head_dim) {
+            return Err(Error::InvalidRequest(
+                "forward: the KV cache was made for another model; use Model::new_cache".into(),
+            ));
         }
         let start = cache.len();
         let end = start + tokens.len();
@@ -415,13 +441,19 @@ impl Moe {
 
 /// Loads a mixture-of-experts layer. GGUF stores the experts stacked in 3-D tensors;
 /// each expert's slice of the quantized bytes becomes its own matrix.
-fn load_moe(gguf: &mut GgufFile, layer: usize, d: usize, config: MoeConfig) -> Result<Moe> {
+fn load_moe(
+    gguf: &mut GgufFile,
+    layer: usize,
+    d: usize,
+    config: MoeConfig,
+    format: WeightFormat,
+) -> Result<Moe> {
     let name = |t: &str| format!("blk.{layer}.{t}");
     let (ne, ff) = (config.n_experts, config.expert_ffn);
-    let router = Linear::new(gguf.tensor(&name("ffn_gate_inp.weight"), &[ne, d])?)?;
-    let gate = split_experts(gguf.tensor(&name("ffn_gate_exps.weight"), &[ne, ff, d])?)?;
-    let up = split_experts(gguf.tensor(&name("ffn_up_exps.weight"), &[ne, ff, d])?)?;
-    let down = split_experts(gguf.tensor(&name("ffn_down_exps.weight"), &[ne, d, ff])?)?;
+    let router = Linear::new(gguf.tensor(&name("ffn_gate_inp.weight"), &[ne, d])?, format)?;
+    let gate = split_experts(gguf.tensor(&name("ffn_gate_exps.weight"), &[ne, ff, d])?, format)?;
+    let up = split_experts(gguf.tensor(&name("ffn_up_exps.weight"), &[ne, ff, d])?, format)?;
+    let down = split_experts(gguf.tensor(&name("ffn_down_exps.weight"), &[ne, d, ff])?, format)?;
     let experts = gate
         .into_iter()
         .zip(up)
@@ -430,9 +462,9 @@ fn load_moe(gguf: &mut GgufFile, layer: usize, d: usize, config: MoeConfig) -> R
         .collect();
     let shared = match config.shared_expert_ffn {
         Some(sff) => Some(GatedFfn {
-            gate: Linear::new(gguf.tensor(&name("ffn_gate_shexp.weight"), &[sff, d])?)?,
-            up: Linear::new(gguf.tensor(&name("ffn_up_shexp.weight"), &[sff, d])?)?,
-            down: Linear::new(gguf.tensor(&name("ffn_down_shexp.weight"), &[d, sff])?)?,
+            gate: Linear::new(gguf.tensor(&name("ffn_gate_shexp.weight"), &[sff, d])?, format)?,
+            up: Linear::new(gguf.tensor(&name("ffn_up_shexp.weight"), &[sff, d])?, format)?,
+            down: Linear::new(gguf.tensor(&name("ffn_down_shexp.weight"), &[d, sff])?, format)?,
         }),
         None => None,
     };
@@ -444,7 +476,7 @@ fn load_moe(gguf: &mut GgufFile, layer: usize, d: usize, config: MoeConfig) -> R
     })
 }
 
-fn split_experts(stacked: QTensor) -> Result<Vec<Linear>> {
+fn split_experts(stacked: QTensor, format: WeightFormat) -> Result<Vec<Linear>> {
     let (n, rows, cols) = stacked.shape().dims3()?;
     let dtype = stacked.dtype();
     let data = stacked.data()?;
@@ -456,7 +488,7 @@ fn split_experts(stacked: QTensor) -> Result<Vec<Linear>> {
                 &Device::Cpu,
                 dtype,
             )?;
-            Linear::new(QTensor::new(storage, (rows, cols))?)
+            Linear::new(QTensor::new(storage, (rows, cols))?, format)
         })
         .collect()
 }

@@ -17,9 +17,9 @@ pub(crate) const QK: usize = 32;
 /// Elements in a K-quant super-block.
 pub(crate) const QK_K: usize = 256;
 
-/// A weight format with kernels in this module.
+/// The block format of a GGUF weight matrix with kernels in this module.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum WeightFormat {
+pub enum BlockFormat {
     F32,
     Q4_0,
     Q4_1,
@@ -29,15 +29,15 @@ pub enum WeightFormat {
     Q6K,
 }
 
-impl WeightFormat {
-    pub const ALL: [WeightFormat; 7] = [
-        WeightFormat::F32,
-        WeightFormat::Q4_0,
-        WeightFormat::Q4_1,
-        WeightFormat::Q5_0,
-        WeightFormat::Q8_0,
-        WeightFormat::Q4K,
-        WeightFormat::Q6K,
+impl BlockFormat {
+    pub const ALL: [BlockFormat; 7] = [
+        BlockFormat::F32,
+        BlockFormat::Q4_0,
+        BlockFormat::Q4_1,
+        BlockFormat::Q5_0,
+        BlockFormat::Q8_0,
+        BlockFormat::Q4K,
+        BlockFormat::Q6K,
     ];
 
     /// `None` for the GGUF types we leave to candle.
@@ -113,23 +113,29 @@ pub(crate) struct Block32 {
 
 /// Decodes one block of a 32-element format (not F32 or a K-quant).
 #[inline(always)]
-pub(crate) fn decode_block32(format: WeightFormat, block: &[u8]) -> Block32 {
+pub(crate) fn decode_block32(format: BlockFormat, block: &[u8]) -> Block32 {
     let d = f16_at(block, 0);
     let nibbles = |qs: &[u8; 16]| -> [i8; QK] {
-        std::array::from_fn(|i| (if i < 16 { qs[i] & 0x0F } else { qs[i - 16] >> 4 }) as i8)
+        std::array::from_fn(|i| {
+            (if i < 16 {
+                qs[i] & 0x0F
+            } else {
+                qs[i - 16] >> 4
+            }) as i8
+        })
     };
     match format {
-        WeightFormat::Q4_0 => Block32 {
+        BlockFormat::Q4_0 => Block32 {
             q: nibbles(array_at(block, 2)),
             d,
             m: -8.0 * d,
         },
-        WeightFormat::Q4_1 => Block32 {
+        BlockFormat::Q4_1 => Block32 {
             q: nibbles(array_at(block, 4)),
             d,
             m: f16_at(block, 2),
         },
-        WeightFormat::Q5_0 => {
+        BlockFormat::Q5_0 => {
             let high = u32::from_le_bytes(*array_at(block, 2));
             let mut q = nibbles(array_at(block, 6));
             for (i, q) in q.iter_mut().enumerate() {
@@ -137,12 +143,12 @@ pub(crate) fn decode_block32(format: WeightFormat, block: &[u8]) -> Block32 {
             }
             Block32 { q, d, m: -16.0 * d }
         }
-        WeightFormat::Q8_0 => Block32 {
+        BlockFormat::Q8_0 => Block32 {
             q: array_at::<u8, QK>(block, 2).map(|b| b as i8),
             d,
             m: 0.0,
         },
-        WeightFormat::F32 | WeightFormat::Q4K | WeightFormat::Q6K => {
+        BlockFormat::F32 | BlockFormat::Q4K | BlockFormat::Q6K => {
             unreachable!("{format:?} has no 32-element blocks")
         }
     }

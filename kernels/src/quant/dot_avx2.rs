@@ -14,9 +14,9 @@
 
 use std::arch::x86_64::*;
 
-use super::blocks::{array_at, q4k, q6k, WeightFormat, QK, QK_K};
-use super::kernel::Kernel;
-use super::q8::{Q8KRow, Q8Row};
+use super::blocks::{array_at, q4k, q6k, BlockFormat, QK, QK_K};
+use super::kernel::{Kernel, WeightRows};
+use super::q8::{KSums, Q8KRow, Q8Row};
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -119,17 +119,17 @@ fn bits_to_bytes(bits: u32) -> __m256i {
 /// A Q4_0, Q4_1 or Q5_0 block as 32 unsigned quants, `d` and `m` (value `d·q + m`).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn unsigned_block(format: WeightFormat, block: &[u8]) -> (__m256i, f32, f32) {
+fn unsigned_block(format: BlockFormat, block: &[u8]) -> (__m256i, f32, f32) {
     match format {
-        WeightFormat::Q4_0 => {
+        BlockFormat::Q4_0 => {
             let d = f16(block, 0);
             (nibbles(array_at(block, 2)), d, -8.0 * d)
         }
-        WeightFormat::Q4_1 => {
+        BlockFormat::Q4_1 => {
             let dm = f16x2(array_at(block, 0));
             (nibbles(array_at(block, 4)), _mm_cvtss_f32(dm), lane1(dm))
         }
-        WeightFormat::Q5_0 => {
+        BlockFormat::Q5_0 => {
             let d = f16(block, 0);
             let high = bits_to_bytes(u32::from_le_bytes(*array_at(block, 2)));
             let q = _mm256_or_si256(
@@ -142,31 +142,49 @@ fn unsigned_block(format: WeightFormat, block: &[u8]) -> (__m256i, f32, f32) {
     }
 }
 
+/// The horizontal sums of `M × N` accumulators.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn hsums<const M: usize, const N: usize>(acc: &[[__m256; N]; M]) -> [[f32; N]; M] {
+    let mut out = [[0f32; N]; M];
+    for (out, acc) in out.iter_mut().zip(acc) {
+        for (out, &acc) in out.iter_mut().zip(acc) {
+            *out = hsum(acc);
+        }
+    }
+    out
+}
+
 /// Q4_0, Q4_1, Q5_0: `Σ_blocks d_w·d_a·Σ q_w·q_a + m_w·(d_a·Σ q_a)`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) fn unsigned32<K: Kernel, const N: usize>(
-    w_row: &[u8],
+pub(crate) fn unsigned32<K: Kernel, const M: usize, const N: usize>(
+    w: &WeightRows<'_, M>,
     acts: &[Q8Row<'_>; N],
-) -> [f32; N] {
+) -> [[f32; N]; M] {
+    let bytes = K::FORMAT.block_bytes();
     let ones = _mm256_set1_epi16(1);
-    let mut acc = [_mm256_setzero_ps(); N];
-    let mut offsets = [0f32; N];
-    for (b, block) in w_row.chunks_exact(K::FORMAT.block_bytes()).enumerate() {
-        let (qw, d, m) = unsigned_block(K::FORMAT, block);
-        let dw = _mm256_set1_ps(d);
-        for n in 0..N {
-            let qa = load_i8x32(array_at(acts[n].qs, b * QK));
-            let dot = _mm256_madd_epi16(_mm256_maddubs_epi16(qw, qa), ones);
-            let [da, sa] = acts[n].ds[b];
-            let scale = _mm256_mul_ps(dw, _mm256_set1_ps(da));
-            acc[n] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(dot), acc[n]);
-            offsets[n] = m.mul_add(sa, offsets[n]);
+    let mut acc = [[_mm256_setzero_ps(); N]; M];
+    let mut offsets = [[0f32; N]; M];
+    for b in 0..w[0].len() / bytes {
+        let qa: [&[i8; QK]; N] = std::array::from_fn(|n| array_at(acts[n].qs, b * QK));
+        let ds: [&[f32; 2]; N] = std::array::from_fn(|n| &acts[n].ds[b]);
+        for m in 0..M {
+            let (qw, d, min) = unsigned_block(K::FORMAT, &w[m][b * bytes..(b + 1) * bytes]);
+            let dw = _mm256_set1_ps(d);
+            for n in 0..N {
+                let dot = _mm256_madd_epi16(_mm256_maddubs_epi16(qw, load_i8x32(qa[n])), ones);
+                let scale = _mm256_mul_ps(dw, _mm256_set1_ps(ds[n][0]));
+                acc[m][n] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(dot), acc[m][n]);
+                offsets[m][n] = min.mul_add(ds[n][1], offsets[m][n]);
+            }
         }
     }
-    let mut out = [0f32; N];
-    for n in 0..N {
-        out[n] = hsum(acc[n]) + offsets[n];
+    let mut out = hsums(&acc);
+    for (out, offsets) in out.iter_mut().zip(offsets) {
+        for (out, offset) in out.iter_mut().zip(offsets) {
+            *out += offset;
+        }
     }
     out
 }
@@ -174,155 +192,174 @@ pub(crate) fn unsigned32<K: Kernel, const N: usize>(
 /// Q8_0: the sign trick, `|q_w| · (q_a · sign q_w)`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) fn q8_0<K: Kernel, const N: usize>(w_row: &[u8], acts: &[Q8Row<'_>; N]) -> [f32; N] {
+pub(crate) fn q8_0<K: Kernel, const M: usize, const N: usize>(
+    w: &WeightRows<'_, M>,
+    acts: &[Q8Row<'_>; N],
+) -> [[f32; N]; M] {
+    let bytes = K::FORMAT.block_bytes();
     let ones = _mm256_set1_epi16(1);
-    let mut acc = [_mm256_setzero_ps(); N];
-    for (b, block) in w_row.chunks_exact(K::FORMAT.block_bytes()).enumerate() {
-        let dw = _mm256_set1_ps(f16(block, 0));
-        let qw = load_u8x32(array_at(block, 2));
-        let abs = _mm256_abs_epi8(qw);
-        for n in 0..N {
-            let qa = _mm256_sign_epi8(load_i8x32(array_at(acts[n].qs, b * QK)), qw);
-            let dot = _mm256_madd_epi16(_mm256_maddubs_epi16(abs, qa), ones);
-            let scale = _mm256_mul_ps(dw, _mm256_set1_ps(acts[n].ds[b][0]));
-            acc[n] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(dot), acc[n]);
+    let mut acc = [[_mm256_setzero_ps(); N]; M];
+    for b in 0..w[0].len() / bytes {
+        let qa: [&[i8; QK]; N] = std::array::from_fn(|n| array_at(acts[n].qs, b * QK));
+        let da: [&f32; N] = std::array::from_fn(|n| &acts[n].ds[b][0]);
+        for m in 0..M {
+            let block = &w[m][b * bytes..(b + 1) * bytes];
+            let dw = _mm256_set1_ps(f16(block, 0));
+            let qw = load_u8x32(array_at(block, 2));
+            let abs = _mm256_abs_epi8(qw);
+            for n in 0..N {
+                let signed = _mm256_sign_epi8(load_i8x32(qa[n]), qw);
+                let dot = _mm256_madd_epi16(_mm256_maddubs_epi16(abs, signed), ones);
+                let scale = _mm256_mul_ps(dw, _mm256_set1_ps(*da[n]));
+                acc[m][n] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(dot), acc[m][n]);
+            }
         }
     }
-    let mut out = [0f32; N];
-    for n in 0..N {
-        out[n] = hsum(acc[n]);
-    }
-    out
+    hsums(&acc)
 }
 
 /// Q4_K: per sub-block `scale·Σ q_w·q_a` in `i32`, then `d·d_a` of that minus `dmin·d_a` of
 /// `Σ min·Σ q_a` (from the activations' sums of 16).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) fn q4k<K: Kernel, const N: usize>(w_row: &[u8], acts: &[Q8KRow<'_>; N]) -> [f32; N] {
+pub(crate) fn q4k<K: Kernel, const M: usize, const N: usize>(
+    w: &WeightRows<'_, M>,
+    acts: &[Q8KRow<'_>; N],
+) -> [[f32; N]; M] {
+    let bytes = K::FORMAT.block_bytes();
     let low4 = _mm256_set1_epi8(0x0F);
-    let mut acc = [_mm256_setzero_ps(); N];
-    for (b, block) in w_row.chunks_exact(K::FORMAT.block_bytes()).enumerate() {
-        let d_dmin = f16x2(array_at(block, q4k::D));
-        let (d, dmin) = (_mm_cvtss_f32(d_dmin), lane1(d_dmin));
-        let (scales, mins) = q4k::scales_mins(array_at(block, q4k::SCALES));
-        // Each min twice, to meet the two sums of 16 under its 32 elements.
-        let mins = _mm256_cvtepu8_epi16(load_u8x16(&std::array::from_fn(|i| mins[i / 2])));
-        let mut dots = [_mm256_setzero_si256(); N];
-        for c in 0..4 {
-            let qw = load_u8x32(array_at(block, q4k::QS + 32 * c));
-            let low = _mm256_and_si256(qw, low4);
-            let high = _mm256_and_si256(_mm256_srli_epi16::<4>(qw), low4);
-            let scale_low = _mm256_set1_epi16(i16::from(scales[2 * c]));
-            let scale_high = _mm256_set1_epi16(i16::from(scales[2 * c + 1]));
+    let mut acc = [[_mm256_setzero_ps(); N]; M];
+    for b in 0..w[0].len() / bytes {
+        let qa: [&[i8; QK_K]; N] = std::array::from_fn(|n| array_at(acts[n].qs, b * QK_K));
+        let sums: [&KSums; N] = std::array::from_fn(|n| &acts[n].sums[b]);
+        for m in 0..M {
+            let block = &w[m][b * bytes..(b + 1) * bytes];
+            let d_dmin = f16x2(array_at(block, q4k::D));
+            let (d, dmin) = (_mm_cvtss_f32(d_dmin), lane1(d_dmin));
+            let (scales, mins) = q4k::scales_mins(array_at(block, q4k::SCALES));
+            // Each min twice, to meet the two sums of 16 under its 32 elements.
+            let mins = _mm256_cvtepu8_epi16(load_u8x16(&std::array::from_fn(|i| mins[i / 2])));
+            let mut dots = [_mm256_setzero_si256(); N];
+            for c in 0..4 {
+                let qw = load_u8x32(array_at(block, q4k::QS + 32 * c));
+                let low = _mm256_and_si256(qw, low4);
+                let high = _mm256_and_si256(_mm256_srli_epi16::<4>(qw), low4);
+                let scale_low = _mm256_set1_epi16(i16::from(scales[2 * c]));
+                let scale_high = _mm256_set1_epi16(i16::from(scales[2 * c + 1]));
+                for n in 0..N {
+                    let qa_low = load_i8x32(array_at(qa[n], 64 * c));
+                    let qa_high = load_i8x32(array_at(qa[n], 64 * c + 32));
+                    let p_low = _mm256_madd_epi16(_mm256_maddubs_epi16(low, qa_low), scale_low);
+                    let p_high = _mm256_madd_epi16(_mm256_maddubs_epi16(high, qa_high), scale_high);
+                    dots[n] = _mm256_add_epi32(dots[n], _mm256_add_epi32(p_low, p_high));
+                }
+            }
             for n in 0..N {
-                let at = b * QK_K + 64 * c;
-                let qa_low = load_i8x32(array_at(acts[n].qs, at));
-                let qa_high = load_i8x32(array_at(acts[n].qs, at + 32));
-                let p_low = _mm256_madd_epi16(_mm256_maddubs_epi16(low, qa_low), scale_low);
-                let p_high = _mm256_madd_epi16(_mm256_maddubs_epi16(high, qa_high), scale_high);
-                dots[n] = _mm256_add_epi32(dots[n], _mm256_add_epi32(p_low, p_high));
+                let min = _mm256_madd_epi16(load_i16x16(&sums[n].bsums), mins);
+                let scale = _mm256_set1_ps(d * sums[n].d);
+                let min_scale = _mm256_set1_ps(dmin * sums[n].d);
+                acc[m][n] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(dots[n]), acc[m][n]);
+                acc[m][n] = _mm256_fnmadd_ps(min_scale, _mm256_cvtepi32_ps(min), acc[m][n]);
             }
         }
-        for n in 0..N {
-            let sums = &acts[n].sums[b];
-            let min = _mm256_madd_epi16(load_i16x16(&sums.bsums), mins);
-            let scale = _mm256_set1_ps(d * sums.d);
-            let min_scale = _mm256_set1_ps(dmin * sums.d);
-            acc[n] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(dots[n]), acc[n]);
-            acc[n] = _mm256_fnmadd_ps(min_scale, _mm256_cvtepi32_ps(min), acc[n]);
-        }
     }
-    let mut out = [0f32; N];
-    for n in 0..N {
-        out[n] = hsum(acc[n]);
-    }
-    out
+    hsums(&acc)
 }
 
 /// Q6_K: per 16-element sub-block `scale·Σ q_w·q_a` on the stored (+32) quants, less
 /// `32·Σ scale·Σ q_a` from the activations' sums of 16, times `d·d_a`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) fn q6k<K: Kernel, const N: usize>(w_row: &[u8], acts: &[Q8KRow<'_>; N]) -> [f32; N] {
+pub(crate) fn q6k<K: Kernel, const M: usize, const N: usize>(
+    w: &WeightRows<'_, M>,
+    acts: &[Q8KRow<'_>; N],
+) -> [[f32; N]; M] {
+    let bytes = K::FORMAT.block_bytes();
     let low4 = _mm256_set1_epi8(0x0F);
     let bits45 = _mm256_set1_epi8(0x30);
-    let mut acc = [_mm256_setzero_ps(); N];
-    for (b, block) in w_row.chunks_exact(K::FORMAT.block_bytes()).enumerate() {
-        let d = f16(block, q6k::D);
-        let scales: &[u8; 16] = array_at(block, q6k::SCALES);
-        let mut dots = [_mm256_setzero_si256(); N];
-        for half in 0..2 {
-            let ql0 = load_u8x32(array_at(block, q6k::QL + 64 * half));
-            let ql1 = load_u8x32(array_at(block, q6k::QL + 64 * half + 32));
-            let qh = load_u8x32(array_at(block, q6k::QH + 32 * half));
-            // Quarter k takes a nibble of ql0 or ql1 and bits 2k..2k+2 of qh, moved to bits 4..6.
-            let quarters = [
-                _mm256_or_si256(
-                    _mm256_and_si256(ql0, low4),
-                    _mm256_and_si256(_mm256_slli_epi16::<4>(qh), bits45),
-                ),
-                _mm256_or_si256(
-                    _mm256_and_si256(ql1, low4),
-                    _mm256_and_si256(_mm256_slli_epi16::<2>(qh), bits45),
-                ),
-                _mm256_or_si256(
-                    _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), low4),
-                    _mm256_and_si256(qh, bits45),
-                ),
-                _mm256_or_si256(
-                    _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), low4),
-                    _mm256_and_si256(_mm256_srli_epi16::<2>(qh), bits45),
-                ),
-            ];
-            for (k, qw) in quarters.into_iter().enumerate() {
-                // Its 32 elements are sub-blocks `sub` (low 128 bits) and `sub + 1`.
-                let sub = 8 * half + 2 * k;
-                let scale = _mm256_set_m128i(
-                    _mm_set1_epi16(i16::from(scales[sub + 1] as i8)),
-                    _mm_set1_epi16(i16::from(scales[sub] as i8)),
-                );
-                for n in 0..N {
-                    let qa = load_i8x32(array_at(acts[n].qs, b * QK_K + 128 * half + 32 * k));
-                    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(qw, qa), scale);
-                    dots[n] = _mm256_add_epi32(dots[n], p);
+    let mut acc = [[_mm256_setzero_ps(); N]; M];
+    for b in 0..w[0].len() / bytes {
+        let qa: [&[i8; QK_K]; N] = std::array::from_fn(|n| array_at(acts[n].qs, b * QK_K));
+        let sums: [&KSums; N] = std::array::from_fn(|n| &acts[n].sums[b]);
+        for m in 0..M {
+            let block = &w[m][b * bytes..(b + 1) * bytes];
+            let scales = load_u8x16(array_at(block, q6k::SCALES));
+            let mut dots = [_mm256_setzero_si256(); N];
+            for half in 0..2 {
+                let ql0 = load_u8x32(array_at(block, q6k::QL + 64 * half));
+                let ql1 = load_u8x32(array_at(block, q6k::QL + 64 * half + 32));
+                let qh = load_u8x32(array_at(block, q6k::QH + 32 * half));
+                // Quarter k: a nibble of ql0 or ql1, and bits 2k..2k+2 of qh moved to bits 4..6.
+                let quarters = [
+                    _mm256_or_si256(
+                        _mm256_and_si256(ql0, low4),
+                        _mm256_and_si256(_mm256_slli_epi16::<4>(qh), bits45),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_and_si256(ql1, low4),
+                        _mm256_and_si256(_mm256_slli_epi16::<2>(qh), bits45),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), low4),
+                        _mm256_and_si256(qh, bits45),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), low4),
+                        _mm256_and_si256(_mm256_srli_epi16::<2>(qh), bits45),
+                    ),
+                ];
+                for (k, qw) in quarters.into_iter().enumerate() {
+                    // Its 32 elements are sub-blocks `sub` (low 128 bits) and `sub + 1`:
+                    // spread their two scales over eight 16-bit lanes each.
+                    let sub = (8 * half + 2 * k) as i64;
+                    let every_byte = 0x0101_0101_0101_0101;
+                    let pick = _mm_set_epi64x(every_byte * (sub + 1), every_byte * sub);
+                    let scale = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, pick));
+                    for n in 0..N {
+                        let qa = load_i8x32(array_at(qa[n], 128 * half + 32 * k));
+                        let p = _mm256_madd_epi16(_mm256_maddubs_epi16(qw, qa), scale);
+                        dots[n] = _mm256_add_epi32(dots[n], p);
+                    }
                 }
             }
-        }
-        let scales = _mm256_cvtepi8_epi16(load_u8x16(scales));
-        for n in 0..N {
-            let sums = &acts[n].sums[b];
-            let offset = _mm256_madd_epi16(load_i16x16(&sums.bsums), scales);
-            let dot = _mm256_sub_epi32(dots[n], _mm256_slli_epi32::<5>(offset));
-            let scale = _mm256_set1_ps(d * sums.d);
-            acc[n] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(dot), acc[n]);
+            let d = f16(block, q6k::D);
+            let scales = _mm256_cvtepi8_epi16(scales);
+            for n in 0..N {
+                let offset = _mm256_madd_epi16(load_i16x16(&sums[n].bsums), scales);
+                let dot = _mm256_sub_epi32(dots[n], _mm256_slli_epi32::<5>(offset));
+                let scale = _mm256_set1_ps(d * sums[n].d);
+                acc[m][n] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(dot), acc[m][n]);
+            }
         }
     }
-    let mut out = [0f32; N];
-    for n in 0..N {
-        out[n] = hsum(acc[n]);
-    }
-    out
+    hsums(&acc)
 }
 
 /// `f32` weights against `f32` rows.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) fn f32<K: Kernel, const N: usize>(w_row: &[u8], acts: &[&[f32]; N]) -> [f32; N] {
-    let cols = w_row.len() / 4;
+pub(crate) fn f32<K: Kernel, const M: usize, const N: usize>(
+    w: &WeightRows<'_, M>,
+    acts: &[&[f32]; N],
+) -> [[f32; N]; M] {
+    let cols = w[0].len() / 4;
     let whole = cols / 8 * 8;
-    let mut acc = [_mm256_setzero_ps(); N];
+    let mut acc = [[_mm256_setzero_ps(); N]; M];
     for i in (0..whole).step_by(8) {
-        let w = load_f32x8_le(array_at(w_row, 4 * i));
-        for n in 0..N {
-            acc[n] = _mm256_fmadd_ps(w, load_f32x8(array_at(acts[n], i)), acc[n]);
+        let x: [&[f32; 8]; N] = std::array::from_fn(|n| array_at(acts[n], i));
+        for m in 0..M {
+            let wv = load_f32x8_le(array_at(w[m], 4 * i));
+            for n in 0..N {
+                acc[m][n] = _mm256_fmadd_ps(wv, load_f32x8(x[n]), acc[m][n]);
+            }
         }
     }
-    let mut out = [0f32; N];
-    for n in 0..N {
-        out[n] = hsum(acc[n]);
-        for (w, &a) in w_row[4 * whole..].chunks_exact(4).zip(&acts[n][whole..]) {
-            out[n] = f32::from_le_bytes(*array_at(w, 0)).mul_add(a, out[n]);
+    let mut out = hsums(&acc);
+    for (out, w_row) in out.iter_mut().zip(w) {
+        for (out, a) in out.iter_mut().zip(acts) {
+            for (w, &a) in w_row[4 * whole..].chunks_exact(4).zip(&a[whole..]) {
+                *out = f32::from_le_bytes(*array_at(w, 0)).mul_add(a, *out);
+            }
         }
     }
     out
@@ -348,7 +385,11 @@ mod tests {
             // SAFETY: writes 32 bytes into a 32-byte array.
             unsafe { _mm256_storeu_si256(bytes.as_mut_ptr().cast(), v) };
             for (i, &byte) in bytes.iter().enumerate() {
-                assert_eq!(byte, if bits >> i & 1 == 1 { 0xFF } else { 0 }, "bit {i} of {bits:#x}");
+                assert_eq!(
+                    byte,
+                    if bits >> i & 1 == 1 { 0xFF } else { 0 },
+                    "bit {i} of {bits:#x}"
+                );
             }
         }
     }

@@ -1,34 +1,55 @@
 //! The scalar kernels: each dot product written out plainly from the block layouts in
 //! `blocks`. Always compiled; the fallback on CPUs without AVX2 and the twin the AVX2 kernels
-//! are tested against.
+//! are tested against. Each takes `M` weight rows and `N` activation rows, as the AVX2 ones
+//! do, and simply runs every pair.
 
 use super::blocks::{array_at, decode_block32, f16_at, q4k, q6k, QK, QK_K};
-use super::kernel::Kernel;
+use super::kernel::{Kernel, WeightRows};
 use super::q8::{Q8KRow, Q8Row};
 
+/// Runs `dot(weight row, activation row)` for every pair.
+#[inline(always)]
+fn each_pair<A, const M: usize, const N: usize>(
+    w: &WeightRows<'_, M>,
+    acts: &[A; N],
+    dot: impl Fn(&[u8], &A) -> f32,
+) -> [[f32; N]; M] {
+    std::array::from_fn(|m| std::array::from_fn(|n| dot(w[m], &acts[n])))
+}
+
 /// Q4_0, Q4_1, Q5_0 and Q8_0: `Σ_blocks d_w·d_a·Σ q_w·q_a + m_w·(d_a·Σ q_a)`.
-pub(crate) fn block32<K: Kernel, const N: usize>(w_row: &[u8], acts: &[Q8Row<'_>; N]) -> [f32; N] {
-    let mut out = [0f32; N];
-    for (b, block) in w_row.chunks_exact(K::FORMAT.block_bytes()).enumerate() {
-        let w = decode_block32(K::FORMAT, block);
-        for (out, a) in out.iter_mut().zip(acts) {
+pub(crate) fn block32<K: Kernel, const M: usize, const N: usize>(
+    w: &WeightRows<'_, M>,
+    acts: &[Q8Row<'_>; N],
+) -> [[f32; N]; M] {
+    each_pair(w, acts, |w_row, a| {
+        let mut out = 0f32;
+        for (b, block) in w_row.chunks_exact(K::FORMAT.block_bytes()).enumerate() {
+            let w = decode_block32(K::FORMAT, block);
             let qa = array_at::<i8, QK>(a.qs, b * QK);
-            let dot: i32 = w.q.iter().zip(qa).map(|(&w, &a)| i32::from(w) * i32::from(a)).sum();
+            let dot: i32 =
+                w.q.iter()
+                    .zip(qa)
+                    .map(|(&w, &a)| i32::from(w) * i32::from(a))
+                    .sum();
             let [d, s] = a.ds[b];
-            *out += w.d * d * dot as f32 + w.m * s;
+            out += w.d * d * dot as f32 + w.m * s;
         }
-    }
-    out
+        out
+    })
 }
 
 /// Q4_K: per 32-element sub-block `d·scale·Σ q_w·q_a − dmin·min·Σ q_a`, times `d_a`.
-pub(crate) fn q4k<K: Kernel, const N: usize>(w_row: &[u8], acts: &[Q8KRow<'_>; N]) -> [f32; N] {
-    let mut out = [0f32; N];
-    for (b, block) in w_row.chunks_exact(K::FORMAT.block_bytes()).enumerate() {
-        let d = f16_at(block, q4k::D);
-        let dmin = f16_at(block, q4k::DMIN);
-        let (scales, mins) = q4k::scales_mins(array_at(block, q4k::SCALES));
-        for (out, a) in out.iter_mut().zip(acts) {
+pub(crate) fn q4k<K: Kernel, const M: usize, const N: usize>(
+    w: &WeightRows<'_, M>,
+    acts: &[Q8KRow<'_>; N],
+) -> [[f32; N]; M] {
+    each_pair(w, acts, |w_row, a| {
+        let mut out = 0f32;
+        for (b, block) in w_row.chunks_exact(K::FORMAT.block_bytes()).enumerate() {
+            let d = f16_at(block, q4k::D);
+            let dmin = f16_at(block, q4k::DMIN);
+            let (scales, mins) = q4k::scales_mins(array_at(block, q4k::SCALES));
             let qa = array_at::<i8, QK_K>(a.qs, b * QK_K);
             let sums = &a.sums[b];
             let (mut dot, mut min) = (0i32, 0i32);
@@ -40,18 +61,20 @@ pub(crate) fn q4k<K: Kernel, const N: usize>(w_row: &[u8], acts: &[Q8KRow<'_>; N
                 let sum_a = i32::from(sums.bsums[2 * j]) + i32::from(sums.bsums[2 * j + 1]);
                 min += i32::from(mins[j]) * sum_a;
             }
-            *out += sums.d * (d * dot as f32 - dmin * min as f32);
+            out += sums.d * (d * dot as f32 - dmin * min as f32);
         }
-    }
-    out
+        out
+    })
 }
 
 /// Q6_K: per 16-element sub-block `d·scale·Σ (q_w − 32)·q_a`, times `d_a`.
-pub(crate) fn q6k<K: Kernel, const N: usize>(w_row: &[u8], acts: &[Q8KRow<'_>; N]) -> [f32; N] {
-    let mut out = [0f32; N];
-    for (b, block) in w_row.chunks_exact(K::FORMAT.block_bytes()).enumerate() {
-        let d = f16_at(block, q6k::D);
-        for (out, a) in out.iter_mut().zip(acts) {
+pub(crate) fn q6k<K: Kernel, const M: usize, const N: usize>(
+    w: &WeightRows<'_, M>,
+    acts: &[Q8KRow<'_>; N],
+) -> [[f32; N]; M] {
+    each_pair(w, acts, |w_row, a| {
+        let mut out = 0f32;
+        for (b, block) in w_row.chunks_exact(K::FORMAT.block_bytes()).enumerate() {
             let qa = array_at::<i8, QK_K>(a.qs, b * QK_K);
             let mut dot = 0i32;
             for s in 0..QK_K / 16 {
@@ -60,14 +83,21 @@ pub(crate) fn q6k<K: Kernel, const N: usize>(w_row: &[u8], acts: &[Q8KRow<'_>; N
                     .sum();
                 dot += i32::from(q6k::scale(block, s)) * sub;
             }
-            *out += d * a.sums[b].d * dot as f32;
+            out += f16_at(block, q6k::D) * a.sums[b].d * dot as f32;
         }
-    }
-    out
+        out
+    })
 }
 
 /// `f32` weights against `f32` rows.
-pub(crate) fn f32<K: Kernel, const N: usize>(w_row: &[u8], acts: &[&[f32]; N]) -> [f32; N] {
-    let w = w_row.chunks_exact(4).map(|b| f32::from_le_bytes(*array_at(b, 0)));
-    std::array::from_fn(|n| w.clone().zip(acts[n]).map(|(w, a)| w * a).sum())
+pub(crate) fn f32<K: Kernel, const M: usize, const N: usize>(
+    w: &WeightRows<'_, M>,
+    acts: &[&[f32]; N],
+) -> [[f32; N]; M] {
+    each_pair(w, acts, |w_row, a| {
+        let w = w_row
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(*array_at(b, 0)));
+        w.zip(a.iter()).map(|(w, a)| w * a).sum()
+    })
 }

@@ -4,33 +4,47 @@
 use super::dot_avx2;
 use super::dot_portable;
 use super::q8::{Activations, F32Rows, Q8Blocks, Q8KBlocks};
-use super::{Isa, WeightFormat};
+use super::{BlockFormat, Isa};
 
 /// One activation row as `K`'s kernels read it.
 pub(crate) type Row<'a, K> = <<K as Kernel>::Acts as Activations>::Row<'a>;
 
-/// A weight format's kernels: the dot products of one weight row (its bytes as GGUF stores
-/// them) with `N` activation rows, decoding each weight block once for all `N`.
+/// `M` weight rows of one matrix, each its bytes as GGUF stores them.
+pub(crate) type WeightRows<'a, const M: usize> = [&'a [u8]; M];
+
+/// A weight format's kernels: the `M × N` dot products of `M` weight rows with `N`
+/// activation rows, each weight block decoded once for all `N` rows and each activation
+/// block loaded once for all `M`.
 pub(crate) trait Kernel: Sized + 'static {
-    const FORMAT: WeightFormat;
+    const FORMAT: BlockFormat;
     type Acts: Activations;
 
-    fn portable<const N: usize>(w_row: &[u8], acts: &[Row<'_, Self>; N]) -> [f32; N];
+    fn portable<const M: usize, const N: usize>(
+        w: &WeightRows<'_, M>,
+        acts: &[Row<'_, Self>; N],
+    ) -> [[f32; N]; M];
 
     /// # Safety
     /// The CPU must support AVX2, FMA and F16C.
     #[cfg(target_arch = "x86_64")]
-    unsafe fn avx2<const N: usize>(w_row: &[u8], acts: &[Row<'_, Self>; N]) -> [f32; N];
+    unsafe fn avx2<const M: usize, const N: usize>(
+        w: &WeightRows<'_, M>,
+        acts: &[Row<'_, Self>; N],
+    ) -> [[f32; N]; M];
 
     /// # Safety
     /// The CPU must support `isa`.
     #[inline(always)]
-    unsafe fn dot<const N: usize>(isa: Isa, w_row: &[u8], acts: &[Row<'_, Self>; N]) -> [f32; N] {
+    unsafe fn dot<const M: usize, const N: usize>(
+        isa: Isa,
+        w: &WeightRows<'_, M>,
+        acts: &[Row<'_, Self>; N],
+    ) -> [[f32; N]; M] {
         match isa {
             // SAFETY: the caller promises the CPU supports AVX2 (and FMA, F16C with it).
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => unsafe { Self::avx2(w_row, acts) },
-            _ => Self::portable(w_row, acts),
+            Isa::Avx2 => unsafe { Self::avx2(w, acts) },
+            _ => Self::portable(w, acts),
         }
     }
 }
@@ -43,22 +57,25 @@ macro_rules! kernel {
         pub(crate) struct $format;
 
         impl Kernel for $format {
-            const FORMAT: WeightFormat = WeightFormat::$format;
+            const FORMAT: BlockFormat = BlockFormat::$format;
             type Acts = $acts;
 
             #[inline(always)]
-            fn portable<const N: usize>(w_row: &[u8], acts: &[Row<'_, Self>; N]) -> [f32; N] {
-                dot_portable::$portable::<Self, N>(w_row, acts)
+            fn portable<const M: usize, const N: usize>(
+                w: &WeightRows<'_, M>,
+                acts: &[Row<'_, Self>; N],
+            ) -> [[f32; N]; M] {
+                dot_portable::$portable::<Self, M, N>(w, acts)
             }
 
             #[cfg(target_arch = "x86_64")]
             #[inline(always)]
-            unsafe fn avx2<const N: usize>(
-                w_row: &[u8],
+            unsafe fn avx2<const M: usize, const N: usize>(
+                w: &WeightRows<'_, M>,
                 acts: &[Row<'_, Self>; N],
-            ) -> [f32; N] {
+            ) -> [[f32; N]; M] {
                 // SAFETY: our caller promises AVX2, FMA and F16C.
-                unsafe { dot_avx2::$avx2::<Self, N>(w_row, acts) }
+                unsafe { dot_avx2::$avx2::<Self, M, N>(w, acts) }
             }
         }
     };

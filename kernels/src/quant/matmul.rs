@@ -12,12 +12,14 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::kernel::{Kernel, Row};
+use super::kernel::{Kernel, Row, WeightRows};
 use super::q8::Activations;
 use super::{Isa, QuantMatrix};
 
 /// Activation rows per kernel call.
 const GROUP: usize = 4;
+/// Weight rows per kernel call when there is one activation row.
+const DECODE_W_ROWS: usize = 4;
 /// Most activation rows in a tile.
 const MAX_TILE_ROWS: usize = 64;
 /// Most weight rows in a tile (it bounds the tile's buffer on the stack).
@@ -30,7 +32,10 @@ const SEQUENTIAL_WORK: usize = 32 * 1024;
 
 /// `y = x · Wᵀ` with `K`'s kernels for `isa`.
 pub(super) fn run<K: Kernel>(m: &QuantMatrix, isa: Isa, x: &[f32], rows: usize, y: &mut [f32]) {
-    assert!(isa.is_supported(), "this CPU cannot run the {isa:?} kernels");
+    assert!(
+        isa.is_supported(),
+        "this CPU cannot run the {isa:?} kernels"
+    );
     let scratch = K::Acts::scratch();
     let mut acts = scratch.take();
     acts.quantize(x, m.in_dim);
@@ -85,12 +90,36 @@ fn group<K: Kernel, const N: usize>(
     buf: &mut [[f32; MAX_TILE_OUTS]; GROUP],
 ) {
     let rows: [Row<'_, K>; N] = std::array::from_fn(|i| acts.row(first + i));
-    for (j, o) in outs.enumerate() {
-        let w_row = &m.data[o * m.row_bytes..(o + 1) * m.row_bytes];
-        // SAFETY: `run` asserted that the CPU supports `isa`.
-        let dots = unsafe { K::dot(isa, w_row, &rows) };
-        for (b, dot) in buf.iter_mut().zip(dots) {
-            b[j] = dot;
+    let mut o = outs.start;
+    // With one activation row, take several weight rows per call instead: their independent
+    // sums hide the float latency, and they share each activation block.
+    if N == 1 {
+        while o + DECODE_W_ROWS <= outs.end {
+            weight_rows::<K, DECODE_W_ROWS, N>(m, isa, &rows, o, o - outs.start, buf);
+            o += DECODE_W_ROWS;
+        }
+    }
+    for o in o..outs.end {
+        weight_rows::<K, 1, N>(m, isa, &rows, o, o - outs.start, buf);
+    }
+}
+
+/// Weight rows `first..first + M` against `rows`, into `buf[..N][col..col + M]`.
+#[inline(always)]
+fn weight_rows<K: Kernel, const M: usize, const N: usize>(
+    m: &QuantMatrix,
+    isa: Isa,
+    rows: &[Row<'_, K>; N],
+    first: usize,
+    col: usize,
+    buf: &mut [[f32; MAX_TILE_OUTS]; GROUP],
+) {
+    let w: WeightRows<'_, M> = std::array::from_fn(|i| m.row(first + i));
+    // SAFETY: `run` asserted that the CPU supports `isa`.
+    let dots = unsafe { K::dot(isa, &w, rows) };
+    for (i, dots) in dots.iter().enumerate() {
+        for (b, &dot) in buf.iter_mut().zip(dots) {
+            b[col + i] = dot;
         }
     }
 }
@@ -133,8 +162,14 @@ impl Plan {
 
     /// Tile `t`'s activation rows and weight rows; consecutive tiles share activation rows.
     fn tile(&self, t: usize) -> (Range<usize>, Range<usize>) {
-        let (r, o) = (t / self.out_tiles * self.tile_rows, t % self.out_tiles * self.tile_outs);
-        (r..(r + self.tile_rows).min(self.rows), o..(o + self.tile_outs).min(self.outs))
+        let (r, o) = (
+            t / self.out_tiles * self.tile_rows,
+            t % self.out_tiles * self.tile_outs,
+        );
+        (
+            r..(r + self.tile_rows).min(self.rows),
+            o..(o + self.tile_outs).min(self.outs),
+        )
     }
 }
 

@@ -23,7 +23,7 @@ use std::fmt;
 
 use candle_core::quantized::QTensor;
 
-pub use blocks::WeightFormat;
+pub use blocks::BlockFormat;
 
 use crate::Result;
 
@@ -64,7 +64,7 @@ impl Isa {
 /// A GGUF weight matrix `[out_dim, in_dim]` in its quantized block format, with our own
 /// kernels.
 pub struct QuantMatrix {
-    format: WeightFormat,
+    format: BlockFormat,
     out_dim: usize,
     in_dim: usize,
     /// Bytes of one weight row.
@@ -84,15 +84,16 @@ impl fmt::Debug for QuantMatrix {
 }
 
 impl QuantMatrix {
-    /// `Some` for the formats in `WeightFormat`, `None` for the rest (leave those to candle's
+    /// `Some` for the formats in `BlockFormat`, `None` for the rest (leave those to candle's
     /// `QMatMul`). Errors if the tensor is not 2-D or its data does not fit its shape.
     pub fn from_qtensor(t: &QTensor) -> Result<Option<Self>> {
-        let Some(format) = WeightFormat::from_dtype(t.dtype()) else {
+        let Some(format) = BlockFormat::from_dtype(t.dtype()) else {
             return Ok(None);
         };
         let (out_dim, in_dim) = t.shape().dims2()?;
         let malformed = |why: String| -> crate::Error {
-            candle_core::Error::Msg(format!("{format:?} matrix [{out_dim}, {in_dim}]: {why}")).into()
+            candle_core::Error::Msg(format!("{format:?} matrix [{out_dim}, {in_dim}]: {why}"))
+                .into()
         };
         let block = format.block_elems();
         if !in_dim.is_multiple_of(block) {
@@ -115,7 +116,12 @@ impl QuantMatrix {
         }))
     }
 
-    pub fn format(&self) -> WeightFormat {
+    /// Weight row `o`, as GGUF stores it.
+    fn row(&self, o: usize) -> &[u8] {
+        &self.data[o * self.row_bytes..(o + 1) * self.row_bytes]
+    }
+
+    pub fn format(&self) -> BlockFormat {
         self.format
     }
 
@@ -140,8 +146,18 @@ impl QuantMatrix {
     /// # Panics
     /// If this CPU does not support `isa`, or `x` or `y` does not have the right length.
     pub fn matmul_with(&self, isa: Isa, x: &[f32], rows: usize, y: &mut [f32]) {
-        assert_eq!(x.len(), rows * self.in_dim, "x must be [{rows}, {}]", self.in_dim);
-        assert_eq!(y.len(), rows * self.out_dim, "y must be [{rows}, {}]", self.out_dim);
+        assert_eq!(
+            x.len(),
+            rows * self.in_dim,
+            "x must be [{rows}, {}]",
+            self.in_dim
+        );
+        assert_eq!(
+            y.len(),
+            rows * self.out_dim,
+            "y must be [{rows}, {}]",
+            self.out_dim
+        );
         if rows == 0 || self.out_dim == 0 {
             return;
         }
@@ -150,13 +166,13 @@ impl QuantMatrix {
             return;
         }
         let run = match self.format {
-            WeightFormat::F32 => matmul::run::<kernel::F32>,
-            WeightFormat::Q4_0 => matmul::run::<kernel::Q4_0>,
-            WeightFormat::Q4_1 => matmul::run::<kernel::Q4_1>,
-            WeightFormat::Q5_0 => matmul::run::<kernel::Q5_0>,
-            WeightFormat::Q8_0 => matmul::run::<kernel::Q8_0>,
-            WeightFormat::Q4K => matmul::run::<kernel::Q4K>,
-            WeightFormat::Q6K => matmul::run::<kernel::Q6K>,
+            BlockFormat::F32 => matmul::run::<kernel::F32>,
+            BlockFormat::Q4_0 => matmul::run::<kernel::Q4_0>,
+            BlockFormat::Q4_1 => matmul::run::<kernel::Q4_1>,
+            BlockFormat::Q5_0 => matmul::run::<kernel::Q5_0>,
+            BlockFormat::Q8_0 => matmul::run::<kernel::Q8_0>,
+            BlockFormat::Q4K => matmul::run::<kernel::Q4K>,
+            BlockFormat::Q6K => matmul::run::<kernel::Q6K>,
         };
         run(self, isa, x, rows, y);
     }
@@ -168,9 +184,9 @@ mod tests {
 
     #[test]
     fn block_sizes_match_candles() {
-        for format in WeightFormat::ALL {
+        for format in BlockFormat::ALL {
             let dtype = format.dtype();
-            assert_eq!(WeightFormat::from_dtype(dtype), Some(format));
+            assert_eq!(BlockFormat::from_dtype(dtype), Some(format));
             assert_eq!(format.block_elems(), dtype.block_size(), "{format:?}");
             assert_eq!(format.block_bytes(), dtype.type_size(), "{format:?}");
         }

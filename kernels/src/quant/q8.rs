@@ -281,7 +281,14 @@ mod tests {
 
     #[test]
     fn round_small_rounds_to_nearest_even() {
-        for (v, r) in [(0.5, 0.0), (1.5, 2.0), (-2.5, -2.0), (126.7, 127.0), (-0.49, 0.0), (3.2, 3.0)] {
+        for (v, r) in [
+            (0.5, 0.0),
+            (1.5, 2.0),
+            (-2.5, -2.0),
+            (126.7, 127.0),
+            (-0.49, 0.0),
+            (3.2, 3.0),
+        ] {
             assert_eq!(round_small(v), r, "{v}");
             assert_eq!(round_small(v), f32::round_ties_even(v), "{v}");
         }

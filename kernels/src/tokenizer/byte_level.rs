@@ -50,6 +50,7 @@ impl ByteLevelBpe {
         kinds: &[TokenKind],
         ids: &FastMap<Box<str>, u32>,
     ) -> Result<(Self, Vec<Box<[u8]>>)> {
+        // Files converted before llama.cpp wrote this key are plain GPT-2.
         let pre_name = meta.optional_string(metadata::PRE)?.unwrap_or("gpt2");
         let pre = PreTokenizer::from_name(pre_name).ok_or_else(|| {
             meta.bad(
@@ -123,7 +124,7 @@ impl ByteLevelBpe {
         ))
     }
 
-    pub fn session(&self) -> ByteLevelSession<'_, '_> {
+    pub fn session<'t>(&self) -> ByteLevelSession<'_, 't> {
         ByteLevelSession {
             model: self,
             chars: Vec::new(),
