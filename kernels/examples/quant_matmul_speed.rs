@@ -63,28 +63,31 @@ fn median(mut times: Vec<Duration>) -> Duration {
     times[times.len() / 2]
 }
 
-/// Medians of `runs` timed calls each of `a(i)` and `b(i)`, alternated so that both see the
-/// same load from anything else on the machine, after `runs / 4 + 1` untimed calls of each.
+/// The best of three medians of `runs` timed calls of `f(i)`, for each of `a` and `b`, timed
+/// in alternating blocks so that both see similar load from anything else on the machine
+/// (alternating single calls would set rayon's and candle's spinning pools against each other).
 fn time_both(
     runs: usize,
     mut a: impl FnMut(usize),
     mut b: impl FnMut(usize),
 ) -> (Duration, Duration) {
-    for i in 0..runs / 4 + 1 {
-        a(i);
-        b(i);
-    }
-    let timed = |f: &mut dyn FnMut(usize), i| {
-        let start = Instant::now();
-        f(i);
-        start.elapsed()
+    let block = |f: &mut dyn FnMut(usize)| {
+        (0..runs / 4 + 1).for_each(&mut *f);
+        let times = (0..runs)
+            .map(|i| {
+                let start = Instant::now();
+                f(i);
+                start.elapsed()
+            })
+            .collect();
+        median(times)
     };
-    let (mut times_a, mut times_b) = (Vec::with_capacity(runs), Vec::with_capacity(runs));
-    for i in 0..runs {
-        times_a.push(timed(&mut a, i));
-        times_b.push(timed(&mut b, i));
+    let (mut best_a, mut best_b) = (Duration::MAX, Duration::MAX);
+    for _ in 0..3 {
+        best_a = best_a.min(block(&mut a));
+        best_b = best_b.min(block(&mut b));
     }
-    (median(times_a), median(times_b))
+    (best_a, best_b)
 }
 
 fn main() -> kernels::Result<()> {
@@ -152,7 +155,7 @@ fn main() -> kernels::Result<()> {
             let (ours_time, candle_time) = time_both(
                 runs,
                 |i| ours[i % copies].matmul(&x, rows, &mut y),
-                // Half a ring apart, so neither reads what the other just brought into cache.
+                // Half a ring apart, so neither finds what the other left in cache.
                 |i| {
                     let copy = (i + copies / 2) % copies;
                     theirs[copy].forward(&input).expect("candle's matmul");

@@ -9,8 +9,9 @@
 //! (q − 32). Only Q8_0 needs the sign trick. No pair sum can saturate: |q_a| ≤ 127 and the
 //! unsigned quants are below 64 (Q8_0's |q_w| ≤ 128 gives 2·128·127 < 2¹⁵).
 //!
-//! The only unsafe code is the `load_*` helpers, which read through array references and so
-//! stay in bounds by type; intrinsics are safe to call in functions compiled for them.
+//! The only unsafe code is the `load_*` and `store_*` helpers, which go through array
+//! references and so stay in bounds by type; intrinsics are safe to call in functions
+//! compiled for them.
 
 use std::arch::x86_64::*;
 
@@ -48,9 +49,16 @@ fn load_i16x16(q: &[i16; 16]) -> __m256i {
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn load_f32x8(x: &[f32; 8]) -> __m256 {
+pub(super) fn load_f32x8(x: &[f32; 8]) -> __m256 {
     // SAFETY: reads the 32 bytes of `x`; unaligned loads are allowed.
     unsafe { _mm256_loadu_ps(x.as_ptr()) }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn store_i8x32(q: &mut [i8; 32], v: __m256i) {
+    // SAFETY: writes the 32 bytes of `q`; unaligned stores are allowed.
+    unsafe { _mm256_storeu_si256(q.as_mut_ptr().cast(), v) }
 }
 
 /// Eight little-endian `f32` from 32 bytes.

@@ -20,6 +20,8 @@ use super::{Isa, QuantMatrix};
 const GROUP: usize = 4;
 /// Weight rows per kernel call when there is one activation row.
 const DECODE_W_ROWS: usize = 4;
+/// How many such calls ahead decode prefetches its weight rows.
+const PREFETCH_GROUPS: usize = 2;
 /// Most activation rows in a tile.
 const MAX_TILE_ROWS: usize = 64;
 /// Most weight rows in a tile (it bounds the tile's buffer on the stack).
@@ -38,7 +40,8 @@ pub(super) fn run<K: Kernel>(m: &QuantMatrix, isa: Isa, x: &[f32], rows: usize, 
     );
     let scratch = K::Acts::scratch();
     let mut acts = scratch.take();
-    acts.quantize(x, m.in_dim);
+    // SAFETY: asserted above.
+    unsafe { acts.quantize(isa, x, m.in_dim) };
 
     let plan = Plan::new(rows, m.out_dim, rayon::current_num_threads());
     let out = SharedOutput::new(y, m.out_dim);
@@ -95,6 +98,13 @@ fn group<K: Kernel, const N: usize>(
     // sums hide the float latency, and they share each activation block.
     if N == 1 {
         while o + DECODE_W_ROWS <= outs.end {
+            // Interleaved rows are short streams the hardware prefetcher does not pick up, so
+            // fetch the rows a few calls ahead ourselves.
+            let ahead = o + PREFETCH_GROUPS * DECODE_W_ROWS;
+            let end = (ahead + DECODE_W_ROWS).min(m.out_dim);
+            if ahead < end {
+                prefetch(&m.data[ahead * m.row_bytes..end * m.row_bytes]);
+            }
             weight_rows::<K, DECODE_W_ROWS, N>(m, isa, &rows, o, o - outs.start, buf);
             o += DECODE_W_ROWS;
         }
@@ -122,6 +132,22 @@ fn weight_rows<K: Kernel, const M: usize, const N: usize>(
             b[col + i] = dot;
         }
     }
+}
+
+/// Asks the CPU to start loading `bytes` into cache.
+#[inline(always)]
+fn prefetch(bytes: &[u8]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in bytes.chunks(64) {
+        // SAFETY: a prefetch is a hint that never faults; the address is inside `bytes`.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                line.as_ptr().cast(),
+            )
+        };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = bytes;
 }
 
 /// How the output `[rows, outs]` is cut into tiles.

@@ -15,6 +15,7 @@ use std::thread::LocalKey;
 use rayon::prelude::*;
 
 use super::blocks::{QK, QK_K};
+use super::Isa;
 
 /// Rows at or above this are quantized in parallel.
 const PARALLEL_ROWS: usize = 8;
@@ -24,8 +25,12 @@ pub(crate) trait Activations: Default + Send + Sync + 'static {
     /// One row, as the kernels read it.
     type Row<'a>: Copy + Send + Sync;
 
-    /// Replaces the contents with `x`, rows of `cols` values (`cols` a multiple of the block).
-    fn quantize(&mut self, x: &[f32], cols: usize);
+    /// Replaces the contents with `x`, rows of `cols` values (`cols` a multiple of the block),
+    /// compiled for `isa`; every `isa` gives the same bits.
+    ///
+    /// # Safety
+    /// The CPU must support `isa`.
+    unsafe fn quantize(&mut self, isa: Isa, x: &[f32], cols: usize);
 
     fn row(&self, r: usize) -> Self::Row<'_>;
 
@@ -35,11 +40,10 @@ pub(crate) trait Activations: Default + Send + Sync + 'static {
 }
 
 /// Quantizes one block: writes `q`, returns `d`.
-#[inline(always)]
-fn quantize_block(x: &[f32], q: &mut [i8]) -> f32 {
+fn quantize_block<const L: usize>(x: &[f32; L], q: &mut [i8; L]) -> f32 {
     // Eight lanes so the max vectorizes.
     let mut lanes = [0f32; 8];
-    for chunk in x.chunks_exact(8) {
+    for chunk in x.as_chunks::<8>().0 {
         for (m, v) in lanes.iter_mut().zip(chunk) {
             *m = m.max(v.abs());
         }
@@ -47,39 +51,48 @@ fn quantize_block(x: &[f32], q: &mut [i8]) -> f32 {
     let amax = lanes.iter().fold(0f32, |m, &v| m.max(v));
     let inverse = if amax > 0.0 { 127.0 / amax } else { 0.0 };
     for (q, &v) in q.iter_mut().zip(x) {
-        *q = round_small(v * inverse) as i8;
+        *q = round_to_i32(v * inverse) as i8;
     }
     amax / 127.0
 }
 
 /// Rounds `v` (|v| < 2²²) to the nearest integer, ties to even. Adding 1.5·2²³ leaves no
-/// fraction bits, so the float unit rounds; unlike `round_ties_even`, which is a libm call on
-/// baseline x86-64, this vectorizes with plain SSE2.
+/// fraction bits, so the float unit rounds, and the integer lands in the low mantissa bits.
+/// Unlike `round_ties_even` (a libm call on baseline x86-64) and `as i32` (saturating,
+/// scalar with branches), this is plain arithmetic.
 #[inline(always)]
-fn round_small(v: f32) -> f32 {
+fn round_to_i32(v: f32) -> i32 {
     const SHIFT: f32 = 12_582_912.0;
-    (v + SHIFT) - SHIFT
+    (v + SHIFT).to_bits() as i32 - SHIFT.to_bits() as i32
 }
 
-/// Runs `f(row of x, row pieces...)` over rows, in parallel when there are many.
-fn for_each_row<A: Send, B: Send>(
+/// A row quantizer: one row of `x` into its quants and per-block sums.
+///
+/// # Safety
+/// The copy for an ISA needs a CPU that supports it.
+type RowFn<S> = unsafe fn(&[f32], &mut [i8], &mut [S]);
+
+/// Quantizes every row with `row`, in parallel when there are many.
+///
+/// # Safety
+/// The CPU must support the ISA `row` was compiled for.
+unsafe fn for_each_row<S: Send>(
     x: &[f32],
     cols: usize,
-    (a, a_len): (&mut [A], usize),
-    (b, b_len): (&mut [B], usize),
-    f: impl Fn(&[f32], &mut [A], &mut [B]) + Sync,
+    qs: &mut [i8],
+    (sums, sums_len): (&mut [S], usize),
+    row: RowFn<S>,
 ) {
-    let rows = x.len() / cols;
-    if rows >= PARALLEL_ROWS {
-        x.par_chunks(cols)
-            .zip(a.par_chunks_mut(a_len))
-            .zip(b.par_chunks_mut(b_len))
-            .for_each(|((x, a), b)| f(x, a, b));
+    // SAFETY: our caller promises the CPU supports `row`'s ISA.
+    let row = |((x, q), s): ((&[f32], &mut [i8]), &mut [S])| unsafe { row(x, q, s) };
+    if x.len() / cols >= PARALLEL_ROWS {
+        let rows = x.par_chunks(cols).zip(qs.par_chunks_mut(cols));
+        rows.zip(sums.par_chunks_mut(sums_len)).for_each(row);
     } else {
         x.chunks(cols)
-            .zip(a.chunks_mut(a_len))
-            .zip(b.chunks_mut(b_len))
-            .for_each(|((x, a), b)| f(x, a, b));
+            .zip(qs.chunks_mut(cols))
+            .zip(sums.chunks_mut(sums_len))
+            .for_each(row);
     }
 }
 
@@ -109,27 +122,31 @@ thread_local! {
     static F32_SCRATCH: Cell<F32Rows> = Cell::default();
 }
 
+/// One row into blocks of 32 with `[d, d·Σq]`.
+fn q8_row(x: &[f32], qs: &mut [i8], ds: &mut [[f32; 2]]) {
+    let blocks = x.as_chunks::<QK>().0.iter().zip(qs.as_chunks_mut::<QK>().0);
+    for ((x, q), ds) in blocks.zip(ds) {
+        let d = quantize_block(x, q);
+        let sum: i32 = q.iter().map(|&q| i32::from(q)).sum();
+        *ds = [d, d * sum as f32];
+    }
+}
+
 impl Activations for Q8Blocks {
     type Row<'a> = Q8Row<'a>;
 
-    fn quantize(&mut self, x: &[f32], cols: usize) {
+    unsafe fn quantize(&mut self, isa: Isa, x: &[f32], cols: usize) {
         debug_assert!(cols.is_multiple_of(QK) && x.len().is_multiple_of(cols));
         self.cols = cols;
         refill(&mut self.qs, x.len());
         refill(&mut self.ds, x.len() / QK);
-        for_each_row(
-            x,
-            cols,
-            (&mut self.qs, cols),
-            (&mut self.ds, cols / QK),
-            |x, qs, ds| {
-                for ((x, q), ds) in x.chunks_exact(QK).zip(qs.chunks_exact_mut(QK)).zip(ds) {
-                    let d = quantize_block(x, q);
-                    let sum: i32 = q.iter().map(|&q| i32::from(q)).sum();
-                    *ds = [d, d * sum as f32];
-                }
-            },
-        );
+        let row: RowFn<[f32; 2]> = match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => avx2::q8_row,
+            _ => q8_row,
+        };
+        // SAFETY: our caller promises the CPU supports `isa`.
+        unsafe { for_each_row(x, cols, &mut self.qs, (&mut self.ds, cols / QK), row) };
     }
 
     fn row(&self, r: usize) -> Q8Row<'_> {
@@ -167,29 +184,36 @@ pub(crate) struct Q8KRow<'a> {
     pub sums: &'a [KSums],
 }
 
+/// One row into blocks of 256 with their sums of 16.
+fn q8k_row(x: &[f32], qs: &mut [i8], sums: &mut [KSums]) {
+    let blocks = x
+        .as_chunks::<QK_K>()
+        .0
+        .iter()
+        .zip(qs.as_chunks_mut::<QK_K>().0);
+    for ((x, q), sums) in blocks.zip(sums) {
+        sums.d = quantize_block(x, q);
+        for (s, q) in sums.bsums.iter_mut().zip(q.as_chunks::<16>().0) {
+            *s = q.iter().map(|&q| i16::from(q)).sum();
+        }
+    }
+}
+
 impl Activations for Q8KBlocks {
     type Row<'a> = Q8KRow<'a>;
 
-    fn quantize(&mut self, x: &[f32], cols: usize) {
+    unsafe fn quantize(&mut self, isa: Isa, x: &[f32], cols: usize) {
         debug_assert!(cols.is_multiple_of(QK_K) && x.len().is_multiple_of(cols));
         self.cols = cols;
         refill(&mut self.qs, x.len());
         refill(&mut self.sums, x.len() / QK_K);
-        for_each_row(
-            x,
-            cols,
-            (&mut self.qs, cols),
-            (&mut self.sums, cols / QK_K),
-            |x, qs, sums| {
-                let blocks = x.chunks_exact(QK_K).zip(qs.chunks_exact_mut(QK_K));
-                for ((x, q), sums) in blocks.zip(sums) {
-                    sums.d = quantize_block(x, q);
-                    for (s, q) in sums.bsums.iter_mut().zip(q.chunks_exact(16)) {
-                        *s = q.iter().map(|&q| i16::from(q)).sum();
-                    }
-                }
-            },
-        );
+        let row: RowFn<KSums> = match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => avx2::q8k_row,
+            _ => q8k_row,
+        };
+        // SAFETY: our caller promises the CPU supports `isa`.
+        unsafe { for_each_row(x, cols, &mut self.qs, (&mut self.sums, cols / QK_K), row) };
     }
 
     fn row(&self, r: usize) -> Q8KRow<'_> {
@@ -215,7 +239,7 @@ pub(crate) struct F32Rows {
 impl Activations for F32Rows {
     type Row<'a> = &'a [f32];
 
-    fn quantize(&mut self, x: &[f32], cols: usize) {
+    unsafe fn quantize(&mut self, _: Isa, x: &[f32], cols: usize) {
         self.cols = cols;
         self.x.clear();
         self.x.extend_from_slice(x);
@@ -230,9 +254,118 @@ impl Activations for F32Rows {
     }
 }
 
+/// The row quantizers again with AVX2 intrinsics, as llama.cpp writes them. They give the
+/// portable ones' bits: the same max, the same one division, the same products, rounding to
+/// nearest-even, and integer sums.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::super::dot_avx2::{load_f32x8, store_i8x32};
+    use super::{KSums, QK, QK_K};
+
+    /// The largest magnitude in `x` (a multiple of 8 long).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn amax(x: &[f32]) -> f32 {
+        let sign = _mm256_set1_ps(-0.0);
+        let mut max = _mm256_setzero_ps();
+        for v in x.as_chunks::<8>().0 {
+            max = _mm256_max_ps(max, _mm256_andnot_ps(sign, load_f32x8(v)));
+        }
+        let max = _mm_max_ps(_mm256_castps256_ps128(max), _mm256_extractf128_ps::<1>(max));
+        let max = _mm_max_ps(max, _mm_movehl_ps(max, max));
+        _mm_cvtss_f32(_mm_max_ss(max, _mm_movehdup_ps(max)))
+    }
+
+    /// `127 / amax`, or 0 for an all-zero block, as the portable code computes it.
+    fn inverse(amax: f32) -> f32 {
+        if amax > 0.0 {
+            127.0 / amax
+        } else {
+            0.0
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn hsum_i32(v: __m256i) -> i32 {
+        let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+        let s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+        _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32::<0b01>(s)))
+    }
+
+    /// `round(x · inverse)`, ties to even.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn scaled_ints(x: &[f32; 8], inverse: __m256) -> __m256i {
+        let v = _mm256_mul_ps(load_f32x8(x), inverse);
+        _mm256_cvtps_epi32(_mm256_round_ps::<
+            { _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC },
+        >(v))
+    }
+
+    /// Writes `round(x · inverse)` to `q`; returns the sums of its two halves.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn quantize32(x: &[f32; 32], inverse: f32, q: &mut [i8; 32]) -> [i32; 2] {
+        let inverse = _mm256_set1_ps(inverse);
+        let x = x.as_chunks::<8>().0;
+        let [a, b, c, d] = [
+            scaled_ints(&x[0], inverse),
+            scaled_ints(&x[1], inverse),
+            scaled_ints(&x[2], inverse),
+            scaled_ints(&x[3], inverse),
+        ];
+        // Packing works within 128-bit lanes; the permutation puts the 4-byte groups back.
+        let bytes = _mm256_packs_epi16(_mm256_packs_epi32(a, b), _mm256_packs_epi32(c, d));
+        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        store_i8x32(q, _mm256_permutevar8x32_epi32(bytes, order));
+        [
+            hsum_i32(_mm256_add_epi32(a, b)),
+            hsum_i32(_mm256_add_epi32(c, d)),
+        ]
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) fn q8_row(x: &[f32], qs: &mut [i8], ds: &mut [[f32; 2]]) {
+        let blocks = x.as_chunks::<QK>().0.iter().zip(qs.as_chunks_mut::<QK>().0);
+        for ((x, q), ds) in blocks.zip(ds) {
+            let amax = amax(x);
+            let [low, high] = quantize32(x, inverse(amax), q);
+            let d = amax / 127.0;
+            *ds = [d, d * (low + high) as f32];
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) fn q8k_row(x: &[f32], qs: &mut [i8], sums: &mut [KSums]) {
+        let blocks = x
+            .as_chunks::<QK_K>()
+            .0
+            .iter()
+            .zip(qs.as_chunks_mut::<QK_K>().0);
+        for ((x, q), sums) in blocks.zip(sums) {
+            let amax = amax(x);
+            let inverse = inverse(amax);
+            let pieces = x.as_chunks::<QK>().0.iter().zip(q.as_chunks_mut::<QK>().0);
+            for ((x, q), bsums) in pieces.zip(sums.bsums.as_chunks_mut::<2>().0) {
+                *bsums = quantize32(x, inverse, q).map(|s| s as i16);
+            }
+            sums.d = amax / 127.0;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Quantizes with the portable code, which every CPU runs.
+    fn quantize<A: Activations>(a: &mut A, x: &[f32], cols: usize) {
+        // SAFETY: every CPU supports `Isa::Portable`.
+        unsafe { a.quantize(Isa::Portable, x, cols) }
+    }
 
     fn sample(n: usize) -> Vec<f32> {
         (0..n)
@@ -244,7 +377,7 @@ mod tests {
     fn q8_blocks_are_within_half_a_step_and_carry_their_sums() {
         let x = sample(3 * 64);
         let mut a = Q8Blocks::default();
-        a.quantize(&x, 64);
+        quantize(&mut a, &x, 64);
         for r in 0..3 {
             let row = a.row(r);
             for (b, (xs, qs)) in x[r * 64..(r + 1) * 64]
@@ -268,7 +401,7 @@ mod tests {
     fn q8k_blocks_sum_every_sixteen_quants() {
         let x = sample(2 * 512);
         let mut a = Q8KBlocks::default();
-        a.quantize(&x, 512);
+        quantize(&mut a, &x, 512);
         let row = a.row(1);
         for (b, sums) in row.sums.iter().enumerate() {
             for (i, &s) in sums.bsums.iter().enumerate() {
@@ -280,24 +413,41 @@ mod tests {
     }
 
     #[test]
-    fn round_small_rounds_to_nearest_even() {
-        for (v, r) in [
-            (0.5, 0.0),
-            (1.5, 2.0),
-            (-2.5, -2.0),
-            (126.7, 127.0),
-            (-0.49, 0.0),
-            (3.2, 3.0),
+    fn round_to_i32_rounds_to_nearest_even() {
+        for v in [
+            0.5, 1.5, -2.5, 126.7, -126.5, -0.49, 3.2, 127.0, -127.0, 0.0,
         ] {
-            assert_eq!(round_small(v), r, "{v}");
-            assert_eq!(round_small(v), f32::round_ties_even(v), "{v}");
+            assert_eq!(round_to_i32(v), f32::round_ties_even(v) as i32, "{v}");
+        }
+    }
+
+    #[test]
+    fn avx2_quantization_gives_the_portable_bits() {
+        if !Isa::Avx2.is_supported() {
+            return;
+        }
+        let x = sample(3 * 512);
+        let (mut q8, mut q8_avx2) = (Q8Blocks::default(), Q8Blocks::default());
+        let (mut q8k, mut q8k_avx2) = (Q8KBlocks::default(), Q8KBlocks::default());
+        // SAFETY: AVX2 was detected above; the portable code runs anywhere.
+        unsafe {
+            q8.quantize(Isa::Portable, &x, 512);
+            q8_avx2.quantize(Isa::Avx2, &x, 512);
+            q8k.quantize(Isa::Portable, &x, 512);
+            q8k_avx2.quantize(Isa::Avx2, &x, 512);
+        }
+        assert_eq!(q8.qs, q8_avx2.qs);
+        assert_eq!(q8.ds, q8_avx2.ds);
+        assert_eq!(q8k.qs, q8k_avx2.qs);
+        for (a, b) in q8k.sums.iter().zip(&q8k_avx2.sums) {
+            assert_eq!((a.d, a.bsums), (b.d, b.bsums));
         }
     }
 
     #[test]
     fn a_zero_block_quantizes_to_zeros() {
         let mut a = Q8Blocks::default();
-        a.quantize(&[0.0; 32], 32);
+        quantize(&mut a, &[0.0; 32], 32);
         assert_eq!(a.row(0).ds, &[[0.0, 0.0]]);
         assert!(a.row(0).qs.iter().all(|&q| q == 0));
     }
@@ -306,10 +456,10 @@ mod tests {
     fn parallel_and_sequential_quantization_agree() {
         let x = sample(PARALLEL_ROWS * 64);
         let mut many = Q8Blocks::default();
-        many.quantize(&x, 64);
+        quantize(&mut many, &x, 64);
         for r in 0..PARALLEL_ROWS {
             let mut one = Q8Blocks::default();
-            one.quantize(&x[r * 64..(r + 1) * 64], 64);
+            quantize(&mut one, &x[r * 64..(r + 1) * 64], 64);
             assert_eq!(one.row(0).qs, many.row(r).qs);
             assert_eq!(one.row(0).ds, many.row(r).ds);
         }
