@@ -7,7 +7,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "evokernel", version, about = "Evolves efficient attention kernels on a local inference core")]
+#[command(
+    name = "evokernel",
+    version,
+    about = "Evolves efficient attention kernels on a local inference core"
+)]
 struct Cli {
     /// Compute threads (default: every core).
     #[arg(long, global = true)]

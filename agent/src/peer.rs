@@ -7,7 +7,9 @@ use std::path::Path;
 
 use candle_core::quantized::gguf_file;
 use candle_core::{Device, Result, Tensor};
-use candle_transformers::models::{quantized_gemma3, quantized_llama, quantized_qwen2, quantized_qwen3};
+use candle_transformers::models::{
+    quantized_gemma3, quantized_llama, quantized_qwen2, quantized_qwen3,
+};
 
 pub enum PeerModel {
     Llama(quantized_llama::ModelWeights),
@@ -28,11 +30,21 @@ impl PeerModel {
             .unwrap_or_default();
         let device = Device::Cpu;
         Ok(match arch.as_str() {
-            "llama" => Self::Llama(quantized_llama::ModelWeights::from_gguf(content, &mut file, &device)?),
-            "qwen2" => Self::Qwen2(quantized_qwen2::ModelWeights::from_gguf(content, &mut file, &device)?),
-            "qwen3" => Self::Qwen3(quantized_qwen3::ModelWeights::from_gguf(content, &mut file, &device)?),
-            "gemma3" => Self::Gemma3(quantized_gemma3::ModelWeights::from_gguf(content, &mut file, &device)?),
-            other => candle_core::bail!("candle-transformers peer: no quantized model for `{other}`"),
+            "llama" => Self::Llama(quantized_llama::ModelWeights::from_gguf(
+                content, &mut file, &device,
+            )?),
+            "qwen2" => Self::Qwen2(quantized_qwen2::ModelWeights::from_gguf(
+                content, &mut file, &device,
+            )?),
+            "qwen3" => Self::Qwen3(quantized_qwen3::ModelWeights::from_gguf(
+                content, &mut file, &device,
+            )?),
+            "gemma3" => Self::Gemma3(quantized_gemma3::ModelWeights::from_gguf(
+                content, &mut file, &device,
+            )?),
+            other => {
+                candle_core::bail!("candle-transformers peer: no quantized model for `{other}`")
+            }
         })
     }
 

@@ -25,10 +25,29 @@ fn check(asset: Asset, adjust: impl FnOnce(&mut Model)) {
     adjust(&mut model);
     let mut peer = PeerModel::load(&path).expect("candle-transformers model loads");
     let run = common::run_both(asset, &model, &mut peer, GENERATED);
-    assert!(run.prefill.kl <= MAX_KL, "{}: prefill KL {}", asset.name, run.prefill.kl);
-    assert!(run.worst_decode.kl <= MAX_KL, "{}: decode KL {}", asset.name, run.worst_decode.kl);
-    let agree = run.ours.iter().zip(&run.theirs).filter(|(a, b)| a == b).count();
-    assert!(agree >= MIN_TOP1_AGREEMENT, "{}: top-1 agrees at only {agree} of {GENERATED} steps", asset.name);
+    assert!(
+        run.prefill.kl <= MAX_KL,
+        "{}: prefill KL {}",
+        asset.name,
+        run.prefill.kl
+    );
+    assert!(
+        run.worst_decode.kl <= MAX_KL,
+        "{}: decode KL {}",
+        asset.name,
+        run.worst_decode.kl
+    );
+    let agree = run
+        .ours
+        .iter()
+        .zip(&run.theirs)
+        .filter(|(a, b)| a == b)
+        .count();
+    assert!(
+        agree >= MIN_TOP1_AGREEMENT,
+        "{}: top-1 agrees at only {agree} of {GENERATED} steps",
+        asset.name
+    );
 }
 
 #[test]
@@ -44,5 +63,7 @@ fn qwen_coder_matches_candle_transformers() {
 /// With candle's SiLU; see `oracle_exact.rs`.
 #[test]
 fn gemma3_matches_candle_transformers_but_for_its_activation() {
-    check(assets::GEMMA3, |model| model.config.activation = Activation::Silu);
+    check(assets::GEMMA3, |model| {
+        model.config.activation = Activation::Silu
+    });
 }

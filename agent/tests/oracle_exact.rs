@@ -33,7 +33,11 @@ fn check(asset: Asset, adjust: impl FnOnce(&mut Model)) {
     adjust(&mut model);
     let mut peer = peer_with_f32_weights(&path);
     let run = common::run_both(asset, &model, &mut peer, GENERATED);
-    assert!(run.prefill.top1_agree, "{}: top-1 differs after the prompt", asset.name);
+    assert!(
+        run.prefill.top1_agree,
+        "{}: top-1 differs after the prompt",
+        asset.name
+    );
     assert!(
         run.prefill.relative() <= RELATIVE_TOLERANCE,
         "{}: prefill logits differ by {:.3e} relative",
@@ -46,7 +50,11 @@ fn check(asset: Asset, adjust: impl FnOnce(&mut Model)) {
         asset.name,
         run.worst_decode.relative()
     );
-    assert_eq!(run.ours, run.theirs, "{}: greedy generations differ", asset.name);
+    assert_eq!(
+        run.ours, run.theirs,
+        "{}: greedy generations differ",
+        asset.name
+    );
 }
 
 #[test]
@@ -65,7 +73,9 @@ fn qwen_coder_matches_candle_transformers_exactly() {
 /// only, everything else matches; `gemma3_gelu_is_the_right_activation` shows GELU is right.
 #[test]
 fn gemma3_matches_candle_transformers_exactly_but_for_its_activation() {
-    check(assets::GEMMA3, |model| model.config.activation = Activation::Silu);
+    check(assets::GEMMA3, |model| {
+        model.config.activation = Activation::Silu
+    });
 }
 
 /// The real weights were trained with GELU: it must predict real prose far better than the
@@ -75,7 +85,10 @@ fn gemma3_gelu_is_the_right_activation() {
     let _turn = common::one_at_a_time();
     let path = assets::GEMMA3.require().unwrap_or_else(|e| panic!("{e}"));
     let mut model = Model::load(&path).unwrap();
-    let tokens = model.tokenizer.encode_with_bos(&common::prompt_text()).unwrap();
+    let tokens = model
+        .tokenizer
+        .encode_with_bos(&common::prompt_text())
+        .unwrap();
     let options = PerplexityOptions {
         ctx: tokens.len(),
         stride: tokens.len(),
@@ -84,7 +97,15 @@ fn gemma3_gelu_is_the_right_activation() {
     let gelu = perplexity(&model, &tokens, options).unwrap().ppl;
     model.config.activation = Activation::Silu;
     let silu = perplexity(&model, &tokens, options).unwrap().ppl;
-    eprintln!("gemma3 perplexity on the Pride and Prejudice opening: GELU {gelu:.2}, SiLU {silu:.2}");
-    assert!(gelu < 30.0, "GELU perplexity {gelu} is not that of a working model");
-    assert!(gelu * 2.0 < silu, "GELU {gelu} should beat SiLU {silu} by far");
+    eprintln!(
+        "gemma3 perplexity on the Pride and Prejudice opening: GELU {gelu:.2}, SiLU {silu:.2}"
+    );
+    assert!(
+        gelu < 30.0,
+        "GELU perplexity {gelu} is not that of a working model"
+    );
+    assert!(
+        gelu * 2.0 < silu,
+        "GELU {gelu} should beat SiLU {silu} by far"
+    );
 }

@@ -43,7 +43,9 @@ pub enum Error {
     #[error("{path}: not UTF-8 text (first bad byte at offset {offset})")]
     NotUtf8 { path: PathBuf, offset: usize },
     /// An asset `scripts/fetch-assets` should have put in place is missing.
-    #[error("missing asset {path}: run `scripts/fetch-assets --only {name}` (or set EVOKERNEL_ASSETS)")]
+    #[error(
+        "missing asset {path}: run `scripts/fetch-assets --only {name}` (or set EVOKERNEL_ASSETS)"
+    )]
     MissingAsset { path: PathBuf, name: String },
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

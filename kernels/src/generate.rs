@@ -41,7 +41,10 @@ impl Sampling {
     pub fn validate(&self) -> Result<()> {
         let bad = |what: String| Err(Error::InvalidRequest(what));
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
-            return bad(format!("temperature must be a finite number >= 0, got {}", self.temperature));
+            return bad(format!(
+                "temperature must be a finite number >= 0, got {}",
+                self.temperature
+            ));
         }
         if self.top_k == Some(0) {
             return bad("top-k must be at least 1".into());

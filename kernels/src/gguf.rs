@@ -149,8 +149,12 @@ impl GgufFile {
             Value::I64(v) => u64::try_from(*v).ok(),
             _ => None,
         };
-        n.and_then(|n| usize::try_from(n).ok())
-            .ok_or_else(|| self.bad_metadata(key, format!("expected a non-negative integer, found {value:?}")))
+        n.and_then(|n| usize::try_from(n).ok()).ok_or_else(|| {
+            self.bad_metadata(
+                key,
+                format!("expected a non-negative integer, found {value:?}"),
+            )
+        })
     }
 
     pub fn f32(&self, key: &str) -> Result<f32> {
@@ -203,7 +207,10 @@ impl GgufFile {
                 if items.len() != n_layers {
                     return Err(self.bad_metadata(
                         key,
-                        format!("has {} entries, expected one per layer ({n_layers})", items.len()),
+                        format!(
+                            "has {} entries, expected one per layer ({n_layers})",
+                            items.len()
+                        ),
                     ));
                 }
                 items

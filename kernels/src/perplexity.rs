@@ -32,12 +32,25 @@ pub struct PerplexityReport {
 /// Natural-log softmax probability of `target` under `logits`, in f64.
 pub fn log_prob(logits: &[f32], target: u32) -> f64 {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let log_sum = logits.iter().map(|&l| (l as f64 - max).exp()).sum::<f64>().ln() + max;
+    let log_sum = logits
+        .iter()
+        .map(|&l| (l as f64 - max).exp())
+        .sum::<f64>()
+        .ln()
+        + max;
     logits[target as usize] as f64 - log_sum
 }
 
-pub fn perplexity(model: &Model, tokens: &[u32], options: PerplexityOptions) -> Result<PerplexityReport> {
-    let PerplexityOptions { ctx, stride, max_tokens } = options;
+pub fn perplexity(
+    model: &Model,
+    tokens: &[u32],
+    options: PerplexityOptions,
+) -> Result<PerplexityReport> {
+    let PerplexityOptions {
+        ctx,
+        stride,
+        max_tokens,
+    } = options;
     if ctx < 2 || stride == 0 || stride > ctx {
         return Err(Error::InvalidRequest(format!(
             "perplexity needs ctx >= 2 and 1 <= stride <= ctx (got ctx {ctx}, stride {stride})"

@@ -40,40 +40,54 @@ struct EngineSpeed {
 }
 
 pub fn run_core(args: CoreArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(args.repeats > 0 && args.prompt_tokens > 0 && args.decode_tokens > 0,
-        "--repeats, --prompt-tokens and --decode-tokens must be positive");
+    anyhow::ensure!(
+        args.repeats > 0 && args.prompt_tokens > 0 && args.decode_tokens > 0,
+        "--repeats, --prompt-tokens and --decode-tokens must be positive"
+    );
     let path = kernels::assets::resolve_model(&args.model)?;
     let model = Model::load(&path)?;
     let tokens = bench_tokens(&model, args.prompt_tokens + args.decode_tokens)?;
     let (prompt, continuation) = tokens.split_at(args.prompt_tokens);
     let threads = rayon::current_num_threads();
 
-    let ours = measure("evokernel", args.repeats, |_| {
-        let mut cache: KvCache = model.new_cache();
-        let started = Instant::now();
-        model.forward(&mut cache, prompt, Logits::Last)?;
-        let prefill = started.elapsed().as_secs_f64();
-        let started = Instant::now();
-        for &t in continuation {
-            model.forward(&mut cache, &[t], Logits::Last)?;
-        }
-        Ok((prefill, started.elapsed().as_secs_f64()))
-    }, prompt.len(), continuation.len())?;
+    let ours = measure(
+        "evokernel",
+        args.repeats,
+        |_| {
+            let mut cache: KvCache = model.new_cache();
+            let started = Instant::now();
+            model.forward(&mut cache, prompt, Logits::Last)?;
+            let prefill = started.elapsed().as_secs_f64();
+            let started = Instant::now();
+            for &t in continuation {
+                model.forward(&mut cache, &[t], Logits::Last)?;
+            }
+            Ok((prefill, started.elapsed().as_secs_f64()))
+        },
+        prompt.len(),
+        continuation.len(),
+    )?;
 
     let peer = if args.no_peer {
         None
     } else {
         let mut peer = PeerModel::load(&path).context("loading the candle-transformers peer")?;
-        Some(measure("candle-transformers", args.repeats, |_| {
-            let started = Instant::now();
-            peer.forward(prompt, 0)?;
-            let prefill = started.elapsed().as_secs_f64();
-            let started = Instant::now();
-            for (i, &t) in continuation.iter().enumerate() {
-                peer.forward(&[t], prompt.len() + i)?;
-            }
-            Ok((prefill, started.elapsed().as_secs_f64()))
-        }, prompt.len(), continuation.len())?)
+        Some(measure(
+            "candle-transformers",
+            args.repeats,
+            |_| {
+                let started = Instant::now();
+                peer.forward(prompt, 0)?;
+                let prefill = started.elapsed().as_secs_f64();
+                let started = Instant::now();
+                for (i, &t) in continuation.iter().enumerate() {
+                    peer.forward(&[t], prompt.len() + i)?;
+                }
+                Ok((prefill, started.elapsed().as_secs_f64()))
+            },
+            prompt.len(),
+            continuation.len(),
+        )?)
     };
 
     let engines: Vec<&EngineSpeed> = [&ours].into_iter().chain(peer.as_ref()).collect();
@@ -92,12 +106,19 @@ pub fn run_core(args: CoreArgs) -> anyhow::Result<()> {
     }
     println!(
         "{} ({} threads): prefill {} tokens, decode {} tokens after it; median of {}",
-        args.model, threads, prompt.len(), continuation.len(), args.repeats
+        args.model,
+        threads,
+        prompt.len(),
+        continuation.len(),
+        args.repeats
     );
     println!("| engine | prefill tok/s | decode tok/s |");
     println!("|---|---|---|");
     for e in &engines {
-        println!("| {} | {:.1} | {:.1} |", e.engine, e.prefill_tok_per_s, e.decode_tok_per_s);
+        println!(
+            "| {} | {:.1} | {:.1} |",
+            e.engine, e.prefill_tok_per_s, e.decode_tok_per_s
+        );
     }
     if let Some(p) = &peer {
         println!(
@@ -124,7 +145,12 @@ fn measure(
         let (prefill, decode) = once(i + 1)?;
         prefill_runs.push(prompt_len as f64 / prefill);
         decode_runs.push(decode_len as f64 / decode);
-        eprintln!("{engine} run {}: prefill {:.1} tok/s, decode {:.1} tok/s", i + 1, prefill_runs[i], decode_runs[i]);
+        eprintln!(
+            "{engine} run {}: prefill {:.1} tok/s, decode {:.1} tok/s",
+            i + 1,
+            prefill_runs[i],
+            decode_runs[i]
+        );
     }
     Ok(EngineSpeed {
         engine,
@@ -151,6 +177,10 @@ fn bench_tokens(model: &Model, n: usize) -> anyhow::Result<Vec<u32>> {
     let dir = kernels::assets::AUSTEN.require()?;
     let text = super::read_text(&dir.join("emma.txt"))?;
     let tokens = model.tokenizer.encode_with_bos(&text)?;
-    anyhow::ensure!(tokens.len() >= n, "emma.txt has only {} tokens, {n} needed", tokens.len());
+    anyhow::ensure!(
+        tokens.len() >= n,
+        "emma.txt has only {} tokens, {n} needed",
+        tokens.len()
+    );
     Ok(tokens[..n].to_vec())
 }

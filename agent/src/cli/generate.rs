@@ -38,9 +38,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             messages.push(ChatMessage::system(system));
         }
         messages.push(ChatMessage::user(&args.prompt));
-        let template = model.chat_template.as_ref().ok_or_else(|| {
-            anyhow::anyhow!("{} has no chat template; drop --chat", args.model)
-        })?;
+        let template = model
+            .chat_template
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("{} has no chat template; drop --chat", args.model))?;
         tokenizer.encode_with_bos(&template.render(&messages, true)?)?
     } else {
         tokenizer.encode_with_bos(&args.prompt)?

@@ -43,7 +43,11 @@ impl Difference {
             .map(|(t, o)| t.exp() * (t - o))
             .sum();
         Self {
-            max_abs: ours.iter().zip(theirs).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max),
+            max_abs: ours
+                .iter()
+                .zip(theirs)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f32::max),
             max_abs_logit: theirs.iter().map(|v| v.abs()).fold(0.0, f32::max),
             kl,
             top1_agree: argmax(ours) == argmax(theirs),
@@ -57,7 +61,12 @@ impl Difference {
 
 fn log_softmax(logits: &[f32]) -> Vec<f64> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let log_sum = logits.iter().map(|&l| (l as f64 - max).exp()).sum::<f64>().ln() + max;
+    let log_sum = logits
+        .iter()
+        .map(|&l| (l as f64 - max).exp())
+        .sum::<f64>()
+        .ln()
+        + max;
     logits.iter().map(|&l| l as f64 - log_sum).collect()
 }
 
@@ -76,7 +85,11 @@ pub struct Run {
 
 pub fn run_both(asset: Asset, model: &Model, peer: &mut PeerModel, generated: usize) -> Run {
     let prompt = model.tokenizer.encode_with_bos(&prompt_text()).unwrap();
-    assert!(prompt.len() >= 200, "prompt has only {} tokens", prompt.len());
+    assert!(
+        prompt.len() >= 200,
+        "prompt has only {} tokens",
+        prompt.len()
+    );
     let mut cache = model.new_cache();
     let mut ours = model.forward(&mut cache, &prompt, Logits::Last).unwrap();
     let mut theirs = peer.forward(&prompt, 0).unwrap();

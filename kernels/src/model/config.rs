@@ -159,7 +159,9 @@ impl CommonKeys {
             return Err(crate::Error::BadMetadata {
                 path: gguf.path().to_path_buf(),
                 key: key("attention.head_count_kv"),
-                reason: format!("{n_heads} query heads are not a multiple of {n_kv_heads} KV heads"),
+                reason: format!(
+                    "{n_heads} query heads are not a multiple of {n_kv_heads} KV heads"
+                ),
             });
         }
         let head_dim = match gguf.optional_usize(&key("attention.key_length"))? {
@@ -189,8 +191,12 @@ impl CommonKeys {
             ffn_hidden: gguf.usize(&key("feed_forward_length"))?,
             rms_eps: gguf.f32(&key("attention.layer_norm_rms_epsilon"))?,
             context_length: gguf.usize(&key("context_length"))?,
-            rope_base: gguf.optional_f32(&key("rope.freq_base"))?.unwrap_or(10_000.0),
-            rope_dims: gguf.optional_usize(&key("rope.dimension_count"))?.unwrap_or(head_dim),
+            rope_base: gguf
+                .optional_f32(&key("rope.freq_base"))?
+                .unwrap_or(10_000.0),
+            rope_dims: gguf
+                .optional_usize(&key("rope.dimension_count"))?
+                .unwrap_or(head_dim),
         })
     }
 

@@ -30,7 +30,12 @@ pub fn config(gguf: &GgufFile) -> Result<ModelConfig> {
             .optional_f32("gemma3.rope.local_freq_base")?
             .unwrap_or(LOCAL_ROPE_BASE),
     };
-    let global_rope = Rope::new(RopeStyle::Neox, keys.rope_dims, keys.rope_base, global_scale);
+    let global_rope = Rope::new(
+        RopeStyle::Neox,
+        keys.rope_dims,
+        keys.rope_base,
+        global_scale,
+    );
     let local_rope = Rope::new(RopeStyle::Neox, keys.rope_dims, local_base, 1.0);
 
     let mut config = keys.uniform(Architecture::Gemma3, global_rope.clone());

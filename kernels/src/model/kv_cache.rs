@@ -91,7 +91,8 @@ impl LayerCache {
             let mut grown = vec![0f32; h * new_capacity * d];
             for head in 0..h {
                 let old = &buf[head * self.capacity * d..(head + 1) * self.capacity * d];
-                grown[head * new_capacity * d..head * new_capacity * d + old.len()].copy_from_slice(old);
+                grown[head * new_capacity * d..head * new_capacity * d + old.len()]
+                    .copy_from_slice(old);
             }
             *buf = grown;
         }

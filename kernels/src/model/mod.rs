@@ -26,8 +26,8 @@ use blocks::{add_assign, gated, l2_norm, rms_norm, softmax, to_head_major, to_ro
 pub use config::{Architecture, ModelConfig};
 use config::{Gating, MoeConfig, QkNorm};
 pub use kv_cache::KvCache;
-use linear::{to_f32_vec, Linear};
 pub use linear::WeightFormat;
+use linear::{to_f32_vec, Linear};
 
 /// Which positions' logits `Model::forward` returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -143,7 +143,10 @@ impl Model {
         let token_embedding = gguf.tensor("token_embd.weight", &[c.vocab_size, d])?;
         let output = match gguf.optional_tensor("output.weight", &[c.vocab_size, d])? {
             Some(t) => Linear::new(t, format)?,
-            None => Linear::new(gguf.tensor("token_embd.weight", &[c.vocab_size, d])?, format)?,
+            None => Linear::new(
+                gguf.tensor("token_embd.weight", &[c.vocab_size, d])?,
+                format,
+            )?,
         };
         let final_norm = to_f32_vec(&gguf.tensor("output_norm.weight", &[d])?)?;
 
@@ -212,7 +215,8 @@ impl Model {
                 post_ffn_norm,
             });
         }
-        let kernels = vec![Arc::new(TiledAttention::default()) as Arc<dyn AttentionKernel>; blocks.len()];
+        let kernels =
+            vec![Arc::new(TiledAttention::default()) as Arc<dyn AttentionKernel>; blocks.len()];
         Ok(Self {
             config,
             tokenizer,
@@ -226,7 +230,11 @@ impl Model {
     }
 
     /// Replaces the attention kernel of one layer.
-    pub fn set_attention_kernel(&mut self, layer: usize, kernel: Arc<dyn AttentionKernel>) -> Result<()> {
+    pub fn set_attention_kernel(
+        &mut self,
+        layer: usize,
+        kernel: Arc<dyn AttentionKernel>,
+    ) -> Result<()> {
         let n = self.kernels.len();
         let slot = self.kernels.get_mut(layer).ok_or_else(|| {
             Error::InvalidRequest(format!("layer {layer} does not exist (the model has {n})"))
@@ -253,12 +261,28 @@ impl Model {
     }
 
     pub fn new_cache(&self) -> KvCache {
-        KvCache::new(self.config.n_layers(), self.config.n_kv_heads, self.config.head_dim)
+        KvCache::new(
+            self.config.n_layers(),
+            self.config.n_kv_heads,
+            self.config.head_dim,
+        )
     }
 
     /// Runs `tokens` after what `cache` already holds, appends their keys and values to it,
     /// and returns logits. Prefill is one call with the prompt; decode is one call per token.
     pub fn forward(&self, cache: &mut KvCache, tokens: &[u32], logits: Logits) -> Result<Vec<f32>> {
+        // Run on a worker of the compute pool: each parallel matmul and attention call then
+        // starts its tasks from inside the pool, which costs far less than handing them over
+        // from an outside thread at every call.
+        rayon::scope(|_| self.forward_in_pool(cache, tokens, logits))
+    }
+
+    fn forward_in_pool(
+        &self,
+        cache: &mut KvCache,
+        tokens: &[u32],
+        logits: Logits,
+    ) -> Result<Vec<f32>> {
         let c = &self.config;
         if tokens.is_empty() {
             return Err(Error::InvalidRequest("forward: no tokens given".into()));
@@ -328,9 +352,14 @@ impl Model {
         let mut q = block.q.forward(&h)?;
         let mut k = block.k.forward(&h)?;
         let mut v = block.v.forward(&h)?;
-        for (t, bias) in [(&mut q, &block.q_bias), (&mut k, &block.k_bias), (&mut v, &block.v_bias)] {
+        for (t, bias) in [
+            (&mut q, &block.q_bias),
+            (&mut k, &block.k_bias),
+            (&mut v, &block.v_bias),
+        ] {
             if let Some(bias) = bias {
-                t.chunks_exact_mut(bias.len()).for_each(|row| add_assign(row, bias));
+                t.chunks_exact_mut(bias.len())
+                    .for_each(|row| add_assign(row, bias));
             }
         }
         if let (Some(qn), Some(kn)) = (&block.q_norm, &block.k_norm) {
@@ -451,9 +480,18 @@ fn load_moe(
     let name = |t: &str| format!("blk.{layer}.{t}");
     let (ne, ff) = (config.n_experts, config.expert_ffn);
     let router = Linear::new(gguf.tensor(&name("ffn_gate_inp.weight"), &[ne, d])?, format)?;
-    let gate = split_experts(gguf.tensor(&name("ffn_gate_exps.weight"), &[ne, ff, d])?, format)?;
-    let up = split_experts(gguf.tensor(&name("ffn_up_exps.weight"), &[ne, ff, d])?, format)?;
-    let down = split_experts(gguf.tensor(&name("ffn_down_exps.weight"), &[ne, d, ff])?, format)?;
+    let gate = split_experts(
+        gguf.tensor(&name("ffn_gate_exps.weight"), &[ne, ff, d])?,
+        format,
+    )?;
+    let up = split_experts(
+        gguf.tensor(&name("ffn_up_exps.weight"), &[ne, ff, d])?,
+        format,
+    )?;
+    let down = split_experts(
+        gguf.tensor(&name("ffn_down_exps.weight"), &[ne, d, ff])?,
+        format,
+    )?;
     let experts = gate
         .into_iter()
         .zip(up)
@@ -462,9 +500,18 @@ fn load_moe(
         .collect();
     let shared = match config.shared_expert_ffn {
         Some(sff) => Some(GatedFfn {
-            gate: Linear::new(gguf.tensor(&name("ffn_gate_shexp.weight"), &[sff, d])?, format)?,
-            up: Linear::new(gguf.tensor(&name("ffn_up_shexp.weight"), &[sff, d])?, format)?,
-            down: Linear::new(gguf.tensor(&name("ffn_down_shexp.weight"), &[d, sff])?, format)?,
+            gate: Linear::new(
+                gguf.tensor(&name("ffn_gate_shexp.weight"), &[sff, d])?,
+                format,
+            )?,
+            up: Linear::new(
+                gguf.tensor(&name("ffn_up_shexp.weight"), &[sff, d])?,
+                format,
+            )?,
+            down: Linear::new(
+                gguf.tensor(&name("ffn_down_shexp.weight"), &[d, sff])?,
+                format,
+            )?,
         }),
         None => None,
     };
@@ -513,7 +560,10 @@ fn validate_config(c: &ModelConfig, path: &Path) -> Result<()> {
             if rope.dims > c.head_dim || !rope.dims.is_multiple_of(2) {
                 return bad(
                     "rope.dimension_count",
-                    format!("{} rotated dims do not fit head dim {}", rope.dims, c.head_dim),
+                    format!(
+                        "{} rotated dims do not fit head dim {}",
+                        rope.dims, c.head_dim
+                    ),
                 );
             }
         }
@@ -521,7 +571,9 @@ fn validate_config(c: &ModelConfig, path: &Path) -> Result<()> {
             Mask::SlidingWindow { window: 0 } => {
                 return bad("attention.sliding_window", "must be positive".into())
             }
-            Mask::Chunked { chunk: 0 } => return bad("attention.chunk_size", "must be positive".into()),
+            Mask::Chunked { chunk: 0 } => {
+                return bad("attention.chunk_size", "must be positive".into())
+            }
             _ => {}
         }
     }

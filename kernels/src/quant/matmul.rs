@@ -5,7 +5,9 @@
 //! the tile goes through one kernel call, which decodes each weight block once for the whole
 //! group. The group's quantized rows stay in L1 while the tile's weight rows stream past them:
 //! that reuse is where prefill's speed comes from. Decode (one row) is the same code with
-//! groups of one and the output dimension split finely enough to keep every thread busy.
+//! groups of one, the output dimension split finely enough to keep every thread busy, and
+//! four weight rows per kernel call, whose independent sums hide the float latency; as four
+//! interleaved short rows defeat the hardware prefetcher, decode prefetches rows itself.
 
 use std::marker::PhantomData;
 use std::ops::Range;
