@@ -29,16 +29,20 @@ pub struct PerplexityReport {
     pub tok_per_s: f64,
 }
 
-/// Natural-log softmax probability of `target` under `logits`, in f64.
-pub fn log_prob(logits: &[f32], target: u32) -> f64 {
+/// `ln Σ exp(logits)`, in f64.
+pub fn log_sum_exp(logits: &[f32]) -> f64 {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let log_sum = logits
+    logits
         .iter()
         .map(|&l| (l as f64 - max).exp())
         .sum::<f64>()
         .ln()
-        + max;
-    logits[target as usize] as f64 - log_sum
+        + max
+}
+
+/// Natural-log softmax probability of `target` under `logits`, in f64.
+pub fn log_prob(logits: &[f32], target: u32) -> f64 {
+    logits[target as usize] as f64 - log_sum_exp(logits)
 }
 
 pub fn perplexity(

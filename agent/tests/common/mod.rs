@@ -2,6 +2,7 @@
 
 use kernels::assets::{self, Asset};
 use kernels::generate::argmax;
+use kernels::perplexity::log_sum_exp;
 use kernels::{Logits, Model};
 
 use agent::peer::PeerModel;
@@ -60,13 +61,7 @@ impl Difference {
 }
 
 fn log_softmax(logits: &[f32]) -> Vec<f64> {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let log_sum = logits
-        .iter()
-        .map(|&l| (l as f64 - max).exp())
-        .sum::<f64>()
-        .ln()
-        + max;
+    let log_sum = log_sum_exp(logits);
     logits.iter().map(|&l| l as f64 - log_sum).collect()
 }
 
