@@ -3,6 +3,7 @@
 //!
 //! This crate knows nothing of SQLite, HTTP or evolution.
 
+pub mod akl;
 pub mod assets;
 pub mod attention;
 mod error;
@@ -12,6 +13,7 @@ pub mod model;
 pub mod perplexity;
 pub mod quant;
 pub mod tokenizer;
+pub mod trainable;
 
 pub use error::{Error, Result};
 pub use model::{KvCache, Logits, Model, ModelConfig, WeightFormat};

@@ -11,6 +11,8 @@ pub mod tiled;
 pub use naive::NaiveAttention;
 pub use tiled::TiledAttention;
 
+use std::ops::Range;
+
 use crate::{Error, Result};
 
 /// Which keys a query may see. Positions are absolute token positions.
@@ -56,6 +58,62 @@ impl Mask {
             Mask::Chunked { chunk } => (q / chunk) * chunk..q + 1,
         }
     }
+}
+
+/// How a rectangle of (query, key) position pairs relates to a rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Coverage {
+    /// No pair is visible: the tile is skipped.
+    Empty,
+    /// Every pair is visible: the tile runs without a mask.
+    Full,
+    /// Some pairs may be visible and some not: the tile is masked element by element.
+    Partial,
+}
+
+/// A rule over absolute positions saying which keys a query may see, that can also be
+/// reasoned about over whole rectangles, so that kernels plan which tiles to visit without
+/// ever materialising a position mask.
+///
+/// A kernel applies a rule on top of its layer's own `Mask`: a rule can only hide more.
+pub trait KeyRule: Send + Sync + std::fmt::Debug {
+    /// Whether query position `q` may attend to key position `k`.
+    fn allows(&self, q: usize, k: usize) -> bool;
+
+    /// The relation of every pair in `queries × keys` to the rule. It must be sound:
+    /// `Full` only if every pair is allowed, `Empty` only if none is. `Partial` is always a
+    /// correct answer, only a slower one. Both ranges are non-empty.
+    fn coverage(&self, queries: Range<usize>, keys: Range<usize>) -> Coverage;
+}
+
+impl KeyRule for Mask {
+    fn allows(&self, q: usize, k: usize) -> bool {
+        Mask::allows(*self, q, k)
+    }
+
+    fn coverage(&self, queries: Range<usize>, keys: Range<usize>) -> Coverage {
+        // Every mask here shows each query one contiguous range whose both ends never move
+        // backwards as the query advances, so the first and last queries bound the rest.
+        let (first, last) = (queries.start, queries.end - 1);
+        let (lo, hi) = (self.visible_keys(first), self.visible_keys(last));
+        let all_see = |q: usize| {
+            let seen = self.visible_keys(q);
+            seen.start <= keys.start && keys.end <= seen.end
+        };
+        if keys.end <= lo.start || keys.start >= hi.end {
+            Coverage::Empty
+        } else if all_see(first) && all_see(last) {
+            Coverage::Full
+        } else {
+            Coverage::Partial
+        }
+    }
+}
+
+/// Changes a score after scaling and before the softmax (soft-capping, position biases).
+/// `head` is the query head; `q` and `k` are absolute positions.
+pub trait ScoreModifier: Send + Sync + std::fmt::Debug {
+    fn modify(&self, head: usize, q: usize, k: usize, score: f32) -> f32;
 }
 
 /// How one layer attends: the fixed settings a model gives its kernel.
