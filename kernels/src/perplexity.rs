@@ -2,8 +2,10 @@
 //! advance by `stride`, and each token is scored once, by the first window that holds it
 //! with some context before it.
 
+use std::sync::Arc;
 use std::time::Instant;
 
+use crate::attention::AttentionKernel;
 use crate::model::{Logits, Model};
 use crate::{Error, Result};
 
@@ -50,6 +52,126 @@ pub fn perplexity(
     tokens: &[u32],
     options: PerplexityOptions,
 ) -> Result<PerplexityReport> {
+    let tokens = scored_text(model, tokens, options)?;
+    let vocab = model.config.vocab_size;
+    let started = Instant::now();
+    let (mut nll, mut scored, mut processed) = (0f64, 0usize, 0usize);
+    for window in windows(tokens.len(), options) {
+        let mut cache = model.new_cache();
+        let logits = model.forward(
+            &mut cache,
+            &tokens[window.begin..window.end],
+            Logits::From(window.first_row()),
+        )?;
+        processed += window.end - window.begin;
+        for (row, &target) in logits
+            .chunks_exact(vocab)
+            .zip(&tokens[window.next..window.end])
+        {
+            nll -= log_prob(row, target);
+            scored += 1;
+        }
+    }
+    let mean = nll / scored as f64;
+    Ok(PerplexityReport {
+        tokens: scored,
+        nll: mean,
+        ppl: mean.exp(),
+        tok_per_s: processed as f64 / started.elapsed().as_secs_f64().max(1e-9),
+    })
+}
+
+/// A candidate attention against the model's own (exact) attention on the same windows.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct KernelComparison {
+    /// Tokens scored.
+    pub tokens: usize,
+    pub ppl_exact: f64,
+    pub ppl: f64,
+    /// Mean over scored tokens of KL(exact ‖ candidate) of the next-token distributions,
+    /// in nats.
+    pub kl_vs_exact: f64,
+    /// The largest per-token KL seen.
+    pub kl_max: f64,
+}
+
+/// Rows of a window run through both attentions per step: bounds the logits held at once
+/// (two `[rows, vocab]` blocks) whatever the context length.
+const COMPARE_ROWS: usize = 256;
+
+/// Scores `tokens` twice on the same sliding windows, once with the model's own attention
+/// kernels and once with `candidate` (one kernel per layer), and measures how far the
+/// candidate's next-token distributions move from exact attention's.
+pub fn compare_kernels(
+    model: &Model,
+    candidate: &[Arc<dyn AttentionKernel>],
+    tokens: &[u32],
+    options: PerplexityOptions,
+) -> Result<KernelComparison> {
+    let tokens = scored_text(model, tokens, options)?;
+    let vocab = model.config.vocab_size;
+    let (mut nll_exact, mut nll, mut kl, mut kl_max, mut scored) = (0f64, 0f64, 0f64, 0f64, 0);
+    for window in windows(tokens.len(), options) {
+        let mut exact_cache = model.new_cache();
+        let mut candidate_cache = model.new_cache();
+        for begin in (window.begin..window.end).step_by(COMPARE_ROWS) {
+            let end = (begin + COMPARE_ROWS).min(window.end);
+            let chunk = &tokens[begin..end];
+            // Row r of this chunk predicts token begin + r + 1; score those not yet scored.
+            let first_row = (window.next - 1).max(begin) - begin;
+            if first_row >= chunk.len() {
+                model.forward(&mut exact_cache, chunk, Logits::Last)?;
+                model.forward_with(&mut candidate_cache, chunk, Logits::Last, candidate)?;
+                continue;
+            }
+            let rows = Logits::From(first_row);
+            let exact = model.forward(&mut exact_cache, chunk, rows)?;
+            let approx = model.forward_with(&mut candidate_cache, chunk, rows, candidate)?;
+            let targets = &tokens[begin + first_row + 1..(end + 1).min(window.end)];
+            for ((p, q), &target) in exact
+                .chunks_exact(vocab)
+                .zip(approx.chunks_exact(vocab))
+                .zip(targets)
+            {
+                nll_exact -= log_prob(p, target);
+                nll -= log_prob(q, target);
+                let divergence = kl_divergence(p, q);
+                kl += divergence;
+                kl_max = kl_max.max(divergence);
+                scored += 1;
+            }
+        }
+    }
+    let n = scored as f64;
+    Ok(KernelComparison {
+        tokens: scored,
+        ppl_exact: (nll_exact / n).exp(),
+        ppl: (nll / n).exp(),
+        kl_vs_exact: kl / n,
+        kl_max,
+    })
+}
+
+/// KL(p ‖ q) in nats between the softmax distributions of two logit rows, in f64.
+pub fn kl_divergence(p_logits: &[f32], q_logits: &[f32]) -> f64 {
+    let (lse_p, lse_q) = (log_sum_exp(p_logits), log_sum_exp(q_logits));
+    p_logits
+        .iter()
+        .zip(q_logits)
+        .map(|(&p, &q)| {
+            let log_p = p as f64 - lse_p;
+            log_p.exp() * (log_p - (q as f64 - lse_q))
+        })
+        .sum::<f64>()
+        .max(0.0)
+}
+
+/// The tokens to score, after checking the options against the model and the text.
+fn scored_text<'a>(
+    model: &Model,
+    tokens: &'a [u32],
+    options: PerplexityOptions,
+) -> Result<&'a [u32]> {
     let PerplexityOptions {
         ctx,
         stride,
@@ -73,36 +195,40 @@ pub fn perplexity(
             tokens.len()
         )));
     }
-    let vocab = model.config.vocab_size;
-    let started = Instant::now();
-    let (mut nll, mut scored, mut processed) = (0f64, 0usize, 0usize);
-    // `next` is the first token not yet scored; window [begin, end) scores next..end.
-    let mut next = 1;
-    let mut begin = 0;
-    while next < tokens.len() {
-        let end = (begin + ctx).min(tokens.len());
-        let window = &tokens[begin..end];
-        let mut cache = model.new_cache();
-        // Logits only for the rows that predict unscored tokens.
-        let first_row = next - 1 - begin;
-        let logits = model.forward(&mut cache, window, Logits::From(first_row))?;
-        processed += window.len();
-        // Row r of `logits` predicts token begin + first_row + r + 1.
-        for (row, &target) in logits.chunks_exact(vocab).zip(&tokens[next..end]) {
-            nll -= log_prob(row, target);
-            scored += 1;
-        }
+    Ok(tokens)
+}
+
+/// One window of the sliding-window method: it runs `begin..end` and scores `next..end`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Window {
+    begin: usize,
+    end: usize,
+    next: usize,
+}
+
+impl Window {
+    /// The first row of the window's logits that predicts an unscored token.
+    fn first_row(self) -> usize {
+        self.next - 1 - self.begin
+    }
+}
+
+/// The windows that score tokens `1..len` once each: windows of `ctx` advance by `stride`,
+/// and each token is scored by the first window that holds it with context before it.
+/// When `stride == ctx` no window holds the first token of the next with context, so those
+/// tokens go unscored.
+fn windows(len: usize, options: PerplexityOptions) -> Vec<Window> {
+    let mut windows = Vec::new();
+    let (mut begin, mut next) = (0, 1);
+    while next < len {
+        let end = (begin + options.ctx).min(len);
+        next = next.max(begin + 1);
+        windows.push(Window { begin, end, next });
         next = end;
-        if end == tokens.len() {
+        if end == len {
             break;
         }
-        begin += stride;
+        begin += options.stride;
     }
-    let mean = nll / scored as f64;
-    Ok(PerplexityReport {
-        tokens: scored,
-        nll: mean,
-        ppl: mean.exp(),
-        tok_per_s: processed as f64 / started.elapsed().as_secs_f64().max(1e-9),
-    })
+    windows
 }

@@ -252,6 +252,11 @@ impl Model {
         self.kernels.get(layer)
     }
 
+    /// Every layer's attention kernel, in layer order.
+    pub fn attention_kernels(&self) -> &[Arc<dyn AttentionKernel>] {
+        &self.kernels
+    }
+
     /// The attention settings the model gives layer `layer`'s kernel.
     pub fn layer_attention(&self, layer: usize) -> Option<LayerAttention> {
         self.config.layers.get(layer).map(|l| LayerAttention {
@@ -271,10 +276,29 @@ impl Model {
     /// Runs `tokens` after what `cache` already holds, appends their keys and values to it,
     /// and returns logits. Prefill is one call with the prompt; decode is one call per token.
     pub fn forward(&self, cache: &mut KvCache, tokens: &[u32], logits: Logits) -> Result<Vec<f32>> {
+        self.forward_with(cache, tokens, logits, &self.kernels)
+    }
+
+    /// Like `forward`, with `kernels[layer]` in place of the model's own attention kernels:
+    /// a candidate and exact attention can then run side by side on one model.
+    pub fn forward_with(
+        &self,
+        cache: &mut KvCache,
+        tokens: &[u32],
+        logits: Logits,
+        kernels: &[Arc<dyn AttentionKernel>],
+    ) -> Result<Vec<f32>> {
+        if kernels.len() != self.kernels.len() {
+            return Err(Error::InvalidRequest(format!(
+                "forward: {} attention kernels given for {} layers",
+                kernels.len(),
+                self.kernels.len()
+            )));
+        }
         // Run on a worker of the compute pool: each parallel matmul and attention call then
         // starts its tasks from inside the pool, which costs far less than handing them over
         // from an outside thread at every call.
-        rayon::scope(|_| self.forward_in_pool(cache, tokens, logits))
+        rayon::scope(|_| self.forward_in_pool(cache, tokens, logits, kernels))
     }
 
     fn forward_in_pool(
@@ -282,6 +306,7 @@ impl Model {
         cache: &mut KvCache,
         tokens: &[u32],
         logits: Logits,
+        kernels: &[Arc<dyn AttentionKernel>],
     ) -> Result<Vec<f32>> {
         let c = &self.config;
         if tokens.is_empty() {
@@ -318,8 +343,8 @@ impl Model {
         if let Some(scale) = c.embedding_scale {
             x.iter_mut().for_each(|v| *v *= scale);
         }
-        for (i, block) in self.blocks.iter().enumerate() {
-            self.block_forward(i, block, &mut x, cache, start)?;
+        for (i, (block, kernel)) in self.blocks.iter().zip(kernels).enumerate() {
+            self.block_forward(i, block, kernel.as_ref(), &mut x, cache, start)?;
         }
         cache.set_len(end);
 
@@ -338,6 +363,7 @@ impl Model {
         &self,
         layer: usize,
         block: &Block,
+        kernel: &dyn AttentionKernel,
         x: &mut [f32],
         cache: &mut KvCache,
         start: usize,
@@ -400,7 +426,7 @@ impl Model {
             scale: c.attention_scale,
             mask: lc.mask,
         };
-        self.kernels[layer].forward(&input, &settings, &mut attn)?;
+        kernel.forward(&input, &settings, &mut attn)?;
         let attn = to_row_major(&attn, n, nh, hd);
         let mut out = block.o.forward(&attn)?;
         if let Some(norm) = &block.post_attn_norm {
