@@ -36,7 +36,10 @@ enum Command {
 #[derive(Subcommand)]
 enum BenchCommand {
     /// Prefill and decode speed of our core against candle-transformers on the same GGUF.
-    Core(cli::bench::CoreArgs),
+    Core(cli::bench::core::CoreArgs),
+    /// Attention time against sequence length for exact attention and every training-free
+    /// kernel, with fitted exponents and a plot.
+    Kernels(cli::bench::kernels::Args),
 }
 
 fn main() -> ExitCode {
@@ -50,7 +53,10 @@ fn main() -> ExitCode {
         Command::Perplexity(a) => cli::perplexity::run(a),
         Command::Bench {
             which: BenchCommand::Core(a),
-        } => cli::bench::run_core(a),
+        } => cli::bench::core::run_core(a),
+        Command::Bench {
+            which: BenchCommand::Kernels(a),
+        } => cli::bench::kernels::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -8,6 +8,8 @@ use kernels::{KvCache, Logits, Model};
 
 use agent::peer::PeerModel;
 
+use super::median;
+
 #[derive(clap::Args)]
 pub struct CoreArgs {
     /// smollm2 | qwen-coder | gemma3 | PATH.gguf
@@ -161,21 +163,10 @@ fn measure(
     })
 }
 
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let mid = sorted.len() / 2;
-    if sorted.len().is_multiple_of(2) {
-        (sorted[mid - 1] + sorted[mid]) / 2.0
-    } else {
-        sorted[mid]
-    }
-}
-
 /// Real text for the benchmark: the opening of Austen's Emma.
 fn bench_tokens(model: &Model, n: usize) -> anyhow::Result<Vec<u32>> {
     let dir = kernels::assets::AUSTEN.require()?;
-    let text = super::read_text(&dir.join("emma.txt"))?;
+    let text = crate::cli::read_text(&dir.join("emma.txt"))?;
     let tokens = model.tokenizer.encode_with_bos(&text)?;
     anyhow::ensure!(
         tokens.len() >= n,
