@@ -6,10 +6,14 @@
 //! heads to another kernel (per-head mixes) without copying.
 
 pub mod naive;
+pub mod rule;
+pub mod sink_window;
 pub mod tiled;
 
 pub use naive::NaiveAttention;
-pub use tiled::TiledAttention;
+pub use rule::RuleAttention;
+pub use sink_window::SinkWindow;
+pub use tiled::{merge_partial, TiledAttention};
 
 use std::ops::Range;
 
@@ -71,6 +75,18 @@ pub enum Coverage {
     Partial,
 }
 
+impl Coverage {
+    /// The coverage of the intersection of two rules over the same rectangle: Empty if
+    /// either is, Full if both are.
+    pub fn and(self, other: Coverage) -> Coverage {
+        match (self, other) {
+            (Coverage::Empty, _) | (_, Coverage::Empty) => Coverage::Empty,
+            (Coverage::Full, Coverage::Full) => Coverage::Full,
+            _ => Coverage::Partial,
+        }
+    }
+}
+
 /// A rule over absolute positions saying which keys a query may see, that can also be
 /// reasoned about over whole rectangles, so that kernels plan which tiles to visit without
 /// ever materialising a position mask.
@@ -84,9 +100,19 @@ pub trait KeyRule: Send + Sync + std::fmt::Debug {
     /// `Full` only if every pair is allowed, `Empty` only if none is. `Partial` is always a
     /// correct answer, only a slower one. Both ranges are non-empty.
     fn coverage(&self, queries: Range<usize>, keys: Range<usize>) -> Coverage;
+
+    /// Rejects parameters under which `allows` would be meaningless (kernels call it before
+    /// running a rule). Rules built by checked constructors need not override it.
+    fn validate(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 impl KeyRule for Mask {
+    fn validate(&self) -> Result<()> {
+        Mask::validate(*self)
+    }
+
     fn allows(&self, q: usize, k: usize) -> bool {
         Mask::allows(*self, q, k)
     }
