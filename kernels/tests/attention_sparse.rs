@@ -11,8 +11,8 @@ use attention_case::{
     case_strategy, check_causal, check_decode_equals_prefill, max_error, tiles_strategy, Case,
 };
 use kernels::attention::{
-    Coverage, KeyRule, Mask, NaiveAttention, RuleAttention, ScoreModifier, SinkWindow,
-    TiledAttention,
+    merge_partial, Coverage, KeyRule, Mask, NaiveAttention, RuleAttention, ScoreModifier,
+    SinkWindow, StarAttention, StarRule, TiledAttention,
 };
 use kernels::Error;
 use proptest::prelude::*;
@@ -70,6 +70,9 @@ fn rule_strategy() -> impl Strategy<Value = Arc<dyn KeyRule>> {
         (1usize..40)
             .prop_map(|window| Arc::new(Mask::SlidingWindow { window }) as Arc<dyn KeyRule>),
         (1usize..40).prop_map(|chunk| Arc::new(Mask::Chunked { chunk }) as Arc<dyn KeyRule>),
+        (1usize..20, 0usize..80).prop_map(|(block, context_len)| {
+            Arc::new(StarRule::new(block, context_len).unwrap()) as Arc<dyn KeyRule>
+        }),
         (1usize..9, 0usize..9).prop_map(|(period, shown)| {
             Arc::new(Stripes {
                 period,
@@ -189,6 +192,64 @@ proptest! {
     }
 }
 
+/// Star Attention with its context reaching from before the queries to past the cache.
+fn star_strategy() -> impl Strategy<Value = StarAttention> {
+    (1usize..24, 0usize..160, tiles_strategy()).prop_map(|(block, context_len, engine)| {
+        StarAttention::new(block, context_len)
+            .unwrap()
+            .with_engine(engine)
+    })
+}
+
+/// `NaiveAttention::forward_rule` with `rule` (and no modifier): the f64 twin of a kernel.
+fn naive_with_rule(case: &Case, rule: &dyn KeyRule) -> Vec<f32> {
+    let mut out = vec![f32::NAN; case.out_len()];
+    NaiveAttention
+        .forward_rule(&case.input(), &case.layer, rule, None, &mut out, None)
+        .unwrap();
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// The context phase is the anchor-plus-own-block rule; the query phase, merged host by
+    /// host, is exact attention.
+    #[test]
+    fn star_matches_anchor_rule_and_exact_attention(
+        case in case_strategy(150),
+        star in star_strategy(),
+    ) {
+        let got = case.run(&star);
+        let want = naive_with_rule(&case, &star.rule());
+        let error = max_error(&case, &got, &want);
+        prop_assert!(error <= 1e-4, "error {error} with {star:?}");
+        let exact = case.run(&NaiveAttention);
+        let input = case.input();
+        let d = case.head_dim;
+        for h in 0..case.n_q_heads {
+            for i in 0..case.n_queries {
+                let row = (h * case.n_queries + i) * d..(h * case.n_queries + i + 1) * d;
+                let in_query_phase = input.query_position(i) >= star.rule().context_len();
+                if in_query_phase {
+                    let error = max_error(&case, &got[row.clone()], &exact[row]);
+                    prop_assert!(error <= 1e-4, "query row {i} head {h}: error {error}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn star_decode_equals_prefill_and_is_causal(
+        case in case_strategy(60),
+        star in star_strategy(),
+        cut_share in 0usize..=100,
+    ) {
+        check_decode_equals_prefill(&case, &star, 1e-5)?;
+        check_causal(&case, &star, case.kv_len * cut_share / 100)?;
+    }
+}
+
 #[test]
 fn a_row_that_sees_no_key_is_zeros_with_lse_minus_infinity() {
     // Keys 0, 3, 6, ... are shown: under a window of 1 only queries at those positions see any.
@@ -293,6 +354,15 @@ fn invalid_rule_parameters_are_errors() {
     assert!(message(RuleAttention::mask(Mask::Chunked { chunk: 0 }))
         .contains("size must be at least 1"));
     assert!(message(RuleAttention::mask(Mask::SlidingWindow { window: 0 })).contains("at least 1"));
+    match StarAttention::new(0, 16) {
+        Err(Error::InvalidRequest(message)) => {
+            assert!(message.contains("block must be at least 1"))
+        }
+        other => panic!("expected InvalidRequest, got {other:?}"),
+    }
+    let (mut out, mut lse) = (vec![0.0; 8], vec![0.0; 2]);
+    let merged = merge_partial(&mut out, &mut lse, &[0.0; 8], &[0.0; 3], 4);
+    assert!(matches!(merged, Err(Error::InvalidRequest(_))));
     // A rule that cannot run is refused when the kernel is built, and by the engine too.
     let zero_chunk: Arc<dyn KeyRule> = Arc::new(Mask::Chunked { chunk: 0 });
     assert!(RuleAttention::new("bad", zero_chunk.clone(), None).is_err());
