@@ -6,10 +6,16 @@
 //! heads to another kernel (per-head mixes) without copying.
 
 pub mod naive;
+pub mod rule;
+pub mod sink_window;
+pub mod star;
 pub mod tiled;
 
 pub use naive::NaiveAttention;
-pub use tiled::TiledAttention;
+pub use rule::RuleAttention;
+pub use sink_window::SinkWindow;
+pub use star::{StarAttention, StarRule};
+pub use tiled::{merge_partial, TiledAttention};
 
 use std::ops::Range;
 
@@ -71,6 +77,18 @@ pub enum Coverage {
     Partial,
 }
 
+impl Coverage {
+    /// The coverage of the intersection of two rules over the same rectangle: Empty if
+    /// either is, Full if both are.
+    pub fn and(self, other: Coverage) -> Coverage {
+        match (self, other) {
+            (Coverage::Empty, _) | (_, Coverage::Empty) => Coverage::Empty,
+            (Coverage::Full, Coverage::Full) => Coverage::Full,
+            _ => Coverage::Partial,
+        }
+    }
+}
+
 /// A rule over absolute positions saying which keys a query may see, that can also be
 /// reasoned about over whole rectangles, so that kernels plan which tiles to visit without
 /// ever materialising a position mask.
@@ -84,9 +102,19 @@ pub trait KeyRule: Send + Sync + std::fmt::Debug {
     /// `Full` only if every pair is allowed, `Empty` only if none is. `Partial` is always a
     /// correct answer, only a slower one. Both ranges are non-empty.
     fn coverage(&self, queries: Range<usize>, keys: Range<usize>) -> Coverage;
+
+    /// Rejects parameters under which `allows` would be meaningless (kernels call it before
+    /// running a rule). Rules built by checked constructors need not override it.
+    fn validate(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 impl KeyRule for Mask {
+    fn validate(&self) -> Result<()> {
+        Mask::validate(*self)
+    }
+
     fn allows(&self, q: usize, k: usize) -> bool {
         Mask::allows(*self, q, k)
     }
@@ -209,6 +237,64 @@ impl AttentionInput<'_> {
             ));
         }
         Ok(())
+    }
+}
+
+impl<'a> AttentionInput<'a> {
+    /// Query rows `rows` (non-empty, within `0..n_queries`) as an input of their own: the
+    /// queries are copied, the cache is shared.
+    pub fn query_rows(&self, rows: Range<usize>) -> QueryRows<'a> {
+        let d = self.head_dim;
+        let q = (0..self.n_q_heads)
+            .flat_map(|h| &self.q_head(h)[rows.start * d..rows.end * d])
+            .copied()
+            .collect();
+        QueryRows {
+            whole: *self,
+            rows,
+            q,
+        }
+    }
+}
+
+/// Some query rows of an input, copied out of the head-major queries (see
+/// `AttentionInput::query_rows`).
+#[derive(Clone, Debug)]
+pub struct QueryRows<'a> {
+    whole: AttentionInput<'a>,
+    rows: Range<usize>,
+    q: Vec<f32>,
+}
+
+impl QueryRows<'_> {
+    /// The rows as an input: the cache cut after the last row's position.
+    pub fn input(&self) -> AttentionInput<'_> {
+        AttentionInput {
+            q: &self.q,
+            n_queries: self.rows.len(),
+            kv_len: self.whole.query_position(self.rows.end - 1) + 1,
+            ..self.whole
+        }
+    }
+
+    /// Values in the rows' output, `[n_q_heads, rows, head_dim]`.
+    pub fn len(&self) -> usize {
+        self.q.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.q.is_empty()
+    }
+
+    /// Copies the rows' output into their places in the whole input's output.
+    pub fn scatter(&self, rows_out: &[f32], out: &mut [f32]) {
+        let d = self.whole.head_dim;
+        let head_rows = self.rows.len() * d;
+        let head_out = self.whole.n_queries * d;
+        for (h, rows) in rows_out.chunks_exact(head_rows).enumerate() {
+            let start = h * head_out + self.rows.start * d;
+            out[start..start + head_rows].copy_from_slice(rows);
+        }
     }
 }
 

@@ -7,6 +7,11 @@
 //! accumulated output is rescaled by `exp(old_max - new_max)`. Keys no row of the item can
 //! see are never visited, because `Mask::visible_keys` is one contiguous range per row.
 //!
+//! A `KeyRule` (and a `ScoreModifier`) can ride on top of the layer's mask: each item then
+//! plans its KV tiles by bisecting the key axis with `coverage`, so a rule that shows a few
+//! contiguous stretches costs O(log T) coverage calls per item. Tiles the rule fully shows
+//! run unmasked; partly shown tiles ask `allows` per (row, key) of the tile.
+//!
 //! When that gives too few items to keep every thread busy (decode, one query per head, on
 //! few KV heads), an item takes fewer heads of its group, down to one.
 //!
@@ -23,13 +28,17 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::{AttentionInput, AttentionKernel, LayerAttention, Mask};
+use super::{
+    AttentionInput, AttentionKernel, Coverage, KeyRule, LayerAttention, Mask, ScoreModifier,
+};
 use crate::{Error, Result};
 
 /// Query rows per micro-kernel call.
 const ROWS: usize = 4;
 /// f32 lanes of one vector (AVX2).
 const LANES: usize = 8;
+/// Partly shown KV tiles are trimmed down to no fewer keys than this.
+const MIN_TRIMMED_TILE: usize = 16;
 
 /// Which compilation of the micro-kernels runs.
 #[derive(Clone, Copy, Debug)]
@@ -105,20 +114,36 @@ impl TiledAttention {
         out: &mut [f32],
         lse: &mut [f32],
     ) -> Result<()> {
-        let rows = input.n_q_heads * input.n_queries;
-        if lse.len() != rows {
-            return Err(Error::InvalidRequest(format!(
-                "attention lse has {} values, expected {rows} (one per query head and row)",
-                lse.len()
-            )));
+        check_lse_len(input, lse)?;
+        self.run(input, layer, None, out, Some(lse))
+    }
+
+    /// Attention where a key is visible iff the layer's mask and `rule` both allow it, with
+    /// `modifier` (if any) applied to each visible pair's scaled score before the softmax.
+    /// `lse`, if given, receives each row's log-sum-exp as `forward_with_lse` describes.
+    ///
+    /// A row that sees no key gets zeros and a log-sum-exp of `-inf`.
+    pub fn forward_rule(
+        &self,
+        input: &AttentionInput,
+        layer: &LayerAttention,
+        rule: &dyn KeyRule,
+        modifier: Option<&dyn ScoreModifier>,
+        out: &mut [f32],
+        lse: Option<&mut [f32]>,
+    ) -> Result<()> {
+        rule.validate()?;
+        if let Some(lse) = &lse {
+            check_lse_len(input, lse)?;
         }
-        self.run(input, layer, out, Some(lse))
+        self.run(input, layer, Some(Rules { rule, modifier }), out, lse)
     }
 
     fn run(
         &self,
         input: &AttentionInput,
         layer: &LayerAttention,
+        rules: Option<Rules>,
         out: &mut [f32],
         lse: Option<&mut [f32]>,
     ) -> Result<()> {
@@ -158,6 +183,7 @@ impl TiledAttention {
             input,
             scale: layer.scale,
             mask: layer.mask,
+            rules,
             q_tile,
             kv_tile: self.kv_tile,
             n_q_tiles,
@@ -189,8 +215,62 @@ impl AttentionKernel for TiledAttention {
         layer: &LayerAttention,
         out: &mut [f32],
     ) -> Result<()> {
-        self.run(input, layer, out, None)
+        self.run(input, layer, None, out, None)
     }
+}
+
+fn check_lse_len(input: &AttentionInput, lse: &[f32]) -> Result<()> {
+    let rows = input.n_q_heads * input.n_queries;
+    if lse.len() != rows {
+        return Err(Error::InvalidRequest(format!(
+            "attention lse has {} values, expected {rows} (one per query head and row)",
+            lse.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Merges a partial attention result over one key set into another over a disjoint key set,
+/// exactly: `out = (e₁·out₁ + e₂·out₂) / (e₁ + e₂)` with `eᵢ = exp(lseᵢ - max(lse₁, lse₂))`,
+/// and `lse = max + ln(e₁ + e₂)`. Rows are `head_dim` long; `lse` has one value per row.
+/// A row whose both parts saw nothing (`-inf`) stays zeros with `-inf`.
+pub fn merge_partial(
+    out: &mut [f32],
+    lse: &mut [f32],
+    part_out: &[f32],
+    part_lse: &[f32],
+    head_dim: usize,
+) -> Result<()> {
+    if head_dim == 0
+        || out.len() != lse.len() * head_dim
+        || part_out.len() != out.len()
+        || part_lse.len() != lse.len()
+    {
+        return Err(Error::InvalidRequest(format!(
+            "attention merge: outputs of {} and {} values with {} and {} log-sum-exps do not \
+             match head_dim {head_dim}",
+            out.len(),
+            part_out.len(),
+            lse.len(),
+            part_lse.len()
+        )));
+    }
+    let rows = out
+        .chunks_exact_mut(head_dim)
+        .zip(part_out.chunks_exact(head_dim));
+    for ((row, part_row), (lse, &part_lse)) in rows.zip(lse.iter_mut().zip(part_lse)) {
+        let max = lse.max(part_lse);
+        if max == f32::NEG_INFINITY {
+            continue;
+        }
+        let (mine, theirs) = ((*lse - max).exp(), (part_lse - max).exp());
+        let total = mine + theirs;
+        for (o, &p) in row.iter_mut().zip(part_row) {
+            *o = (mine * *o + theirs * p) / total;
+        }
+        *lse = max + total.ln();
+    }
+    Ok(())
 }
 
 /// How many query heads of a group one work item takes: the whole group, unless that leaves
@@ -213,11 +293,20 @@ struct Piece<'a> {
     lse: &'a mut [f32],
 }
 
+/// A rule on top of the layer's mask, and a score modifier.
+#[derive(Clone, Copy)]
+struct Rules<'a> {
+    rule: &'a dyn KeyRule,
+    modifier: Option<&'a dyn ScoreModifier>,
+}
+
 /// What every work item of one call shares.
 struct Job<'a, 'b> {
     input: &'a AttentionInput<'b>,
     scale: f32,
     mask: Mask,
+    /// `None` on the plain-mask path.
+    rules: Option<Rules<'a>>,
     q_tile: usize,
     kv_tile: usize,
     n_q_tiles: usize,
@@ -236,6 +325,8 @@ struct Scratch {
     scores: Vec<f32>,
     /// The probabilities again, key-major: `[kv_tile, ROWS]`.
     probs: Vec<f32>,
+    /// The KV tiles one item visits, and whether each needs the rule per element.
+    plan: Vec<(Range<usize>, bool)>,
 }
 
 thread_local! {
@@ -435,8 +526,25 @@ fn attend_item<S: Simd>(simd: S, job: &Job, item: &mut [Piece], scratch: &mut Sc
     let keys = input.k_head(group);
     let values = input.v_head(group);
     let item_keys = job.mask.visible_keys(position(0)).start..position(rows - 1) + 1;
-    for tile_start in item_keys.clone().step_by(job.kv_tile) {
-        let tile = tile_start..(tile_start + job.kv_tile).min(item_keys.end);
+    let mut plan = std::mem::take(&mut scratch.plan);
+    plan.clear();
+    match job.rules {
+        None => plan.extend(
+            item_keys
+                .clone()
+                .step_by(job.kv_tile)
+                .map(|start| (start..(start + job.kv_tile).min(item_keys.end), false)),
+        ),
+        Some(rules) => {
+            let both = Both {
+                mask: job.mask,
+                rule: rules.rule,
+            };
+            let queries = position(0)..position(rows - 1) + 1;
+            plan_tiles(&both, queries, item_keys.clone(), job.kv_tile, &mut plan);
+        }
+    }
+    for (tile, masked) in plan.iter().cloned() {
         for block in (0..rows).step_by(ROWS) {
             let block_rows = ROWS.min(rows - block);
             let visible: [Range<usize>; ROWS] = std::array::from_fn(|r| {
@@ -450,6 +558,19 @@ fn attend_item<S: Simd>(simd: S, job: &Job, item: &mut [Piece], scratch: &mut Sc
             let Some(span) = union(&visible[..block_rows]) else {
                 continue;
             };
+            // Sets hidden pairs to -inf and modifies the scores of visible ones.
+            let adjust = |r: usize, scores: &mut [f32]| {
+                let Some(rules) = job.rules else { return };
+                let row = block + r;
+                let (q, head) = (position(row), first_head + row % heads);
+                for (k, score) in (visible[r].start..).zip(scores) {
+                    if masked && !rules.rule.allows(q, k) {
+                        *score = f32::NEG_INFINITY;
+                    } else if let Some(modifier) = rules.modifier {
+                        *score = modifier.modify(head, q, k, *score);
+                    }
+                }
+            };
             let ctx = BlockCtx {
                 d,
                 stride: job.kv_tile,
@@ -459,6 +580,10 @@ fn attend_item<S: Simd>(simd: S, job: &Job, item: &mut [Piece], scratch: &mut Sc
                     visible[r].start.max(span.start) - span.start
                         ..visible[r].end.max(span.start) - span.start
                 }),
+                adjust: job
+                    .rules
+                    .filter(|rules| masked || rules.modifier.is_some())
+                    .map(|_| &adjust as AdjustScores),
             };
             let rows = BlockRows {
                 q: &scratch.q[block * d..(block + block_rows) * d],
@@ -486,12 +611,112 @@ fn attend_item<S: Simd>(simd: S, job: &Job, item: &mut [Piece], scratch: &mut Sc
     {
         let piece = &mut item[row % heads];
         let query = row / heads;
-        let inverse = 1.0 / sum;
+        // A row that saw no key (possible only under a rule) outputs zeros.
+        let inverse = if sum > 0.0 { 1.0 / sum } else { 0.0 };
         for (o, &a) in piece.out[query * d..(query + 1) * d].iter_mut().zip(acc) {
             *o = a * inverse;
         }
         if let Some(lse) = piece.lse.get_mut(query) {
-            *lse = max + sum.ln();
+            *lse = if sum > 0.0 {
+                max + sum.ln()
+            } else {
+                f32::NEG_INFINITY
+            };
+        }
+    }
+    scratch.plan = plan;
+}
+
+/// The layer's mask and a rule together: a key is visible iff both allow it.
+#[derive(Debug)]
+struct Both<'a> {
+    mask: Mask,
+    rule: &'a dyn KeyRule,
+}
+
+impl KeyRule for Both<'_> {
+    fn allows(&self, q: usize, k: usize) -> bool {
+        self.mask.allows(q, k) && self.rule.allows(q, k)
+    }
+
+    fn coverage(&self, queries: Range<usize>, keys: Range<usize>) -> Coverage {
+        let mask = KeyRule::coverage(&self.mask, queries.clone(), keys.clone());
+        if mask == Coverage::Empty {
+            return Coverage::Empty;
+        }
+        mask.and(self.rule.coverage(queries, keys))
+    }
+}
+
+/// Appends to `plan` the KV tiles (cut from `keys` every `kv_tile`) that `rule` may show to
+/// some query of `queries`, in key order, each marked whether it needs the rule per element.
+fn plan_tiles(
+    rule: &dyn KeyRule,
+    queries: Range<usize>,
+    keys: Range<usize>,
+    kv_tile: usize,
+    plan: &mut Vec<(Range<usize>, bool)>,
+) {
+    let n_tiles = keys.len().div_ceil(kv_tile);
+    let tiles = TileGrid {
+        rule,
+        queries,
+        keys,
+        kv_tile,
+    };
+    tiles.bisect(0, n_tiles, plan);
+}
+
+/// KV tiles over a key range, for one item's queries.
+struct TileGrid<'a> {
+    rule: &'a dyn KeyRule,
+    queries: Range<usize>,
+    keys: Range<usize>,
+    kv_tile: usize,
+}
+
+impl TileGrid<'_> {
+    fn tile(&self, i: usize) -> Range<usize> {
+        let start = self.keys.start + i * self.kv_tile;
+        start..(start + self.kv_tile).min(self.keys.end)
+    }
+
+    /// Shrinks a partly shown tile while one of its halves is hidden from every query (a
+    /// few sinks at the start of a tile, the edge of a window), so that scores are computed
+    /// only for the part that can be seen.
+    fn trim(&self, mut tile: Range<usize>) -> Range<usize> {
+        while tile.len() > MIN_TRIMMED_TILE {
+            let middle = tile.start + tile.len() / 2;
+            let hidden = |keys: Range<usize>| {
+                self.rule.coverage(self.queries.clone(), keys) == Coverage::Empty
+            };
+            if hidden(tile.start..middle) {
+                tile.start = middle;
+            } else if hidden(middle..tile.end) {
+                tile.end = middle;
+            } else {
+                break;
+            }
+        }
+        tile
+    }
+
+    /// Plans tiles `first..end`: an Empty or Full stretch is settled by one `coverage` call,
+    /// so only the stretches where visibility changes are cut down to single tiles.
+    fn bisect(&self, first: usize, end: usize, plan: &mut Vec<(Range<usize>, bool)>) {
+        if first == end {
+            return;
+        }
+        let span = self.tile(first).start..self.tile(end - 1).end;
+        match self.rule.coverage(self.queries.clone(), span) {
+            Coverage::Empty => {}
+            Coverage::Full => plan.extend((first..end).map(|i| (self.tile(i), false))),
+            Coverage::Partial if end - first == 1 => plan.push((self.trim(self.tile(first)), true)),
+            Coverage::Partial => {
+                let middle = first + (end - first) / 2;
+                self.bisect(first, middle, plan);
+                self.bisect(middle, end, plan);
+            }
         }
     }
 }
@@ -518,7 +743,14 @@ struct BlockCtx<'a> {
     values: &'a [f32],
     /// Each row's visible keys, relative to the span (empty past the block's rows).
     visible: [Range<usize>; ROWS],
+    /// Under a rule: given a row and its scores over its visible keys, sets pairs the rule
+    /// hides to -inf and applies the score modifier.
+    adjust: Option<AdjustScores<'a>>,
 }
+
+/// Given a row of a block and its scores over its visible keys, sets the pairs a rule hides
+/// to -inf and applies the score modifier.
+type AdjustScores<'a> = &'a dyn Fn(usize, &mut [f32]);
 
 /// The rows of one block and the buffers it works in.
 struct BlockRows<'a> {
@@ -570,11 +802,30 @@ fn attend_block<S: Simd, const R: usize, const KEYS: usize>(
             row.fill(0.0);
             continue;
         }
+        if let Some(adjust) = ctx.adjust {
+            adjust(r, &mut row[visible.clone()]);
+        }
         let tile_max = reduce(&row[visible.clone()], f32::NEG_INFINITY, f32::max);
+        if tile_max == f32::NEG_INFINITY {
+            // The rule hides every key of this tile from the row: nothing to add, and
+            // exp(-inf - -inf) would be NaN.
+            row.fill(0.0);
+            continue;
+        }
         let new_max = max[r].max(tile_max);
         let rescale = (max[r] - new_max).exp();
-        for p in &mut row[visible.clone()] {
-            *p = exp_nonpositive(simd, *p - new_max);
+        if ctx.adjust.is_some() {
+            for p in &mut row[visible.clone()] {
+                *p = if *p == f32::NEG_INFINITY {
+                    0.0
+                } else {
+                    exp_nonpositive(simd, *p - new_max)
+                };
+            }
+        } else {
+            for p in &mut row[visible.clone()] {
+                *p = exp_nonpositive(simd, *p - new_max);
+            }
         }
         row[..visible.start].fill(0.0);
         row[visible.end..].fill(0.0);

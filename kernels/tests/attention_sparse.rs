@@ -1,0 +1,380 @@
+//! The training-free sparse kernels against their f64 twins, against themselves (decode vs
+//! prefill) and against causality; every rule's `coverage` against brute force.
+
+mod attention_case;
+
+use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use attention_case::{
+    case_strategy, check_causal, check_decode_equals_prefill, max_error, tiles_strategy, Case,
+};
+use kernels::attention::{
+    merge_partial, Coverage, KeyRule, Mask, NaiveAttention, RuleAttention, ScoreModifier,
+    SinkWindow, StarAttention, StarRule, TiledAttention,
+};
+use kernels::Error;
+use proptest::prelude::*;
+
+/// Keys whose position modulo `period` is below `shown`: a rule with many holes, under which
+/// a row can see no key at all. Its coverage is brute force, so exact.
+#[derive(Debug)]
+struct Stripes {
+    period: usize,
+    shown: usize,
+}
+
+impl KeyRule for Stripes {
+    fn allows(&self, _q: usize, k: usize) -> bool {
+        k % self.period < self.shown
+    }
+
+    fn coverage(&self, queries: Range<usize>, keys: Range<usize>) -> Coverage {
+        brute_force_coverage(self, queries, keys)
+    }
+}
+
+/// ALiBi-like bias with a slope per head, then soft-capping: a modifier that depends on
+/// the head and both positions.
+#[derive(Debug)]
+struct BiasAndCap;
+
+impl ScoreModifier for BiasAndCap {
+    fn modify(&self, head: usize, q: usize, k: usize, score: f32) -> f32 {
+        let biased = score - 0.05 * (head + 1) as f32 * (q - k) as f32;
+        4.0 * (biased / 4.0).tanh()
+    }
+}
+
+fn brute_force_coverage(rule: &dyn KeyRule, queries: Range<usize>, keys: Range<usize>) -> Coverage {
+    let pairs: Vec<bool> = queries
+        .flat_map(|q| keys.clone().map(move |k| (q, k)))
+        .map(|(q, k)| rule.allows(q, k))
+        .collect();
+    if pairs.iter().all(|&allowed| allowed) {
+        Coverage::Full
+    } else if pairs.iter().any(|&allowed| allowed) {
+        Coverage::Partial
+    } else {
+        Coverage::Empty
+    }
+}
+
+/// Every position-only rule these kernels run, with the parameter ranges tests draw.
+fn rule_strategy() -> impl Strategy<Value = Arc<dyn KeyRule>> {
+    prop_oneof![
+        (0usize..12, 1usize..40).prop_map(|(sinks, window)| {
+            Arc::new(SinkWindow::new(sinks, window).unwrap()) as Arc<dyn KeyRule>
+        }),
+        (1usize..40)
+            .prop_map(|window| Arc::new(Mask::SlidingWindow { window }) as Arc<dyn KeyRule>),
+        (1usize..40).prop_map(|chunk| Arc::new(Mask::Chunked { chunk }) as Arc<dyn KeyRule>),
+        (1usize..20, 0usize..80).prop_map(|(block, context_len)| {
+            Arc::new(StarRule::new(block, context_len).unwrap()) as Arc<dyn KeyRule>
+        }),
+        (1usize..9, 0usize..9).prop_map(|(period, shown)| {
+            Arc::new(Stripes {
+                period,
+                shown: shown.min(period),
+            }) as Arc<dyn KeyRule>
+        }),
+    ]
+}
+
+fn rule_kernel(rule: Arc<dyn KeyRule>, modified: bool, engine: TiledAttention) -> RuleAttention {
+    let modifier = modified.then(|| Arc::new(BiasAndCap) as Arc<dyn ScoreModifier>);
+    RuleAttention::new("rule", rule, modifier)
+        .unwrap()
+        .with_engine(engine)
+}
+
+/// The f64 twin of a rule kernel, with log-sum-exp.
+fn reference(case: &Case, kernel: &RuleAttention) -> (Vec<f32>, Vec<f32>) {
+    let mut out = vec![f32::NAN; case.out_len()];
+    let mut lse = vec![f32::NAN; case.n_q_heads * case.n_queries];
+    NaiveAttention
+        .forward_rule(
+            &case.input(),
+            &case.layer,
+            kernel.rule(),
+            kernel.modifier(),
+            &mut out,
+            Some(&mut lse),
+        )
+        .unwrap();
+    (out, lse)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Sound for every rule (Full ⇒ all pairs allowed, Empty ⇒ none), and exact for
+    /// `SinkWindow`.
+    #[test]
+    fn coverage_is_sound(
+        rule in rule_strategy(),
+        rectangles in prop::collection::vec((0usize..80, 1usize..40, 0usize..80, 1usize..40), 32),
+    ) {
+        for (q0, q_len, k0, k_len) in rectangles {
+            let (queries, keys) = (q0..q0 + q_len, k0..k0 + k_len);
+            let claimed = rule.coverage(queries.clone(), keys.clone());
+            let truth = brute_force_coverage(rule.as_ref(), queries.clone(), keys.clone());
+            prop_assert!(
+                claimed == Coverage::Partial || claimed == truth,
+                "{rule:?} over {queries:?} × {keys:?}: claims {claimed:?}, truth {truth:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn sink_window_coverage_is_exact(
+        sinks in 0usize..12,
+        window in 1usize..40,
+        rectangles in prop::collection::vec((0usize..80, 1usize..40, 0usize..80, 1usize..40), 32),
+    ) {
+        let rule = SinkWindow::new(sinks, window).unwrap();
+        for (q0, q_len, k0, k_len) in rectangles {
+            let (queries, keys) = (q0..q0 + q_len, k0..k0 + k_len);
+            prop_assert_eq!(
+                rule.coverage(queries.clone(), keys.clone()),
+                brute_force_coverage(&rule, queries, keys)
+            );
+        }
+    }
+
+    /// Under the causal mask no rule shows a future key, and a rule only hides keys.
+    #[test]
+    fn rules_under_causal_mask_never_show_the_future(rule in rule_strategy()) {
+        for q in 0..90 {
+            for k in q + 1..100 {
+                prop_assert!(!(Mask::Causal.allows(q, k) && rule.allows(q, k)));
+            }
+        }
+    }
+
+    #[test]
+    fn rule_kernel_matches_f64_twin(
+        case in case_strategy(150),
+        rule in rule_strategy(),
+        modified in any::<bool>(),
+        engine in tiles_strategy(),
+    ) {
+        let kernel = rule_kernel(rule, modified, engine);
+        let (want, want_lse) = reference(&case, &kernel);
+        let mut got = vec![f32::NAN; case.out_len()];
+        let mut lse = vec![f32::NAN; case.n_q_heads * case.n_queries];
+        kernel.forward_with_lse(&case.input(), &case.layer, &mut got, &mut lse).unwrap();
+        let error = max_error(&case, &got, &want);
+        prop_assert!(error <= 1e-4, "error {error} with {kernel:?}");
+        prop_assert_eq!(&got, &case.run(&kernel));
+        for (got, want) in lse.iter().zip(&want_lse) {
+            if *want == f32::NEG_INFINITY {
+                prop_assert_eq!(*got, f32::NEG_INFINITY);
+            } else {
+                let error = (got - want).abs();
+                prop_assert!(error <= 1e-4 * want.abs().max(1.0), "lse {got}, want {want}");
+            }
+        }
+    }
+
+    #[test]
+    fn rule_kernel_decode_equals_prefill_and_is_causal(
+        case in case_strategy(60),
+        rule in rule_strategy(),
+        modified in any::<bool>(),
+        engine in tiles_strategy(),
+        cut_share in 0usize..=100,
+    ) {
+        let kernel = rule_kernel(rule, modified, engine);
+        check_decode_equals_prefill(&case, &kernel, 1e-5)?;
+        check_causal(&case, &kernel, case.kv_len * cut_share / 100)?;
+    }
+}
+
+/// Star Attention with its context reaching from before the queries to past the cache.
+fn star_strategy() -> impl Strategy<Value = StarAttention> {
+    (1usize..24, 0usize..160, tiles_strategy()).prop_map(|(block, context_len, engine)| {
+        StarAttention::new(block, context_len)
+            .unwrap()
+            .with_engine(engine)
+    })
+}
+
+/// `NaiveAttention::forward_rule` with `rule` (and no modifier): the f64 twin of a kernel.
+fn naive_with_rule(case: &Case, rule: &dyn KeyRule) -> Vec<f32> {
+    let mut out = vec![f32::NAN; case.out_len()];
+    NaiveAttention
+        .forward_rule(&case.input(), &case.layer, rule, None, &mut out, None)
+        .unwrap();
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// The context phase is the anchor-plus-own-block rule; the query phase, merged host by
+    /// host, is exact attention.
+    #[test]
+    fn star_matches_anchor_rule_and_exact_attention(
+        case in case_strategy(150),
+        star in star_strategy(),
+    ) {
+        let got = case.run(&star);
+        let want = naive_with_rule(&case, &star.rule());
+        let error = max_error(&case, &got, &want);
+        prop_assert!(error <= 1e-4, "error {error} with {star:?}");
+        let exact = case.run(&NaiveAttention);
+        let input = case.input();
+        let d = case.head_dim;
+        for h in 0..case.n_q_heads {
+            for i in 0..case.n_queries {
+                let row = (h * case.n_queries + i) * d..(h * case.n_queries + i + 1) * d;
+                let in_query_phase = input.query_position(i) >= star.rule().context_len();
+                if in_query_phase {
+                    let error = max_error(&case, &got[row.clone()], &exact[row]);
+                    prop_assert!(error <= 1e-4, "query row {i} head {h}: error {error}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn star_decode_equals_prefill_and_is_causal(
+        case in case_strategy(60),
+        star in star_strategy(),
+        cut_share in 0usize..=100,
+    ) {
+        check_decode_equals_prefill(&case, &star, 1e-5)?;
+        check_causal(&case, &star, case.kv_len * cut_share / 100)?;
+    }
+}
+
+#[test]
+fn a_row_that_sees_no_key_is_zeros_with_lse_minus_infinity() {
+    // Keys 0, 3, 6, ... are shown: under a window of 1 only queries at those positions see any.
+    let mut case = Case::random(3, 4, 2, 8, 7, 7, 7, Mask::SlidingWindow { window: 1 }, 1.0);
+    case.layer.mask = Mask::SlidingWindow { window: 1 };
+    let kernel = RuleAttention::new(
+        "stripes",
+        Arc::new(Stripes {
+            period: 3,
+            shown: 1,
+        }),
+        None,
+    )
+    .unwrap()
+    .with_engine(TiledAttention::with_tiles(2, 3).unwrap());
+    let (want, want_lse) = reference(&case, &kernel);
+    let mut got = vec![f32::NAN; case.out_len()];
+    let mut lse = vec![f32::NAN; case.n_q_heads * case.n_queries];
+    kernel
+        .forward_with_lse(&case.input(), &case.layer, &mut got, &mut lse)
+        .unwrap();
+    for (row, (&got_lse, &want_lse)) in lse.iter().zip(&want_lse).enumerate() {
+        let position = row % case.n_queries;
+        let out = &got[row * case.head_dim..(row + 1) * case.head_dim];
+        if position.is_multiple_of(3) {
+            assert!(got_lse.is_finite() && want_lse.is_finite(), "row {row}");
+            assert!(out.iter().all(|x| x.is_finite()));
+        } else {
+            assert_eq!(
+                (got_lse, want_lse),
+                (f32::NEG_INFINITY, f32::NEG_INFINITY),
+                "row {row}"
+            );
+            assert!(out.iter().all(|&x| x == 0.0), "row {row}: {out:?}");
+        }
+    }
+    assert!(max_error(&case, &got, &want) <= 1e-5);
+}
+
+/// A rule that counts the `coverage` calls made on it.
+#[derive(Debug)]
+struct Counted<R> {
+    rule: R,
+    calls: AtomicUsize,
+}
+
+impl<R: KeyRule> KeyRule for Counted<R> {
+    fn allows(&self, q: usize, k: usize) -> bool {
+        self.rule.allows(q, k)
+    }
+
+    fn coverage(&self, queries: Range<usize>, keys: Range<usize>) -> Coverage {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.rule.coverage(queries, keys)
+    }
+}
+
+/// Planning a decode step at T = 32k under sinks + window bisects to the few tiles where
+/// visibility changes: a few coverage calls per boundary and level, not one per KV tile.
+#[test]
+fn sink_window_plans_in_logarithmic_coverage_calls() {
+    let t = 32 * 1024;
+    let case = Case::random(5, 1, 1, 8, 1, t, t, Mask::Causal, 1.0);
+    let counted = Arc::new(Counted {
+        rule: SinkWindow::new(4, 1000).unwrap(),
+        calls: AtomicUsize::new(0),
+    });
+    let kernel = RuleAttention::new("counted", counted.clone(), None).unwrap();
+    let got = case.run(&kernel);
+    let tiles = t / 128;
+    let levels = tiles.ilog2() as usize + 1;
+    let calls = counted.calls.load(Ordering::Relaxed);
+    // Bisection: a few calls per level for each of the 3 boundaries (sinks, window start,
+    // the query); trimming a partly shown tile: 2 per halving from 128 keys down to 16.
+    let trimming = 2 * 2 * 3;
+    assert!(
+        calls <= 4 * levels + trimming,
+        "{calls} coverage calls for {tiles} tiles"
+    );
+    let mut want = vec![0.0; case.out_len()];
+    NaiveAttention
+        .forward_rule(
+            &case.input(),
+            &case.layer,
+            kernel.rule(),
+            None,
+            &mut want,
+            None,
+        )
+        .unwrap();
+    assert!(max_error(&case, &got, &want) <= 1e-5);
+}
+
+#[test]
+fn invalid_rule_parameters_are_errors() {
+    let message = |result: Result<RuleAttention, Error>| match result {
+        Err(Error::InvalidRequest(message)) => message,
+        other => panic!("expected InvalidRequest, got {other:?}"),
+    };
+    assert!(message(RuleAttention::sink_window(4, 0)).contains("window must be at least 1"));
+    assert!(SinkWindow::new(0, 0).is_err());
+    assert!(message(RuleAttention::mask(Mask::Chunked { chunk: 0 }))
+        .contains("size must be at least 1"));
+    assert!(message(RuleAttention::mask(Mask::SlidingWindow { window: 0 })).contains("at least 1"));
+    match StarAttention::new(0, 16) {
+        Err(Error::InvalidRequest(message)) => {
+            assert!(message.contains("block must be at least 1"))
+        }
+        other => panic!("expected InvalidRequest, got {other:?}"),
+    }
+    let (mut out, mut lse) = (vec![0.0; 8], vec![0.0; 2]);
+    let merged = merge_partial(&mut out, &mut lse, &[0.0; 8], &[0.0; 3], 4);
+    assert!(matches!(merged, Err(Error::InvalidRequest(_))));
+    // A rule that cannot run is refused when the kernel is built, and by the engine too.
+    let zero_chunk: Arc<dyn KeyRule> = Arc::new(Mask::Chunked { chunk: 0 });
+    assert!(RuleAttention::new("bad", zero_chunk.clone(), None).is_err());
+    let case = Case::random(1, 2, 1, 8, 2, 4, 4, Mask::Causal, 1.0);
+    let mut out = vec![0.0; case.out_len()];
+    let result = TiledAttention::default().forward_rule(
+        &case.input(),
+        &case.layer,
+        zero_chunk.as_ref(),
+        None,
+        &mut out,
+        None,
+    );
+    assert!(matches!(result, Err(Error::InvalidRequest(_))));
+}
