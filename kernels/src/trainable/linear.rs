@@ -34,6 +34,8 @@ mod mixer;
 pub(crate) mod ops;
 
 pub use drop_in::LinearDropIn;
+pub(crate) use drop_in::{mamba_log_decays, CacheHeads};
+pub(crate) use mixer::ScalarDecay;
 pub use mixer::{LinearAttention, LinearConfig, LinearState};
 
 use candle_core::{bail, Result, Tensor, D};

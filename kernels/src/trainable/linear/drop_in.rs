@@ -108,7 +108,7 @@ impl LinearDropIn {
 }
 
 /// Mamba-2's default decays `log α_h = −dt · (h + 1)`.
-fn mamba_log_decays(n_heads: usize) -> Vec<f32> {
+pub(crate) fn mamba_log_decays(n_heads: usize) -> Vec<f32> {
     (0..n_heads)
         .map(|h| (-DEFAULT_MAMBA_STEP * (h + 1) as f64) as f32)
         .collect()

@@ -297,7 +297,7 @@ impl LinearAttention {
         } else {
             mixed.clone()
         };
-        ops::merge_heads(&ops::rms_normalize(&mixed)?)?.broadcast_matmul(&self.w_o)
+        ops::project_heads(&mixed, &self.w_o)
     }
 }
 

@@ -81,3 +81,9 @@ pub fn lower_triangle(n: usize, strict: bool, device: &candle_core::Device) -> R
         .collect();
     Tensor::from_vec(values, (n, n), device)
 }
+
+/// Mixed heads `[batch, heads, seq, dim]`, each RMS-normalised (no gain), merged and
+/// projected by `w_o` `[heads * dim, d_model]`: the output stage of every mixer here.
+pub fn project_heads(mixed: &Tensor, w_o: &Tensor) -> Result<Tensor> {
+    merge_heads(&rms_normalize(mixed)?)?.broadcast_matmul(w_o)
+}
