@@ -9,11 +9,13 @@
 //! rope), so mechanisms are written with plain differentiable ops, and every mechanism's
 //! test asserts with `missing_gradients` that each parameter receives one.
 
+mod causal;
 pub mod differential;
 pub mod linear;
 pub mod log_linear;
 pub mod mla;
 pub mod mta;
+pub mod svd;
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
