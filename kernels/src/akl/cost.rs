@@ -1,0 +1,283 @@
+//! The deterministic cost model: attention FLOPs of a full prefill, KV bytes the tiled plan
+//! reads, and KV bytes the cache holds per token, all counted from the plan (never timed).
+//! Visible pairs are counted row by row by bisecting each row with the mask's interval
+//! arithmetic, so the work grows with the number of pieces per row, not with T².
+
+use super::ast::{OptionValue, Summary};
+use super::check::CheckedProgram;
+use super::compile::{compile, star_mask, HeadSpec};
+use super::library;
+use super::mask::{CompiledMask, MaskTerm, Tri, MAX_POSITION};
+use crate::{Error, Result};
+
+/// The attention shape of a model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ModelShape {
+    pub n_layers: usize,
+    pub n_q_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+/// What a prefill of `T` tokens costs, summed over layers and heads. Bytes are f32 bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Cost {
+    /// Attention FLOPs (multiply and add count two), projections excluded.
+    pub flops: f64,
+    /// Bytes of keys and values (or latents, summaries, states) the kernels read.
+    pub kv_bytes_read: f64,
+    /// Bytes the cache holds after the prefill, divided by `T`.
+    pub kv_bytes_held_per_token: f64,
+}
+
+impl Cost {
+    fn add_scaled(&mut self, other: Cost, factor: f64) {
+        self.flops += other.flops * factor;
+        self.kv_bytes_read += other.kv_bytes_read * factor;
+        self.kv_bytes_held_per_token += other.kv_bytes_held_per_token * factor;
+    }
+}
+
+const F32: f64 = 4.0;
+/// Below this many keys a row or tile range is counted pair by pair.
+const BRUTE_FORCE: i64 = 16;
+
+/// The cost of `checked` on `shape` for a prefill of `seq_len` tokens.
+pub fn cost(checked: &CheckedProgram, shape: &ModelShape, seq_len: usize) -> Result<Cost> {
+    let ModelShape {
+        n_layers,
+        n_q_heads,
+        n_kv_heads,
+        head_dim,
+    } = *shape;
+    if head_dim == 0 || n_kv_heads == 0 || n_q_heads % n_kv_heads != 0 {
+        return Err(Error::InvalidRequest(format!(
+            "cost model: need head_dim > 0 and n_q_heads ({n_q_heads}) a multiple of n_kv_heads ({n_kv_heads})"
+        )));
+    }
+    if seq_len == 0 || seq_len as i64 > MAX_POSITION {
+        return Err(Error::InvalidRequest(format!(
+            "cost model: sequence length {seq_len} is not in 1..={MAX_POSITION}"
+        )));
+    }
+    let plans = compile(checked, n_layers, n_q_heads)?;
+    let mut memo: Vec<(String, Cost)> = Vec::new();
+    let mut total = Cost::default();
+    for plan in &plans {
+        for group in &plan.groups {
+            let key = format!("{:?}", group.spec);
+            let per_head = match memo.iter().find(|(k, _)| *k == key) {
+                Some((_, c)) => *c,
+                None => {
+                    let c = head_cost(&group.spec, shape, seq_len)?;
+                    memo.push((key, c));
+                    c
+                }
+            };
+            total.add_scaled(per_head, group.heads.len() as f64);
+        }
+    }
+    Ok(total)
+}
+
+/// The cost of the library's `exact` kernel: the reference for ratios.
+pub fn exact_cost(shape: &ModelShape, seq_len: usize) -> Result<Cost> {
+    cost(
+        library::checked("exact").map_err(Error::InvalidRequest)?,
+        shape,
+        seq_len,
+    )
+}
+
+/// Keys `lo..=hi` that query `q` sees under `mask` (and causal).
+fn visible_in_row(mask: &MaskTerm, q: i64, lo: i64, hi: i64) -> i64 {
+    let hi = hi.min(q);
+    if lo > hi {
+        return 0;
+    }
+    match mask.truth((q, q), (lo, hi)) {
+        Tri::Always => hi - lo + 1,
+        Tri::Never => 0,
+        Tri::Sometimes if hi - lo < BRUTE_FORCE => {
+            (lo..=hi).filter(|&kv| mask.eval(q, kv)).count() as i64
+        }
+        Tri::Sometimes => {
+            let mid = lo + (hi - lo) / 2;
+            visible_in_row(mask, q, lo, mid) + visible_in_row(mask, q, mid + 1, hi)
+        }
+    }
+}
+
+/// Keys read by the tiled plan for query rows `qs`: every key of each tile that is not
+/// provably empty, found by bisecting the tile range `tiles` (inclusive).
+fn keys_in_visited_tiles(
+    mask: &MaskTerm,
+    qs: (i64, i64),
+    tiles: (i64, i64),
+    kv_tile: i64,
+    len: i64,
+) -> i64 {
+    let keys = (tiles.0 * kv_tile, ((tiles.1 + 1) * kv_tile).min(len) - 1);
+    let causal = if keys.0 > qs.1 {
+        Tri::Never
+    } else if keys.1 <= qs.0 {
+        Tri::Always
+    } else {
+        Tri::Sometimes
+    };
+    match causal.and(mask.truth(qs, keys)) {
+        Tri::Never => 0,
+        Tri::Always => keys.1 - keys.0 + 1,
+        Tri::Sometimes if tiles.0 == tiles.1 => keys.1 - keys.0 + 1,
+        Tri::Sometimes => {
+            let mid = tiles.0 + (tiles.1 - tiles.0) / 2;
+            keys_in_visited_tiles(mask, qs, (tiles.0, mid), kv_tile, len)
+                + keys_in_visited_tiles(mask, qs, (mid + 1, tiles.1), kv_tile, len)
+        }
+    }
+}
+
+/// The visible pairs, row by row.
+fn visible_rows(mask: &MaskTerm, len: i64) -> impl Iterator<Item = i64> + '_ {
+    (0..len).map(move |q| visible_in_row(mask, q, 0, q))
+}
+
+fn keys_read(mask: &MaskTerm, len: i64, q_tile: i64, kv_tile: i64) -> i64 {
+    let last_tile = (len - 1) / kv_tile;
+    (0..len)
+        .step_by(q_tile as usize)
+        .map(|start| {
+            let qs = (start, (start + q_tile).min(len) - 1);
+            keys_in_visited_tiles(mask, qs, (0, last_tile.min(qs.1 / kv_tile)), kv_tile, len)
+        })
+        .sum()
+}
+
+fn option(options: &[(String, OptionValue)], name: &str) -> f64 {
+    match options.iter().find(|(k, _)| k == name).map(|(_, v)| v) {
+        Some(OptionValue::Int(v)) => *v as f64,
+        Some(OptionValue::Float(v)) => *v,
+        _ => 0.0,
+    }
+}
+
+/// The cost of one query head running `spec`.
+fn head_cost(spec: &HeadSpec, shape: &ModelShape, seq_len: usize) -> Result<Cost> {
+    let len = seq_len as i64;
+    let t = seq_len as f64;
+    let d = shape.head_dim as f64;
+    let group = (shape.n_q_heads / shape.n_kv_heads) as f64;
+    // A key and its value, shared by the query heads of one KV head.
+    let key_bytes = 2.0 * d * F32 / group;
+    let causal_pairs = t * (t + 1.0) / 2.0;
+    let softmax = |mask: &CompiledMask, q_tile: usize, kv_tile: usize| {
+        let pairs: i64 = visible_rows(&mask.term, len).sum();
+        let read = keys_read(&mask.term, len, q_tile as i64, kv_tile as i64);
+        Cost {
+            flops: 4.0 * d * pairs as f64,
+            kv_bytes_read: read as f64 * key_bytes,
+            kv_bytes_held_per_token: key_bytes,
+        }
+    };
+    let exact = || softmax(&CompiledMask::causal(), 32, 128);
+    Ok(match spec {
+        HeadSpec::Exact => exact(),
+        HeadSpec::Rule {
+            mask,
+            keep,
+            q_tile,
+            kv_tile,
+            ..
+        } => {
+            let mut c = softmax(mask, *q_tile, *kv_tile);
+            if let Some(keep) = keep {
+                let kept = (0..len).filter(|&kv| keep.term.eval(len - 1, kv)).count();
+                c.kv_bytes_held_per_token = kept as f64 * key_bytes / t;
+            }
+            c
+        }
+        HeadSpec::Star { block, context } => softmax(&star_mask(*block, *context)?, 32, 128),
+        HeadSpec::Select {
+            page,
+            top,
+            summary,
+            mask,
+            ..
+        } => {
+            let (page, budget) = (*page as f64, (*top * *page) as f64);
+            // Scoring one page summary against a query, and the summary's size in floats.
+            let (score_flops, summary_floats, build_flops) = match summary {
+                Summary::MinMax => (4.0 * d, 2.0 * d, 2.0 * d),
+                Summary::Mean => (2.0 * d, d, d),
+            };
+            let mut attended = 0.0;
+            let mut pages_scored = 0.0;
+            for (q, visible) in visible_rows(&mask.term, len).enumerate() {
+                attended += (visible as f64).min(budget);
+                pages_scored += ((q + 1) as f64 / page).ceil();
+            }
+            Cost {
+                flops: 4.0 * d * attended + score_flops * pages_scored + build_flops * t / group,
+                kv_bytes_read: attended * key_bytes + pages_scored * summary_floats * F32 / group,
+                kv_bytes_held_per_token: key_bytes + summary_floats * F32 / (page * group),
+            }
+        }
+        HeadSpec::Mechanism { name, options } => {
+            let chunk = option(options, "chunk").max(1.0);
+            let conv = option(options, "conv");
+            let recurrent = |state_flops: f64, state_floats: f64| Cost {
+                // Chunkwise: the state (read and update) per token, and half a chunk of
+                // intra-chunk pairs on average.
+                flops: t * (state_flops + 2.0 * chunk * d) + t * 6.0 * conv * d,
+                kv_bytes_read: t * 2.0 * d * F32 + (t / chunk).ceil() * state_floats * F32,
+                kv_bytes_held_per_token: (state_floats + 3.0 * conv * d) * F32 / t,
+            };
+            match name.as_str() {
+                "linear" | "retnet" => recurrent(4.0 * d * d, d * d),
+                "gla" => recurrent(4.0 * d * d + d, d * d),
+                "deltanet" => recurrent(6.0 * d * d, d * d),
+                "gated_deltanet" => recurrent(6.0 * d * d + d, d * d),
+                "mamba2" => {
+                    let state = option(options, "state");
+                    recurrent(4.0 * state * d, state * d)
+                }
+                "log_linear" => {
+                    // One state per Fenwick level: log2 of the number of chunks, plus one.
+                    let levels = (t / chunk).max(1.0).log2().ceil() + 1.0;
+                    let mut c = recurrent(4.0 * d * d * levels, d * d * levels);
+                    c.flops += t * 2.0 * d * d * levels;
+                    c
+                }
+                "mta" => {
+                    let conv_flops =
+                        2.0 * option(options, "q_kernel") * option(options, "k_kernel")
+                            + 2.0 * option(options, "head_kernel");
+                    let mut c = exact();
+                    c.flops = causal_pairs * (4.0 * d + conv_flops);
+                    c
+                }
+                "differential" => {
+                    let mut c = exact();
+                    // Two softmax maps, each from its own query/key half, and one value pass.
+                    c.flops = causal_pairs * (6.0 * d + 4.0);
+                    c
+                }
+                "mla" => {
+                    let latent = option(options, "kv_rank") + option(options, "rope_dim");
+                    let per_key = latent * F32 / shape.n_q_heads as f64;
+                    let read = keys_read(&CompiledMask::causal().term, len, 32, 128) as f64;
+                    Cost {
+                        flops: causal_pairs * (2.0 * latent + 2.0 * option(options, "kv_rank")),
+                        kv_bytes_read: read * per_key,
+                        kv_bytes_held_per_token: per_key,
+                    }
+                }
+                other => {
+                    return Err(Error::InvalidRequest(format!(
+                        "cost model: no formula for mechanism `{other}`"
+                    )))
+                }
+            }
+        }
+    })
+}
