@@ -11,8 +11,8 @@ use attention_case::{
     case_strategy, check_causal, check_decode_equals_prefill, max_error, tiles_strategy, Case,
 };
 use kernels::attention::{
-    merge_partial, Coverage, KeyRule, Mask, NaiveAttention, RuleAttention, ScoreModifier,
-    SinkWindow, StarAttention, StarRule, TiledAttention,
+    merge_partial, AttentionKernel, Coverage, HeadMix, KeyRule, Mask, NaiveAttention,
+    RuleAttention, ScoreModifier, SinkWindow, StarAttention, StarRule, TiledAttention,
 };
 use kernels::Error;
 use proptest::prelude::*;
@@ -247,6 +247,95 @@ proptest! {
     ) {
         check_decode_equals_prefill(&case, &star, 1e-5)?;
         check_causal(&case, &star, case.kv_len * cut_share / 100)?;
+    }
+}
+
+/// Ranges tiling `0..n_heads`, cut at the given seeds' positions.
+fn head_ranges(n_heads: usize, cut_seeds: &[usize]) -> Vec<Range<usize>> {
+    let mut cuts: Vec<usize> = cut_seeds
+        .iter()
+        .map(|seed| seed % n_heads)
+        .filter(|&cut| cut > 0)
+        .collect();
+    cuts.sort_unstable();
+    cuts.dedup();
+    cuts.push(n_heads);
+    let mut start = 0;
+    cuts.into_iter()
+        .map(|end| {
+            let range = start..end;
+            start = end;
+            range
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Each range of heads gets what its own kernel gives on those heads, including ranges
+    /// that cut through a GQA group.
+    #[test]
+    fn head_mix_matches_its_parts_twins(
+        case in case_strategy(100),
+        rules in prop::collection::vec(rule_strategy(), 1..4),
+        cut_seeds in prop::collection::vec(any::<usize>(), 3),
+        engine in tiles_strategy(),
+        cut_share in 0usize..=100,
+    ) {
+        let ranges = head_ranges(case.n_q_heads, &cut_seeds[..rules.len() - 1]);
+        let parts: Vec<(Range<usize>, Arc<dyn AttentionKernel>)> = ranges
+            .iter()
+            .zip(&rules)
+            .map(|(heads, rule)| {
+                let kernel = rule_kernel(rule.clone(), false, engine);
+                (heads.clone(), Arc::new(kernel) as Arc<dyn AttentionKernel>)
+            })
+            .collect();
+        let mix = HeadMix::new(parts).unwrap();
+        let got = case.run(&mix);
+        let head_out = case.n_queries * case.head_dim;
+        let mut want = vec![f32::NAN; case.out_len()];
+        for (heads, rule) in ranges.iter().zip(&rules) {
+            let rows = heads.start * head_out..heads.end * head_out;
+            want[rows.clone()].copy_from_slice(&naive_with_rule(&case, rule.as_ref())[rows]);
+        }
+        let error = max_error(&case, &got, &want);
+        prop_assert!(error <= 1e-4, "error {error} with {}", mix.name());
+        check_decode_equals_prefill(&case, &mix, 1e-5)?;
+        check_causal(&case, &mix, case.kv_len * cut_share / 100)?;
+    }
+}
+
+#[test]
+fn head_ranges_that_do_not_tile_the_heads_are_errors() {
+    let kernel: Arc<dyn AttentionKernel> = Arc::new(TiledAttention::default());
+    let message = |ranges: Vec<Range<usize>>| {
+        let parts = ranges
+            .into_iter()
+            .map(|heads| (heads, kernel.clone()))
+            .collect();
+        match HeadMix::new(parts) {
+            Err(Error::InvalidRequest(message)) => message,
+            other => panic!("expected InvalidRequest, got {other:?}"),
+        }
+    };
+    assert!(message(vec![]).contains("at least one range"));
+    assert!(message(vec![0..2, 3..4]).contains("starting at head 2, got 3..4"));
+    assert!(message(vec![0..2, 1..4]).contains("starting at head 2, got 1..4"));
+    assert!(message(vec![1..4]).contains("starting at head 0"));
+    assert!(message(vec![0..2, 2..2, 2..4]).contains("non-empty"));
+    let short = HeadMix::new(vec![(0..4, kernel.clone())]).unwrap();
+    let case = Case::random(2, 6, 2, 8, 3, 5, 5, Mask::Causal, 1.0);
+    let mut out = vec![0.0; case.out_len()];
+    match short.forward(&case.input(), &case.layer, &mut out) {
+        Err(Error::InvalidRequest(message)) => {
+            assert!(
+                message.contains("cover query heads 0..4, but the layer has 6"),
+                "{message}"
+            )
+        }
+        other => panic!("expected InvalidRequest, got {other:?}"),
     }
 }
 

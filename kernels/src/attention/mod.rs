@@ -5,12 +5,14 @@
 //! `Arc<dyn AttentionKernel>`; layouts are head-major so that a kernel can hand a range of
 //! heads to another kernel (per-head mixes) without copying.
 
+pub mod head_mix;
 pub mod naive;
 pub mod rule;
 pub mod sink_window;
 pub mod star;
 pub mod tiled;
 
+pub use head_mix::HeadMix;
 pub use naive::NaiveAttention;
 pub use rule::RuleAttention;
 pub use sink_window::SinkWindow;
