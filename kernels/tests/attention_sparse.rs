@@ -11,8 +11,8 @@ use attention_case::{
     case_strategy, check_causal, check_decode_equals_prefill, max_error, tiles_strategy, Case,
 };
 use kernels::attention::{
-    merge_partial, AttentionKernel, Coverage, HeadMix, KeyRule, Mask, NaiveAttention,
-    RuleAttention, ScoreModifier, SinkWindow, StarAttention, StarRule, TiledAttention,
+    merge_partial, AttentionKernel, Coverage, HeadMix, KeyRule, Mask, NaiveAttention, PageSummary,
+    RuleAttention, ScoreModifier, SinkWindow, StarAttention, StarRule, TiledAttention, TopKPages,
 };
 use kernels::Error;
 use proptest::prelude::*;
@@ -28,6 +28,20 @@ struct Stripes {
 impl KeyRule for Stripes {
     fn allows(&self, _q: usize, k: usize) -> bool {
         k % self.period < self.shown
+    }
+
+    fn coverage(&self, queries: Range<usize>, keys: Range<usize>) -> Coverage {
+        brute_force_coverage(self, queries, keys)
+    }
+}
+
+/// Keys in any of the ranges, for every query.
+#[derive(Debug)]
+struct KeyRanges(Vec<Range<usize>>);
+
+impl KeyRule for KeyRanges {
+    fn allows(&self, _q: usize, k: usize) -> bool {
+        self.0.iter().any(|range| range.contains(&k))
     }
 
     fn coverage(&self, queries: Range<usize>, keys: Range<usize>) -> Coverage {
@@ -339,6 +353,96 @@ fn head_ranges_that_do_not_tile_the_heads_are_errors() {
     }
 }
 
+fn top_k_strategy() -> impl Strategy<Value = TopKPages> {
+    (
+        1usize..12,
+        1usize..5,
+        prop_oneof![Just(PageSummary::MinMax), Just(PageSummary::Mean)],
+        prop::option::of(rule_strategy()),
+    )
+        .prop_map(|(page, k, summary, base)| {
+            let pages = TopKPages::new(page, k, summary).unwrap();
+            match base {
+                Some(rule) => pages.with_base_rule(rule).unwrap(),
+                None => pages,
+            }
+        })
+}
+
+fn naive_top_k(case: &Case, pages: &TopKPages) -> Vec<f32> {
+    let mut out = vec![f32::NAN; case.out_len()];
+    NaiveAttention
+        .forward_top_k_pages(pages, &case.input(), &case.layer, &mut out)
+        .unwrap();
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn top_k_pages_matches_f64_twin(case in case_strategy(120), pages in top_k_strategy()) {
+        let got = case.run(&pages);
+        let want = naive_top_k(&case, &pages);
+        let error = max_error(&case, &got, &want);
+        prop_assert!(error <= 1e-4, "error {error} with {pages:?}");
+    }
+
+    #[test]
+    fn top_k_pages_decode_equals_prefill_and_is_causal(
+        case in case_strategy(60),
+        pages in top_k_strategy(),
+        cut_share in 0usize..=100,
+    ) {
+        check_decode_equals_prefill(&case, &pages, 1e-5)?;
+        check_causal(&case, &pages, case.kv_len * cut_share / 100)?;
+    }
+
+    /// With room for every page, the choice keeps them all: exact attention under the base
+    /// rule.
+    #[test]
+    fn top_k_pages_with_every_page_is_exact(
+        case in case_strategy(80),
+        page in 1usize..12,
+        summary in prop_oneof![Just(PageSummary::MinMax), Just(PageSummary::Mean)],
+        base in prop::option::of(rule_strategy()),
+    ) {
+        let every_page = case.kv_len / page + 1;
+        let mut pages = TopKPages::new(page, every_page, summary).unwrap();
+        let rule: Arc<dyn KeyRule> = base.unwrap_or_else(|| Arc::new(Mask::Causal));
+        pages = pages.with_base_rule(rule.clone()).unwrap();
+        let got = case.run(&pages);
+        let want = naive_with_rule(&case, rule.as_ref());
+        let error = max_error(&case, &got, &want);
+        prop_assert!(error <= 1e-4, "error {error}");
+    }
+}
+
+/// Three identical past pages score the same: the lowest index wins, so with k = 2 the row
+/// sees page 0 and its own page.
+#[test]
+fn top_k_pages_breaks_ties_toward_the_lower_page() {
+    let (page, d) = (4, 8);
+    let mut case = Case::random(9, 1, 1, d, 1, 15, 15, Mask::Causal, 1.0);
+    for k in page..3 * page {
+        let (from, to) = ((k % page) * d, k * d);
+        let key: Vec<f32> = case.k[from..from + d].to_vec();
+        case.k[to..to + d].copy_from_slice(&key);
+    }
+    for summary in [PageSummary::MinMax, PageSummary::Mean] {
+        let pages = TopKPages::new(page, 2, summary).unwrap();
+        let want = naive_with_rule(&case, &KeyRanges(vec![0..page, 3 * page..4 * page]));
+        assert!(
+            max_error(&case, &naive_top_k(&case, &pages), &want) <= 1e-6,
+            "{summary:?} twin"
+        );
+        assert!(
+            max_error(&case, &case.run(&pages), &want) <= 1e-5,
+            "{summary:?}"
+        );
+    }
+}
+
 #[test]
 fn a_row_that_sees_no_key_is_zeros_with_lse_minus_infinity() {
     // Keys 0, 3, 6, ... are shown: under a window of 1 only queries at those positions see any.
@@ -452,6 +556,17 @@ fn invalid_rule_parameters_are_errors() {
     let (mut out, mut lse) = (vec![0.0; 8], vec![0.0; 2]);
     let merged = merge_partial(&mut out, &mut lse, &[0.0; 8], &[0.0; 3], 4);
     assert!(matches!(merged, Err(Error::InvalidRequest(_))));
+    for (page, k) in [(0, 2), (4, 0)] {
+        match TopKPages::new(page, k, PageSummary::MinMax) {
+            Err(Error::InvalidRequest(message)) => {
+                assert!(
+                    message.contains("page size and k must be at least 1"),
+                    "{message}"
+                )
+            }
+            other => panic!("expected InvalidRequest, got {other:?}"),
+        }
+    }
     // A rule that cannot run is refused when the kernel is built, and by the engine too.
     let zero_chunk: Arc<dyn KeyRule> = Arc::new(Mask::Chunked { chunk: 0 });
     assert!(RuleAttention::new("bad", zero_chunk.clone(), None).is_err());

@@ -11,6 +11,7 @@ pub mod rule;
 pub mod sink_window;
 pub mod star;
 pub mod tiled;
+pub mod top_k_pages;
 
 pub use head_mix::HeadMix;
 pub use naive::NaiveAttention;
@@ -18,6 +19,7 @@ pub use rule::RuleAttention;
 pub use sink_window::SinkWindow;
 pub use star::{StarAttention, StarRule};
 pub use tiled::{merge_partial, TiledAttention};
+pub use top_k_pages::{PageSummary, TopKPages};
 
 use std::ops::Range;
 
