@@ -1,5 +1,6 @@
 //! Times attention prefill and prints medians: the plain causal `Mask` path of
-//! `TiledAttention`, and the rule kernels on the same shapes.
+//! `TiledAttention`, the same mask run as a rule (the rule path's overhead), and the
+//! training-free sparse kernels on the same shapes.
 //!
 //! `cargo run --release -p kernels --example attention_speed [-- --quick]`
 //!
@@ -8,8 +9,11 @@
 
 use std::time::Instant;
 
+use std::sync::Arc;
+
 use kernels::attention::{
-    AttentionInput, AttentionKernel, LayerAttention, Mask, RuleAttention, TiledAttention,
+    AttentionInput, AttentionKernel, HeadMix, LayerAttention, Mask, PageSummary, RuleAttention,
+    StarAttention, TiledAttention, TopKPages,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -77,16 +81,26 @@ fn main() {
     // The causal mask again as a rule: the rule path's overhead over the plain one.
     let causal_rule = RuleAttention::mask(Mask::Causal).unwrap();
     let sink_window = RuleAttention::sink_window(4, 256).unwrap();
-    let kernels: [(&str, &dyn AttentionKernel); 3] = [
+    let quest = TopKPages::new(64, 8, PageSummary::MinMax).unwrap();
+    let exact: Arc<dyn AttentionKernel> = Arc::new(tiled);
+    let windowed: Arc<dyn AttentionKernel> = Arc::new(sink_window.clone());
+    // Cuts the middle GQA group: heads 0..4 exact, 4..9 sinks + window.
+    let mix = HeadMix::new(vec![(0..4, exact), (4..HEADS, windowed)]).unwrap();
+    let kernels: [(&str, &dyn AttentionKernel); 5] = [
         ("tiled causal (Mask path)", &tiled),
         ("causal as a rule", &causal_rule),
         ("sink_window(4,256)", &sink_window),
+        ("top_k_pages(quest,64,8)", &quest),
+        ("head_mix(exact 4, sinks 5)", &mix),
     ];
     for t in [1024, 4096] {
         let shape = Shape::random(t);
         let runs = if quick || t > 1024 { 7 } else { 21 };
         let mut out = vec![0.0; HEADS * t * HEAD_DIM];
-        for (name, kernel) in kernels {
+        // Star: the first half of the prompt is context in blocks of T/8, the rest queries.
+        let star = StarAttention::new(t / 8, t / 2).unwrap();
+        let star_kernels: [(&str, &dyn AttentionKernel); 1] = [("star(T/8, T/2)", &star)];
+        for (name, kernel) in kernels.into_iter().chain(star_kernels) {
             let ms = median_ms(runs, || {
                 kernel.forward(&shape.input(), &layer, &mut out).unwrap()
             });
