@@ -4,8 +4,8 @@
 //!
 //! `cargo run --release -p kernels --example attention_speed [-- --quick]`
 //!
-//! Shapes: 9 query heads on 3 KV heads, head_dim 64, T = 1024 and 4096 (prefill of T
-//! queries over T keys). `--quick` takes fewer runs.
+//! Shapes: 9 query heads on 3 KV heads, head_dim 64; prefill of T = 1024 and 4096 queries
+//! over as many keys, and one decode step over 16384 keys. `--quick` takes fewer runs.
 
 use std::time::Instant;
 
@@ -104,7 +104,29 @@ fn main() {
             let ms = median_ms(runs, || {
                 kernel.forward(&shape.input(), &layer, &mut out).unwrap()
             });
-            println!("T={t:5} {name:28} {ms:8.2} ms");
+            println!("prefill T={t:5} {name:28} {ms:8.2} ms");
         }
+    }
+    // Decode: the last query alone over the whole cache.
+    let t = 16 * 1024;
+    let shape = Shape::random(t);
+    let last_query: Vec<f32> = (0..HEADS)
+        .flat_map(|h| {
+            shape.q[((h + 1) * t - 1) * HEAD_DIM..(h + 1) * t * HEAD_DIM]
+                .iter()
+                .copied()
+        })
+        .collect();
+    let input = AttentionInput {
+        q: &last_query,
+        n_queries: 1,
+        ..shape.input()
+    };
+    let mut out = vec![0.0; HEADS * HEAD_DIM];
+    for (name, kernel) in kernels {
+        let ms = median_ms(if quick { 11 } else { 51 }, || {
+            kernel.forward(&input, &layer, &mut out).unwrap()
+        });
+        println!("decode  T={t:5} {name:28} {ms:8.3} ms");
     }
 }
