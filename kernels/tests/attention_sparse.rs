@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use attention_case::{
-    case_strategy, check_causal, check_decode_equals_prefill, max_error, tiles_strategy, Case,
+    case_strategy, check_causal, check_decode_equals_prefill, check_only_visible_keys_change_rows,
+    max_error, tiles_strategy, Case,
 };
 use kernels::attention::{
     merge_partial, AttentionKernel, Coverage, HeadMix, KeyRule, Mask, NaiveAttention, PageSummary,
@@ -200,9 +201,30 @@ proptest! {
         engine in tiles_strategy(),
         cut_share in 0usize..=100,
     ) {
-        let kernel = rule_kernel(rule, modified, engine);
+        let kernel = rule_kernel(rule.clone(), modified, engine);
         check_decode_equals_prefill(&case, &kernel, 1e-5)?;
         check_causal(&case, &kernel, case.kv_len * cut_share / 100)?;
+    }
+
+    /// Exactly the keys the mask and the rule both show move a row.
+    #[test]
+    fn rule_kernel_rows_move_with_exactly_their_visible_keys(
+        case in case_strategy(24),
+        rule in rule_strategy(),
+        engine in tiles_strategy(),
+        kv_head_seed in any::<usize>(),
+    ) {
+        let kernel = rule_kernel(rule.clone(), false, engine);
+        let mask = case.layer.mask;
+        let visible = |_: usize, q: usize, k: usize| mask.allows(q, k) && rule.allows(q, k);
+        let kv_head = kv_head_seed % case.n_kv_heads;
+        check_only_visible_keys_change_rows(&case, &kernel, kv_head, &visible)?;
+        let star = StarAttention::new(1 + kv_head_seed % 7, kv_head_seed % 30)
+            .unwrap()
+            .with_engine(engine);
+        let star_rule = star.rule();
+        let visible = |_: usize, q: usize, k: usize| mask.allows(q, k) && star_rule.allows(q, k);
+        check_only_visible_keys_change_rows(&case, &star, kv_head, &visible)?;
     }
 }
 
