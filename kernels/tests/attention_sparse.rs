@@ -8,11 +8,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use attention_case::{
-    case_strategy, check_causal, check_decode_equals_prefill, max_error, tiles_strategy, Case,
+    case_strategy, check_causal, check_decode_equals_prefill, check_only_visible_keys_change_rows,
+    max_error, tiles_strategy, Case,
 };
 use kernels::attention::{
-    merge_partial, Coverage, KeyRule, Mask, NaiveAttention, RuleAttention, ScoreModifier,
-    SinkWindow, StarAttention, StarRule, TiledAttention,
+    merge_partial, AttentionKernel, Coverage, HeadMix, KeyRule, Mask, NaiveAttention, PageSummary,
+    RuleAttention, ScoreModifier, SinkWindow, StarAttention, StarRule, TiledAttention, TopKPages,
 };
 use kernels::Error;
 use proptest::prelude::*;
@@ -28,6 +29,20 @@ struct Stripes {
 impl KeyRule for Stripes {
     fn allows(&self, _q: usize, k: usize) -> bool {
         k % self.period < self.shown
+    }
+
+    fn coverage(&self, queries: Range<usize>, keys: Range<usize>) -> Coverage {
+        brute_force_coverage(self, queries, keys)
+    }
+}
+
+/// Keys in any of the ranges, for every query.
+#[derive(Debug)]
+struct KeyRanges(Vec<Range<usize>>);
+
+impl KeyRule for KeyRanges {
+    fn allows(&self, _q: usize, k: usize) -> bool {
+        self.0.iter().any(|range| range.contains(&k))
     }
 
     fn coverage(&self, queries: Range<usize>, keys: Range<usize>) -> Coverage {
@@ -186,9 +201,30 @@ proptest! {
         engine in tiles_strategy(),
         cut_share in 0usize..=100,
     ) {
-        let kernel = rule_kernel(rule, modified, engine);
+        let kernel = rule_kernel(rule.clone(), modified, engine);
         check_decode_equals_prefill(&case, &kernel, 1e-5)?;
         check_causal(&case, &kernel, case.kv_len * cut_share / 100)?;
+    }
+
+    /// Exactly the keys the mask and the rule both show move a row.
+    #[test]
+    fn rule_kernel_rows_move_with_exactly_their_visible_keys(
+        case in case_strategy(24),
+        rule in rule_strategy(),
+        engine in tiles_strategy(),
+        kv_head_seed in any::<usize>(),
+    ) {
+        let kernel = rule_kernel(rule.clone(), false, engine);
+        let mask = case.layer.mask;
+        let visible = |_: usize, q: usize, k: usize| mask.allows(q, k) && rule.allows(q, k);
+        let kv_head = kv_head_seed % case.n_kv_heads;
+        check_only_visible_keys_change_rows(&case, &kernel, kv_head, &visible)?;
+        let star = StarAttention::new(1 + kv_head_seed % 7, kv_head_seed % 30)
+            .unwrap()
+            .with_engine(engine);
+        let star_rule = star.rule();
+        let visible = |_: usize, q: usize, k: usize| mask.allows(q, k) && star_rule.allows(q, k);
+        check_only_visible_keys_change_rows(&case, &star, kv_head, &visible)?;
     }
 }
 
@@ -247,6 +283,185 @@ proptest! {
     ) {
         check_decode_equals_prefill(&case, &star, 1e-5)?;
         check_causal(&case, &star, case.kv_len * cut_share / 100)?;
+    }
+}
+
+/// Ranges tiling `0..n_heads`, cut at the given seeds' positions.
+fn head_ranges(n_heads: usize, cut_seeds: &[usize]) -> Vec<Range<usize>> {
+    let mut cuts: Vec<usize> = cut_seeds
+        .iter()
+        .map(|seed| seed % n_heads)
+        .filter(|&cut| cut > 0)
+        .collect();
+    cuts.sort_unstable();
+    cuts.dedup();
+    cuts.push(n_heads);
+    let mut start = 0;
+    cuts.into_iter()
+        .map(|end| {
+            let range = start..end;
+            start = end;
+            range
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Each range of heads gets what its own kernel gives on those heads, including ranges
+    /// that cut through a GQA group.
+    #[test]
+    fn head_mix_matches_its_parts_twins(
+        case in case_strategy(100),
+        rules in prop::collection::vec(rule_strategy(), 1..4),
+        cut_seeds in prop::collection::vec(any::<usize>(), 3),
+        engine in tiles_strategy(),
+        cut_share in 0usize..=100,
+    ) {
+        let ranges = head_ranges(case.n_q_heads, &cut_seeds[..rules.len() - 1]);
+        let parts: Vec<(Range<usize>, Arc<dyn AttentionKernel>)> = ranges
+            .iter()
+            .zip(&rules)
+            .map(|(heads, rule)| {
+                let kernel = rule_kernel(rule.clone(), false, engine);
+                (heads.clone(), Arc::new(kernel) as Arc<dyn AttentionKernel>)
+            })
+            .collect();
+        let mix = HeadMix::new(parts).unwrap();
+        let got = case.run(&mix);
+        let head_out = case.n_queries * case.head_dim;
+        let mut want = vec![f32::NAN; case.out_len()];
+        for (heads, rule) in ranges.iter().zip(&rules) {
+            let rows = heads.start * head_out..heads.end * head_out;
+            want[rows.clone()].copy_from_slice(&naive_with_rule(&case, rule.as_ref())[rows]);
+        }
+        let error = max_error(&case, &got, &want);
+        prop_assert!(error <= 1e-4, "error {error} with {}", mix.name());
+        check_decode_equals_prefill(&case, &mix, 1e-5)?;
+        check_causal(&case, &mix, case.kv_len * cut_share / 100)?;
+    }
+}
+
+#[test]
+fn head_ranges_that_do_not_tile_the_heads_are_errors() {
+    let kernel: Arc<dyn AttentionKernel> = Arc::new(TiledAttention::default());
+    let message = |ranges: Vec<Range<usize>>| {
+        let parts = ranges
+            .into_iter()
+            .map(|heads| (heads, kernel.clone()))
+            .collect();
+        match HeadMix::new(parts) {
+            Err(Error::InvalidRequest(message)) => message,
+            other => panic!("expected InvalidRequest, got {other:?}"),
+        }
+    };
+    assert!(message(vec![]).contains("at least one range"));
+    assert!(message(vec![0..2, 3..4]).contains("starting at head 2, got 3..4"));
+    assert!(message(vec![0..2, 1..4]).contains("starting at head 2, got 1..4"));
+    assert!(message(vec![1..3, 3..4]).contains("starting at head 0"));
+    assert!(message(vec![0..2, 2..2, 2..4]).contains("non-empty"));
+    let short = HeadMix::new(vec![(0..4, kernel.clone())]).unwrap();
+    let case = Case::random(2, 6, 2, 8, 3, 5, 5, Mask::Causal, 1.0);
+    let mut out = vec![0.0; case.out_len()];
+    match short.forward(&case.input(), &case.layer, &mut out) {
+        Err(Error::InvalidRequest(message)) => {
+            assert!(
+                message.contains("cover query heads 0..4, but the layer has 6"),
+                "{message}"
+            )
+        }
+        other => panic!("expected InvalidRequest, got {other:?}"),
+    }
+}
+
+fn top_k_strategy() -> impl Strategy<Value = TopKPages> {
+    (
+        1usize..12,
+        1usize..5,
+        prop_oneof![Just(PageSummary::MinMax), Just(PageSummary::Mean)],
+        prop::option::of(rule_strategy()),
+    )
+        .prop_map(|(page, k, summary, base)| {
+            let pages = TopKPages::new(page, k, summary).unwrap();
+            match base {
+                Some(rule) => pages.with_base_rule(rule).unwrap(),
+                None => pages,
+            }
+        })
+}
+
+fn naive_top_k(case: &Case, pages: &TopKPages) -> Vec<f32> {
+    let mut out = vec![f32::NAN; case.out_len()];
+    NaiveAttention
+        .forward_top_k_pages(pages, &case.input(), &case.layer, &mut out)
+        .unwrap();
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn top_k_pages_matches_f64_twin(case in case_strategy(120), pages in top_k_strategy()) {
+        let got = case.run(&pages);
+        let want = naive_top_k(&case, &pages);
+        let error = max_error(&case, &got, &want);
+        prop_assert!(error <= 1e-4, "error {error} with {pages:?}");
+    }
+
+    #[test]
+    fn top_k_pages_decode_equals_prefill_and_is_causal(
+        case in case_strategy(60),
+        pages in top_k_strategy(),
+        cut_share in 0usize..=100,
+    ) {
+        check_decode_equals_prefill(&case, &pages, 1e-5)?;
+        check_causal(&case, &pages, case.kv_len * cut_share / 100)?;
+    }
+
+    /// With room for every page, the choice keeps them all: exact attention under the base
+    /// rule.
+    #[test]
+    fn top_k_pages_with_every_page_is_exact(
+        case in case_strategy(80),
+        page in 1usize..12,
+        summary in prop_oneof![Just(PageSummary::MinMax), Just(PageSummary::Mean)],
+        base in prop::option::of(rule_strategy()),
+    ) {
+        let every_page = case.kv_len / page + 1;
+        let mut pages = TopKPages::new(page, every_page, summary).unwrap();
+        let rule: Arc<dyn KeyRule> = base.unwrap_or_else(|| Arc::new(Mask::Causal));
+        pages = pages.with_base_rule(rule.clone()).unwrap();
+        let got = case.run(&pages);
+        let want = naive_with_rule(&case, rule.as_ref());
+        let error = max_error(&case, &got, &want);
+        prop_assert!(error <= 1e-4, "error {error}");
+    }
+}
+
+/// Three identical past pages score the same: the lowest index wins, so with k = 2 the row
+/// sees page 0 and its own page.
+#[test]
+fn top_k_pages_breaks_ties_toward_the_lower_page() {
+    let (page, d) = (4, 8);
+    let mut case = Case::random(9, 1, 1, d, 1, 15, 15, Mask::Causal, 1.0);
+    for k in page..3 * page {
+        let (from, to) = ((k % page) * d, k * d);
+        let key: Vec<f32> = case.k[from..from + d].to_vec();
+        case.k[to..to + d].copy_from_slice(&key);
+    }
+    for summary in [PageSummary::MinMax, PageSummary::Mean] {
+        let pages = TopKPages::new(page, 2, summary).unwrap();
+        let want = naive_with_rule(&case, &KeyRanges(vec![0..page, 3 * page..4 * page]));
+        assert!(
+            max_error(&case, &naive_top_k(&case, &pages), &want) <= 1e-6,
+            "{summary:?} twin"
+        );
+        assert!(
+            max_error(&case, &case.run(&pages), &want) <= 1e-5,
+            "{summary:?}"
+        );
     }
 }
 
@@ -363,6 +578,17 @@ fn invalid_rule_parameters_are_errors() {
     let (mut out, mut lse) = (vec![0.0; 8], vec![0.0; 2]);
     let merged = merge_partial(&mut out, &mut lse, &[0.0; 8], &[0.0; 3], 4);
     assert!(matches!(merged, Err(Error::InvalidRequest(_))));
+    for (page, k) in [(0, 2), (4, 0)] {
+        match TopKPages::new(page, k, PageSummary::MinMax) {
+            Err(Error::InvalidRequest(message)) => {
+                assert!(
+                    message.contains("page size and k must be at least 1"),
+                    "{message}"
+                )
+            }
+            other => panic!("expected InvalidRequest, got {other:?}"),
+        }
+    }
     // A rule that cannot run is refused when the kernel is built, and by the engine too.
     let zero_chunk: Arc<dyn KeyRule> = Arc::new(Mask::Chunked { chunk: 0 });
     assert!(RuleAttention::new("bad", zero_chunk.clone(), None).is_err());

@@ -5,17 +5,21 @@
 //! `Arc<dyn AttentionKernel>`; layouts are head-major so that a kernel can hand a range of
 //! heads to another kernel (per-head mixes) without copying.
 
+pub mod head_mix;
 pub mod naive;
 pub mod rule;
 pub mod sink_window;
 pub mod star;
 pub mod tiled;
+pub mod top_k_pages;
 
+pub use head_mix::HeadMix;
 pub use naive::NaiveAttention;
 pub use rule::RuleAttention;
 pub use sink_window::SinkWindow;
 pub use star::{StarAttention, StarRule};
 pub use tiled::{merge_partial, TiledAttention};
+pub use top_k_pages::{PageSummary, TopKPages};
 
 use std::ops::Range;
 

@@ -248,3 +248,53 @@ pub fn check_causal(
     }
     Ok(())
 }
+
+/// Changing the key and value at one position of KV head `kv_head` changes exactly the rows
+/// that `visible(query head, query position, key position)` says see it; positions past
+/// `kv_len` are invisible to every row. The layer's scale is made small first, so that every
+/// visible key's weight is large enough for the change to show.
+pub fn check_only_visible_keys_change_rows(
+    case: &Case,
+    kernel: &dyn AttentionKernel,
+    kv_head: usize,
+    visible: &dyn Fn(usize, usize, usize) -> bool,
+) -> Result<(), TestCaseError> {
+    let flat = Case {
+        layer: LayerAttention {
+            scale: 0.1,
+            ..case.layer
+        },
+        ..case.clone()
+    };
+    let input = flat.input();
+    let d = flat.head_dim;
+    let before = flat.run(kernel);
+    for position in 0..flat.kv_capacity {
+        let mut perturbed = flat.clone();
+        let start = (kv_head * flat.kv_capacity + position) * d;
+        for x in start..start + d {
+            perturbed.k[x] += 0.5;
+            perturbed.v[x] += 4.0;
+        }
+        let after = perturbed.run(kernel);
+        for h in 0..flat.n_q_heads {
+            for i in 0..flat.n_queries {
+                let row = (h * flat.n_queries + i) * d..(h * flat.n_queries + i + 1) * d;
+                let shown = h / input.group_size() == kv_head
+                    && position < flat.kv_len
+                    && visible(h, input.query_position(i), position);
+                let changed = before[row.clone()] != after[row];
+                prop_assert_eq!(
+                    changed,
+                    shown,
+                    "{}: head {} row {} key {}",
+                    kernel.name(),
+                    h,
+                    i,
+                    position
+                );
+            }
+        }
+    }
+    Ok(())
+}
