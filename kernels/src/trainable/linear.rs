@@ -244,7 +244,7 @@ impl Mixing {
     fn one_chunk(&self, state: &Tensor) -> Result<(Tensor, Tensor)> {
         let (batch, heads, len, _, _) = self.dims()?;
         let device = self.q.device();
-        let causal = ops::lower_triangle(len, false, device)?;
+        let causal = ops::causal_mask(len, device)?;
         let cumulative = match &self.log_decay {
             // A prefix sum as a product with the lower triangle (candle's `cumsum` needs a
             // contiguous input, and this chunk is a narrowed view).
@@ -255,10 +255,9 @@ impl Mixing {
         let new_values = match &self.rule {
             UpdateRule::Additive => self.v.clone(),
             UpdateRule::Delta { beta } => {
-                let strict = ops::lower_triangle(len, true, device)?;
-                let system = decayed_scores(&self.k, &self.k, &cumulative, &causal)?
-                    .broadcast_mul(&strict)?
-                    .broadcast_mul(beta)?;
+                // Only the part below the diagonal is read by the substitution.
+                let system =
+                    decayed_scores(&self.k, &self.k, &cumulative, &causal)?.broadcast_mul(beta)?;
                 let gamma = cumulative.exp()?;
                 let right = Tensor::cat(
                     &[
@@ -312,8 +311,8 @@ fn decayed_scores(a: &Tensor, c: &Tensor, cumulative: &Tensor, causal: &Tensor) 
     }
 }
 
-/// Solves `(I + A) X = R` for a strictly lower-triangular `A` `[b, h, L, L]` and `R`
-/// `[b, h, L, n]`, row by row: `X_t = R_t − A[t, :t] X[:t]`.
+/// Solves `(I + A) X = R` for the strictly lower-triangular part of `A` `[b, h, L, L]` (the
+/// rest is never read) and `R` `[b, h, L, n]`, row by row: `X_t = R_t − A[t, :t] X[:t]`.
 fn forward_substitution(system: &Tensor, right: &Tensor) -> Result<Tensor> {
     let len = right.dim(2)?;
     let mut solved = right.narrow(2, 0, 1)?;

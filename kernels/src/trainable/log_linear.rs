@@ -170,7 +170,7 @@ impl LogLinearMixing {
         for (index, start) in (0..seq).step_by(chunk).enumerate() {
             let len = chunk.min(seq - start);
             let part = self.narrow(start, len)?;
-            let causal = ops::lower_triangle(len, false, device)?;
+            let causal = ops::causal_mask(len, device)?;
             let (decay, decay_to_query, decay_to_end, decay_over_chunk) = match &part.log_decay {
                 Some(log_decay) => {
                     let cumulative = causal

@@ -69,15 +69,11 @@ pub fn divide_by_normalizer(out: &Tensor) -> Result<Tensor> {
     values.broadcast_div(&normalizer)
 }
 
-/// A lower-triangular `[n, n]` matrix of ones, with the diagonal (`strict == false`) or
-/// without it.
-pub fn lower_triangle(n: usize, strict: bool, device: &candle_core::Device) -> Result<Tensor> {
+/// The causal mask of `n` positions: a lower-triangular `[n, n]` matrix of ones, diagonal
+/// included.
+pub fn causal_mask(n: usize, device: &candle_core::Device) -> Result<Tensor> {
     let values: Vec<f32> = (0..n * n)
-        .map(|index| {
-            let (row, col) = (index / n, index % n);
-            let visible = if strict { col < row } else { col <= row };
-            f32::from(u8::from(visible))
-        })
+        .map(|index| f32::from(u8::from(index % n <= index / n)))
         .collect();
     Tensor::from_vec(values, (n, n), device)
 }
