@@ -224,7 +224,7 @@ fn smollm2_next_token_kl_falls_as_the_latent_rank_grows() {
         let weight_error = factors
             .iter()
             .map(|f| {
-                let energy = |s: &[f64]| s.iter().map(|v| v * v).sum::<f64>();
+                let energy = |s: &[f64]| s.iter().fold(0.0, |sum, v| sum + v * v);
                 let sigma = f.singular_values();
                 (energy(&sigma[rank..]) / energy(sigma)).sqrt()
             })
