@@ -5,9 +5,13 @@
 //! `Arc<dyn AttentionKernel>`; layouts are head-major so that a kernel can hand a range of
 //! heads to another kernel (per-head mixes) without copying.
 
+pub mod differential;
+pub mod multi_token;
 pub mod naive;
 pub mod tiled;
 
+pub use differential::DifferentialKernel;
+pub use multi_token::MultiTokenKernel;
 pub use naive::NaiveAttention;
 pub use tiled::TiledAttention;
 
