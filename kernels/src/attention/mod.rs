@@ -5,7 +5,9 @@
 //! `Arc<dyn AttentionKernel>`; layouts are head-major so that a kernel can hand a range of
 //! heads to another kernel (per-head mixes) without copying.
 
+pub mod differential;
 pub mod head_mix;
+pub mod multi_token;
 pub mod naive;
 pub mod rule;
 pub mod sink_window;
@@ -13,7 +15,9 @@ pub mod star;
 pub mod tiled;
 pub mod top_k_pages;
 
+pub use differential::DifferentialKernel;
 pub use head_mix::HeadMix;
+pub use multi_token::MultiTokenKernel;
 pub use naive::NaiveAttention;
 pub use rule::RuleAttention;
 pub use sink_window::SinkWindow;

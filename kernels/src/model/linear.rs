@@ -52,6 +52,38 @@ impl Linear {
         })
     }
 
+    /// An f32 weight `[out_dim, in_dim]`, row-major, applied in f32 through candle.
+    pub fn from_f32(weight: Vec<f32>, out_dim: usize, in_dim: usize) -> Result<Self> {
+        if weight.len() != out_dim * in_dim {
+            return Err(Error::InvalidRequest(format!(
+                "linear layer: {} weights do not fill [{out_dim}, {in_dim}]",
+                weight.len()
+            )));
+        }
+        Ok(Self {
+            weight: Weight::Candle(QMatMul::Tensor(Tensor::from_vec(
+                weight,
+                (out_dim, in_dim),
+                &Device::Cpu,
+            )?)),
+            out_dim,
+            in_dim,
+        })
+    }
+
+    /// The weight `[out_dim, in_dim]` as f32, row-major (dequantized if stored quantized).
+    pub fn to_f32(&self) -> Result<Vec<f32>> {
+        let tensor = match &self.weight {
+            Weight::Own(matrix) => matrix.to_qtensor()?.dequantize(&Device::Cpu)?,
+            Weight::Candle(QMatMul::QTensor(qtensor)) => qtensor.dequantize(&Device::Cpu)?,
+            Weight::Candle(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => t.clone(),
+        };
+        Ok(tensor
+            .to_dtype(candle_core::DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?)
+    }
+
     /// `x` is `[rows, in_dim]`; returns `[rows, out_dim]`.
     pub fn forward(&self, x: &[f32]) -> Result<Vec<f32>> {
         if self.in_dim == 0 || !x.len().is_multiple_of(self.in_dim) {

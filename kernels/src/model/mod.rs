@@ -248,6 +248,44 @@ impl Model {
         self.kernels.iter_mut().for_each(|k| *k = kernel.clone());
     }
 
+    /// The key and value projection weights of `layer`, `[kv_dim, d_model]` each, row-major,
+    /// as f32 (dequantized if stored quantized). Biases are not included.
+    pub fn kv_projection_f32(&self, layer: usize) -> Result<(Vec<f32>, Vec<f32>)> {
+        let block = self.block(layer)?;
+        Ok((block.k.to_f32()?, block.v.to_f32()?))
+    }
+
+    /// Replaces the key and value projection weights of `layer` by f32 weights
+    /// `[kv_dim, d_model]`, row-major; biases stay as they are. This is how a low-rank
+    /// factorisation `W = U · D` runs in the model: `W h = U (D h)`, so keys and values from
+    /// the product weights are those rebuilt from the latent `D h`, up to float rounding.
+    pub fn set_kv_projection(&mut self, layer: usize, w_k: Vec<f32>, w_v: Vec<f32>) -> Result<()> {
+        let (kv_dim, d) = (self.config.kv_dim(), self.config.d_model);
+        self.block(layer)?;
+        for (name, weights) in [("keys", &w_k), ("values", &w_v)] {
+            if weights.len() != kv_dim * d {
+                return Err(Error::InvalidRequest(format!(
+                    "layer {layer}: {name} projection needs [{kv_dim}, {d}] = {} weights, got {}",
+                    kv_dim * d,
+                    weights.len()
+                )));
+            }
+        }
+        let block = &mut self.blocks[layer];
+        block.k = Linear::from_f32(w_k, kv_dim, d)?;
+        block.v = Linear::from_f32(w_v, kv_dim, d)?;
+        Ok(())
+    }
+
+    fn block(&self, layer: usize) -> Result<&Block> {
+        self.blocks.get(layer).ok_or_else(|| {
+            Error::InvalidRequest(format!(
+                "layer {layer} does not exist (the model has {})",
+                self.blocks.len()
+            ))
+        })
+    }
+
     pub fn attention_kernel(&self, layer: usize) -> Option<&Arc<dyn AttentionKernel>> {
         self.kernels.get(layer)
     }

@@ -116,6 +116,16 @@ impl QuantMatrix {
         }))
     }
 
+    /// The same bytes as a candle `QTensor` again, for dequantizing or handing to candle.
+    pub fn to_qtensor(&self) -> Result<QTensor> {
+        let storage = candle_core::quantized::QStorage::from_data(
+            std::borrow::Cow::Borrowed(&self.data),
+            &candle_core::Device::Cpu,
+            self.format.dtype(),
+        )?;
+        Ok(QTensor::new(storage, (self.out_dim, self.in_dim))?)
+    }
+
     /// Weight row `o`, as GGUF stores it.
     fn row(&self, o: usize) -> &[u8] {
         &self.data[o * self.row_bytes..(o + 1) * self.row_bytes]

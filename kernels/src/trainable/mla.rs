@@ -21,8 +21,11 @@ use candle_core::{Device, Tensor, Var};
 use super::causal::{
     append, causal_softmax, fan_in_std, merge_heads, project, split_heads, to_candle,
 };
+use super::svd::Svd;
 use super::{Mixer, Params};
+use crate::model::Model;
 use crate::{Error, Result};
+use rayon::prelude::*;
 
 /// Sizes of an MLA mixer.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -312,4 +315,195 @@ impl RotaryTable {
         let rotated_2 = (x2.broadcast_mul(&self.cos)? + x1.broadcast_mul(&self.sin)?)?;
         Ok(Tensor::cat(&[rotated_1, rotated_2], last)?)
     }
+}
+
+/// One layer's stacked key and value projection `[W_K; W_V]` (`[2 · kv_dim, d_model]`),
+/// decomposed once by SVD and ready to be cut to any rank.
+#[derive(Clone, Debug)]
+pub struct KvFactorization {
+    kv_dim: usize,
+    d_model: usize,
+    svd: Svd,
+}
+
+impl KvFactorization {
+    /// `w_k` and `w_v` are `[kv_dim, d_model]`, row-major.
+    pub fn new(w_k: &[f32], w_v: &[f32], kv_dim: usize, d_model: usize) -> Result<Self> {
+        if w_k.len() != kv_dim * d_model || w_v.len() != kv_dim * d_model {
+            return Err(Error::InvalidRequest(format!(
+                "KV factorization: W_K has {} and W_V {} weights, expected [{kv_dim}, {d_model}]",
+                w_k.len(),
+                w_v.len()
+            )));
+        }
+        let stacked: Vec<f64> = w_k.iter().chain(w_v).map(|&w| f64::from(w)).collect();
+        Ok(Self {
+            kv_dim,
+            d_model,
+            svd: Svd::new(&stacked, 2 * kv_dim, d_model)?,
+        })
+    }
+
+    /// The factorization of `model`'s layer `layer`.
+    pub fn of_layer(model: &Model, layer: usize) -> Result<Self> {
+        let (w_k, w_v) = model.kv_projection_f32(layer)?;
+        Self::new(&w_k, &w_v, model.config.kv_dim(), model.config.d_model)
+    }
+
+    /// The largest useful rank, `min(2 · kv_dim, d_model)`: there the latent form is exact.
+    pub fn max_rank(&self) -> usize {
+        self.svd.singular_values.len()
+    }
+
+    pub fn singular_values(&self) -> &[f64] {
+        &self.svd.singular_values
+    }
+
+    /// The best rank-`rank` latent form (Eckart–Young): `c = Σ_r V_rᵀ h`, `[k; v] = U_r c`.
+    pub fn latent_kv(&self, rank: usize) -> Result<LatentKv> {
+        let (up, down) = self.svd.rank_factors(rank).map_err(|_| {
+            Error::InvalidRequest(format!(
+                "KV latent rank {rank} must be between 1 and {} (min of 2 · kv_dim and d_model)",
+                self.max_rank()
+            ))
+        })?;
+        Ok(LatentKv {
+            rank,
+            kv_dim: self.kv_dim,
+            d_model: self.d_model,
+            down,
+            up,
+        })
+    }
+}
+
+/// A layer's keys and values rebuilt from an `rank`-wide latent per token, MLA style: only
+/// the latent would be cached, `rank` floats per token instead of `2 · kv_dim`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LatentKv {
+    pub rank: usize,
+    pub kv_dim: usize,
+    pub d_model: usize,
+    /// `Σ_r V_rᵀ`, `[rank, d_model]`: hidden state → latent.
+    pub down: Vec<f64>,
+    /// `U_r`, `[2 · kv_dim, rank]`: latent → keys (first `kv_dim` rows), then values.
+    pub up: Vec<f64>,
+}
+
+impl LatentKv {
+    /// Latents of `hidden` rows (`[n, d_model]`, after the block's input norm): `[n, rank]`.
+    pub fn latents(&self, hidden: &[f32]) -> Result<Vec<f64>> {
+        if !hidden.len().is_multiple_of(self.d_model) {
+            return Err(Error::InvalidRequest(format!(
+                "KV latents: {} values are not whole rows of {}",
+                hidden.len(),
+                self.d_model
+            )));
+        }
+        Ok(hidden
+            .chunks_exact(self.d_model)
+            .flat_map(|h| {
+                self.down.chunks_exact(self.d_model).map(move |row| {
+                    row.iter()
+                        .zip(h)
+                        .map(|(w, &x)| w * f64::from(x))
+                        .sum::<f64>()
+                })
+            })
+            .collect())
+    }
+
+    /// Keys and values (`[n, kv_dim]` each) rebuilt from `latents` (`[n, rank]`).
+    pub fn keys_values(&self, latents: &[f64]) -> Result<(Vec<f64>, Vec<f64>)> {
+        if !latents.len().is_multiple_of(self.rank) {
+            return Err(Error::InvalidRequest(format!(
+                "KV latents: {} values are not whole rows of rank {}",
+                latents.len(),
+                self.rank
+            )));
+        }
+        let (mut keys, mut values) = (Vec::new(), Vec::new());
+        for c in latents.chunks_exact(self.rank) {
+            for (o, row) in self.up.chunks_exact(self.rank).enumerate() {
+                let out = row.iter().zip(c).map(|(u, c)| u * c).sum::<f64>();
+                if o < self.kv_dim {
+                    keys.push(out);
+                } else {
+                    values.push(out);
+                }
+            }
+        }
+        Ok((keys, values))
+    }
+
+    /// The product weights `U_r Σ_r V_rᵀ` as `(W_K, W_V)`, `[kv_dim, d_model]` each: what
+    /// [`Model::set_kv_projection`] takes, and the same map as the latent form.
+    pub fn projection_weights(&self) -> (Vec<f32>, Vec<f32>) {
+        let (r, d) = (self.rank, self.d_model);
+        let mut product = vec![0f64; 2 * self.kv_dim * d];
+        for (out_row, up_row) in product.chunks_exact_mut(d).zip(self.up.chunks_exact(r)) {
+            for (u, down_row) in up_row.iter().zip(self.down.chunks_exact(d)) {
+                out_row
+                    .iter_mut()
+                    .zip(down_row)
+                    .for_each(|(o, w)| *o += u * w);
+            }
+        }
+        let mut w_k: Vec<f32> = product.iter().map(|&w| w as f32).collect();
+        let w_v = w_k.split_off(self.kv_dim * d);
+        (w_k, w_v)
+    }
+}
+
+/// What a model-wide KV conversion did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct KvConversion {
+    pub rank: usize,
+    /// f32 KV cache bytes per token over all layers, before (full keys and values).
+    pub kv_bytes_per_token_before: usize,
+    /// The same with only the latents cached.
+    pub kv_bytes_per_token_latent: usize,
+}
+
+/// Decomposes every layer's key and value projections (in parallel over layers).
+pub fn factorize_model_kv(model: &Model) -> Result<Vec<KvFactorization>> {
+    (0..model.config.n_layers())
+        .into_par_iter()
+        .map(|layer| KvFactorization::of_layer(model, layer))
+        .collect()
+}
+
+/// Puts the rank-`rank` cut of `factors` (one per layer, from [`factorize_model_kv`] on the
+/// original weights) into `model`, as f32 product weights.
+pub fn apply_kv_rank(
+    model: &mut Model,
+    factors: &[KvFactorization],
+    rank: usize,
+) -> Result<KvConversion> {
+    let n_layers = model.config.n_layers();
+    if factors.len() != n_layers {
+        return Err(Error::InvalidRequest(format!(
+            "KV conversion: {} factorizations for a model of {n_layers} layers",
+            factors.len()
+        )));
+    }
+    for (layer, factor) in factors.iter().enumerate() {
+        let (w_k, w_v) = factor.latent_kv(rank)?.projection_weights();
+        model.set_kv_projection(layer, w_k, w_v)?;
+    }
+    let f32_bytes = std::mem::size_of::<f32>();
+    Ok(KvConversion {
+        rank,
+        kv_bytes_per_token_before: n_layers * 2 * model.config.kv_dim() * f32_bytes,
+        kv_bytes_per_token_latent: n_layers * rank * f32_bytes,
+    })
+}
+
+/// Converts every layer of a pretrained model to rank-`rank` latent keys and values by SVD,
+/// without training (the MLA idea applied to a GQA model). The model then runs the product
+/// weights, which give the same keys and values as the latent form; the cache the latent
+/// form needs is reported in the result.
+pub fn convert_model_kv(model: &mut Model, rank: usize) -> Result<KvConversion> {
+    let factors = factorize_model_kv(model)?;
+    apply_kv_rank(model, &factors, rank)
 }

@@ -13,7 +13,8 @@
 //! ```
 //! The query axis looks only backwards (`a >= 0`), the key axis both ways, but every key it
 //! reads beyond the query is zero, so the whole is causal. With `θ_h` = 1 at `[0, half]` and
-//! `M` = identity it is standard attention; both start there.
+//! `M` = identity it is standard attention; both start there. Heads are mixed after the
+//! softmax; the paper's group normalisation of the head outputs is left out.
 
 use candle_core::{Device, IndexOp, Tensor, Var};
 
