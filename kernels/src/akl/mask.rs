@@ -95,7 +95,9 @@ impl IntTerm {
             IntExpr::Q => IntTerm::Q,
             IntExpr::Kv => IntTerm::Kv,
             IntExpr::Lit(v) if v.abs() > MAX_POSITION => {
-                return Err(format!("{v} is an absurd size (the limit is ±{MAX_POSITION})"))
+                return Err(format!(
+                    "{v} is an absurd size (the limit is ±{MAX_POSITION})"
+                ))
             }
             IntExpr::Lit(v) => IntTerm::Const(*v),
             IntExpr::Param(name) => match env.get(name) {
