@@ -478,3 +478,70 @@ fn bad_shapes_are_rejected_by_the_cost_model() {
     assert!(cost(exact, &SHAPE, 0).is_err());
     assert!(compile(exact, 0, 4).is_err());
 }
+
+#[test]
+fn library_masks_agree_with_the_runtime_masks_they_name() {
+    use kernels::attention::Mask;
+    let window = rule_spec(library::checked("window").unwrap());
+    let chunked = rule_spec(library::checked("chunked").unwrap());
+    let (HeadSpec::Rule { mask: window, .. }, HeadSpec::Rule { mask: chunked, .. }) =
+        (window, chunked)
+    else {
+        panic!("window and chunked compile to rules");
+    };
+    let pairs = [
+        (window, Mask::SlidingWindow { window: 1024 }),
+        (chunked, Mask::Chunked { chunk: 8192 }),
+    ];
+    for (compiled, runtime) in pairs {
+        for q in (0..20_000).step_by(97) {
+            for k in (0..20_000).step_by(89) {
+                assert_eq!(
+                    compiled.allows(q, k),
+                    runtime.allows(q, k),
+                    "{} q={q} k={k}",
+                    compiled.text
+                );
+            }
+        }
+        for (queries, keys) in [
+            (0..32, 0..128),
+            (8192..8224, 8064..8192),
+            (9000..9032, 7936..8064),
+            (100..132, 512..640),
+        ] {
+            assert_eq!(
+                compiled.coverage(queries.clone(), keys.clone()),
+                runtime.coverage(queries.clone(), keys.clone()),
+                "{} {queries:?} {keys:?}",
+                compiled.text
+            );
+        }
+    }
+}
+
+#[test]
+fn error_messages_read_well() {
+    let cases = [
+        "(kernel t (param n int 4 (0 64)) (mask (or causal (< kv n))))",
+        "(kernel t (param W int 64 (1 4096)) (mask (and causal (> kv (- q W)))) (cache (keep (> kv (- q 32)))))",
+        "(kernel t (layers (every 6 5) (heads (list 1) (mask (> kv 3)))))",
+    ];
+    let messages: Vec<String> = cases.iter().map(|c| check_error(c)).collect();
+    assert_eq!(
+        messages[0],
+        "mask: not provably within causal: the case `(< kv n)` may let a query see a future key (kv > q); \
+         for example q=0 sees kv=1; add `causal` to the conjunction"
+    );
+    assert_eq!(
+        messages[1],
+        "cache: the cache may drop a key the mask still shows: the case \
+         `(and causal (> kv (- q W)) (not (> kv (- q 32))))` is not excluded; \
+         for example key 0 is dropped at position 32 but query 32 sees it; keep is `(> kv (- q 32))`"
+    );
+    assert!(
+        messages[2].starts_with("(layers (every 6 5)) (heads (list 1)) mask: not provably"),
+        "{}",
+        messages[2]
+    );
+}
