@@ -545,3 +545,22 @@ fn error_messages_read_well() {
         messages[2]
     );
 }
+
+#[test]
+fn written_order_of_list_indices_and_options_does_not_change_the_hash() {
+    let a =
+        parse("(kernel t (layers (list 5 0 3) exact) (mechanism gla (gate_rank 8) (chunk 32)))")
+            .unwrap();
+    let b =
+        parse("(kernel t (mechanism gla (chunk 32) (gate_rank 8)) (layers (list 0 3 5) exact))")
+            .unwrap();
+    assert_eq!(a, b);
+    assert_eq!(a.canonical_hash(), b.canonical_hash());
+    let odd_numbers = "(kernel t (score (+ (* s scale) -3)) (param x float -0.50 (-0.0000001 25e19)) (mask (> kv (+ q -4))))";
+    let program = parse(odd_numbers).unwrap();
+    assert_eq!(
+        print(&program),
+        "(kernel t\n  (param x float -0.5 (-1e-7 2.5e20))\n  (mask (> kv (+ q -4)))\n  (score (+ (* s scale) -3.0)))\n"
+    );
+    assert_eq!(parse(&print(&program)).unwrap(), program);
+}

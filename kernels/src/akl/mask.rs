@@ -376,6 +376,9 @@ impl ScoreTerm {
             ScoreExpr::Q => ScoreTerm::Q,
             ScoreExpr::Kv => ScoreTerm::Kv,
             ScoreExpr::Head => ScoreTerm::Head,
+            ScoreExpr::Lit(v) if !v.is_finite() => {
+                return Err(format!("the number {v} is not finite"))
+            }
             ScoreExpr::Lit(v) => ScoreTerm::Const(*v),
             ScoreExpr::Param(name) => match env.get(name) {
                 Some(value) => ScoreTerm::Const(value.as_f64()),
