@@ -70,10 +70,17 @@ fn numbers_print_in_one_form() {
         "(score (* cap (tanh (/ (* s scale) cap)))) (mechanism differential (lambda_init 1))",
     );
     let printed = print(&parse(&text).unwrap());
-    assert!(printed.contains("(param cap float 30.0 (1.0 100.0))"), "{printed}");
+    assert!(
+        printed.contains("(param cap float 30.0 (1.0 100.0))"),
+        "{printed}"
+    );
     assert!(printed.contains("(lambda_init 1.0)"), "{printed}");
-    let options_reordered = print(&parse("(kernel m (mechanism mamba2 (conv 2) (chunk 32)))").unwrap());
-    assert!(options_reordered.contains("(mechanism mamba2 (chunk 32) (conv 2))"), "{options_reordered}");
+    let options_reordered =
+        print(&parse("(kernel m (mechanism mamba2 (conv 2) (chunk 32)))").unwrap());
+    assert!(
+        options_reordered.contains("(mechanism mamba2 (chunk 32) (conv 2))"),
+        "{options_reordered}"
+    );
 }
 
 #[test]
@@ -98,7 +105,11 @@ fn syntax_errors_name_line_column_and_what_was_expected() {
     assert!(e.to_string().contains("more argument"), "{e}");
     let e = parse("(kernel k) (kernel j)").unwrap_err();
     assert_eq!((e.line, e.col), (1, 12));
-    let deep = format!("(kernel k (mask {}causal{}))", "(not ".repeat(100), ")".repeat(100));
+    let deep = format!(
+        "(kernel k (mask {}causal{}))",
+        "(not ".repeat(100),
+        ")".repeat(100)
+    );
     assert!(parse(&deep).unwrap_err().expected.contains("nested"));
 }
 
@@ -126,11 +137,19 @@ fn masks_within_causal_are_proven() {
 
 #[test]
 fn masks_not_within_causal_are_rejected_with_the_case_and_an_example() {
-    let e = check_error(&rule("(param n int 4 (0 64))", "(mask (or causal (< kv n)))"));
+    let e = check_error(&rule(
+        "(param n int 4 (0 64))",
+        "(mask (or causal (< kv n)))",
+    ));
     assert!(e.starts_with("mask: not provably within causal"), "{e}");
     assert!(e.contains("`(< kv n)`"), "{e}");
     assert!(e.contains("for example q=0 sees kv=1"), "{e}");
-    for mask in ["true", "(> kv (- q 8))", "(== (div kv 4) (div q 4))", "(not causal)"] {
+    for mask in [
+        "true",
+        "(> kv (- q 8))",
+        "(== (div kv 4) (div q 4))",
+        "(not causal)",
+    ] {
         let e = check_error(&rule("", &format!("(mask {mask})")));
         assert!(e.contains("not provably within causal"), "{mask}: {e}");
     }
@@ -142,17 +161,33 @@ fn masks_not_within_causal_are_rejected_with_the_case_and_an_example() {
 #[test]
 fn out_of_range_and_absurd_sizes_are_rejected() {
     let cases = [
-        ("(param W int 5000 (pow2 128 4096))", "", "default 5000 is not a power of two in 128..=4096"),
+        (
+            "(param W int 5000 (pow2 128 4096))",
+            "",
+            "default 5000 is not a power of two in 128..=4096",
+        ),
         ("(param W int 100 (pow2 128 4096))", "", "default 100"),
-        ("(param W int 1000000000000000 (1 1000000000000000))", "", "absurd size"),
+        (
+            "(param W int 1000000000000000 (1 1000000000000000))",
+            "",
+            "absurd size",
+        ),
         ("(param W int 8 (9 4))", "", "empty range"),
         ("(param cap float 0.5 (1.0 2.0))", "", "default 0.5"),
         ("(param q int 1 (0 4))", "", "reserved name"),
         ("", "(tile q 0 kv 128)", "q tile 0 is not in 1..=4096"),
         ("", "(tile q 32 kv 8192)", "kv tile 8192"),
         ("", "(select (page 0) (top 4) (summary mean))", "page 0"),
-        ("", "(mask (and causal (> kv (- q 1000000000000))))", "absurd size"),
-        ("", "(mask (and causal (> kv (* 100000 (* 100000 (- q 8))))))", "reaches"),
+        (
+            "",
+            "(mask (and causal (> kv (- q 1000000000000))))",
+            "absurd size",
+        ),
+        (
+            "",
+            "(mask (and causal (> kv (* 100000 (* 100000 (- q 8))))))",
+            "reaches",
+        ),
         ("", "(heads (list 2000) exact)", "head index 2000"),
         ("", "(heads (range 4 4) exact)", "(range 4 4)"),
     ];
@@ -169,11 +204,17 @@ fn out_of_range_and_absurd_sizes_are_rejected() {
 #[test]
 fn unknown_names_are_rejected_by_name() {
     let e = check_error("(kernel t (mechanism flash9))");
-    assert!(e.contains("unknown mechanism `flash9`") && e.contains("gated_deltanet"), "{e}");
+    assert!(
+        e.contains("unknown mechanism `flash9`") && e.contains("gated_deltanet"),
+        "{e}"
+    );
     let e = check_error("(kernel t (mechanism mamba2 (heads 3)))");
     assert!(e.contains("unknown option `heads`"), "{e}");
     let e = check_error("(kernel t (mechanism mamba2 (chunk 48)))");
-    assert!(e.contains("chunk must be a power of two from 1 to 1024"), "{e}");
+    assert!(
+        e.contains("chunk must be a power of two from 1 to 1024"),
+        "{e}"
+    );
     let e = check_error("(kernel t (mechanism linear (feature_map softmax)))");
     assert!(e.contains("one of elu_plus_one, relu, identity"), "{e}");
     let e = check_error("(kernel t (layers all windw))");
@@ -210,16 +251,34 @@ fn rule_shapes_that_make_no_sense_are_rejected() {
 fn a_cache_must_keep_every_key_the_mask_can_still_show() {
     let window = "(param W int 64 (1 4096))";
     let mask = "(mask (and causal (> kv (- q W))))";
-    checked(&rule(window, &format!("{mask} (cache (keep (> kv (- q W))))")));
-    checked(&rule(window, &format!("{mask} (cache (keep (> kv (- q 100))))")));
+    checked(&rule(
+        window,
+        &format!("{mask} (cache (keep (> kv (- q W))))"),
+    ));
+    checked(&rule(
+        window,
+        &format!("{mask} (cache (keep (> kv (- q 100))))"),
+    ));
     checked(&rule(window, &format!("{mask} (cache all)")));
-    let e = check_error(&rule(window, &format!("{mask} (cache (keep (> kv (- q 32))))")));
-    assert!(e.starts_with("cache: the cache may drop a key the mask still shows"), "{e}");
+    let e = check_error(&rule(
+        window,
+        &format!("{mask} (cache (keep (> kv (- q 32))))"),
+    ));
+    assert!(
+        e.starts_with("cache: the cache may drop a key the mask still shows"),
+        "{e}"
+    );
     assert!(e.contains("for example key"), "{e}");
     // A chunk's keys are needed until the chunk ends.
     let chunked = "(mask (and causal (== (div kv 16) (div q 16))))";
-    checked(&rule("", &format!("{chunked} (cache (keep (== (div kv 16) (div q 16))))")));
-    let e = check_error(&rule("", &format!("{chunked} (cache (keep (> kv (- q 8))))")));
+    checked(&rule(
+        "",
+        &format!("{chunked} (cache (keep (== (div kv 16) (div q 16))))"),
+    ));
+    let e = check_error(&rule(
+        "",
+        &format!("{chunked} (cache (keep (> kv (- q 8))))"),
+    ));
     assert!(e.contains("may drop a key"), "{e}");
     // Keeping only sinks loses the window.
     let e = check_error(&rule(
@@ -262,7 +321,10 @@ fn scores_evaluate_the_expression_at_the_layer_scale() {
         "(param cap float 5.0 (1.0 50.0)) (param slope float 0.5 (0.0 1.0))",
         "(score (- (* cap (tanh (/ (* s scale) cap))) (* slope (- q kv))))",
     ));
-    let HeadSpec::Rule { score: Some(score), .. } = rule_spec(&program) else {
+    let HeadSpec::Rule {
+        score: Some(score), ..
+    } = rule_spec(&program)
+    else {
         panic!("a modified score compiles to HeadSpec::Rule with a score");
     };
     let (s, scale) = (3.0f64, 0.25f64);
@@ -270,32 +332,55 @@ fn scores_evaluate_the_expression_at_the_layer_scale() {
     assert!((score.eval(0, 9, 4, s, scale) - expected).abs() < 1e-12);
     let modifier = score.at_scale(scale as f32);
     let modified = modifier.modify(0, 9, 4, (s * scale) as f32);
-    assert!((f64::from(modified) - expected).abs() < 1e-5, "{modified} vs {expected}");
+    assert!(
+        (f64::from(modified) - expected).abs() < 1e-5,
+        "{modified} vs {expected}"
+    );
 }
 
 #[test]
 fn plans_name_the_right_spec_for_each_kind_of_rule() {
     assert!(matches!(rule_spec(&checked("(kernel t)")), HeadSpec::Exact));
-    assert!(matches!(rule_spec(&checked("(kernel t (mask causal) (score (* scale s)))")), HeadSpec::Exact));
-    let HeadSpec::Rule { keep: Some(_), q_tile: 32, kv_tile: 128, .. } =
-        rule_spec(library::checked("sink_window").unwrap())
+    assert!(matches!(
+        rule_spec(&checked("(kernel t (mask causal) (score (* scale s)))")),
+        HeadSpec::Exact
+    ));
+    let HeadSpec::Rule {
+        keep: Some(_),
+        q_tile: 32,
+        kv_tile: 128,
+        ..
+    } = rule_spec(library::checked("sink_window").unwrap())
     else {
         panic!("sink_window keeps a sink and window cache");
     };
     assert!(matches!(
         rule_spec(library::checked("quest").unwrap()),
-        HeadSpec::Select { page: 16, top: 64, .. }
+        HeadSpec::Select {
+            page: 16,
+            top: 64,
+            ..
+        }
     ));
     assert!(matches!(
         rule_spec(library::checked("star").unwrap()),
-        HeadSpec::Star { block: 256, context: 4096 }
+        HeadSpec::Star {
+            block: 256,
+            context: 4096
+        }
     ));
-    let HeadSpec::Mechanism { name, options } = rule_spec(&checked("(kernel t (mechanism mamba2 (conv 2)))")) else {
+    let HeadSpec::Mechanism { name, options } =
+        rule_spec(&checked("(kernel t (mechanism mamba2 (conv 2)))"))
+    else {
         panic!("a mechanism compiles to HeadSpec::Mechanism");
     };
     assert_eq!(name, "mamba2");
     let keys: Vec<&str> = options.iter().map(|(k, _)| k.as_str()).collect();
-    assert_eq!(keys, ["chunk", "state", "conv"], "defaults are filled in, in table order");
+    assert_eq!(
+        keys,
+        ["chunk", "state", "conv"],
+        "defaults are filled in, in table order"
+    );
     // Selectors beyond the model match nothing; equal rules share one compiled mask.
     let program = checked("(kernel t (layers (list 1 40) window) (layers (list 2) window))");
     let plans = compile(&program, 3, 2).unwrap();
@@ -329,10 +414,15 @@ fn exact_cost_follows_the_closed_form() {
         .step_by(32)
         .map(|start| {
             let last_row = (start + 31).min(t - 1);
-            (0..=last_row / 128).map(|j| ((j + 1) * 128).min(t) - j * 128).sum::<usize>()
+            (0..=last_row / 128)
+                .map(|j| ((j + 1) * 128).min(t) - j * 128)
+                .sum::<usize>()
         })
         .sum();
-    assert_eq!(c.kv_bytes_read, keys_read as f64 * (2.0 * 8.0 * 4.0) * 2.0 * 2.0);
+    assert_eq!(
+        c.kv_bytes_read,
+        keys_read as f64 * (2.0 * 8.0 * 4.0) * 2.0 * 2.0
+    );
 }
 
 #[test]
@@ -344,16 +434,35 @@ fn windows_cost_less_than_exact_and_caches_hold_less() {
     let pairs = (w * (w + 1.0) / 2.0) + (t as f64 - w) * w;
     assert_eq!(window.flops, 2.0 * 4.0 * 4.0 * 8.0 * pairs);
     assert!(window.kv_bytes_read < 0.5 * exact.kv_bytes_read);
-    assert_eq!(window.kv_bytes_held_per_token, exact.kv_bytes_held_per_token);
+    assert_eq!(
+        window.kv_bytes_held_per_token,
+        exact.kv_bytes_held_per_token
+    );
     let sinks = cost(library::checked("sink_window").unwrap(), &SHAPE, t).unwrap();
     let kept = (1024.0 + 4.0) / t as f64;
     assert!((sinks.kv_bytes_held_per_token - kept * exact.kv_bytes_held_per_token).abs() < 1e-9);
     for name in library::names() {
         let c = cost(library::checked(name).unwrap(), &SHAPE, t).unwrap();
         assert!(c.flops > 0.0 && c.flops.is_finite(), "{name}: {c:?}");
-        assert!(c.kv_bytes_read > 0.0 && c.kv_bytes_held_per_token > 0.0, "{name}: {c:?}");
-        if ["window", "sink_window", "star", "quest", "moba", "linear", "mamba2"].contains(&name) {
-            assert!(c.flops < exact.flops, "{name} should be cheaper than exact: {c:?} vs {exact:?}");
+        assert!(
+            c.kv_bytes_read > 0.0 && c.kv_bytes_held_per_token > 0.0,
+            "{name}: {c:?}"
+        );
+        if [
+            "window",
+            "sink_window",
+            "star",
+            "quest",
+            "moba",
+            "linear",
+            "mamba2",
+        ]
+        .contains(&name)
+        {
+            assert!(
+                c.flops < exact.flops,
+                "{name} should be cheaper than exact: {c:?} vs {exact:?}"
+            );
         }
     }
 }
@@ -361,8 +470,97 @@ fn windows_cost_less_than_exact_and_caches_hold_less() {
 #[test]
 fn bad_shapes_are_rejected_by_the_cost_model() {
     let exact = library::checked("exact").unwrap();
-    let bad = ModelShape { n_kv_heads: 3, ..SHAPE };
+    let bad = ModelShape {
+        n_kv_heads: 3,
+        ..SHAPE
+    };
     assert!(cost(exact, &bad, 10).is_err());
     assert!(cost(exact, &SHAPE, 0).is_err());
     assert!(compile(exact, 0, 4).is_err());
+}
+
+#[test]
+fn library_masks_agree_with_the_runtime_masks_they_name() {
+    use kernels::attention::Mask;
+    let window = rule_spec(library::checked("window").unwrap());
+    let chunked = rule_spec(library::checked("chunked").unwrap());
+    let (HeadSpec::Rule { mask: window, .. }, HeadSpec::Rule { mask: chunked, .. }) =
+        (window, chunked)
+    else {
+        panic!("window and chunked compile to rules");
+    };
+    let pairs = [
+        (window, Mask::SlidingWindow { window: 1024 }),
+        (chunked, Mask::Chunked { chunk: 8192 }),
+    ];
+    for (compiled, runtime) in pairs {
+        for q in (0..20_000).step_by(97) {
+            for k in (0..20_000).step_by(89) {
+                assert_eq!(
+                    compiled.allows(q, k),
+                    runtime.allows(q, k),
+                    "{} q={q} k={k}",
+                    compiled.text
+                );
+            }
+        }
+        for (queries, keys) in [
+            (0..32, 0..128),
+            (8192..8224, 8064..8192),
+            (9000..9032, 7936..8064),
+            (100..132, 512..640),
+        ] {
+            assert_eq!(
+                compiled.coverage(queries.clone(), keys.clone()),
+                runtime.coverage(queries.clone(), keys.clone()),
+                "{} {queries:?} {keys:?}",
+                compiled.text
+            );
+        }
+    }
+}
+
+#[test]
+fn error_messages_read_well() {
+    let cases = [
+        "(kernel t (param n int 4 (0 64)) (mask (or causal (< kv n))))",
+        "(kernel t (param W int 64 (1 4096)) (mask (and causal (> kv (- q W)))) (cache (keep (> kv (- q 32)))))",
+        "(kernel t (layers (every 6 5) (heads (list 1) (mask (> kv 3)))))",
+    ];
+    let messages: Vec<String> = cases.iter().map(|c| check_error(c)).collect();
+    assert_eq!(
+        messages[0],
+        "mask: not provably within causal: the case `(< kv n)` may let a query see a future key (kv > q); \
+         for example q=0 sees kv=1; add `causal` to the conjunction"
+    );
+    assert_eq!(
+        messages[1],
+        "cache: the cache may drop a key the mask still shows: the case \
+         `(and causal (> kv (- q W)) (not (> kv (- q 32))))` is not excluded; \
+         for example key 0 is dropped at position 32 but query 32 sees it; keep is `(> kv (- q 32))`"
+    );
+    assert!(
+        messages[2].starts_with("(layers (every 6 5)) (heads (list 1)) mask: not provably"),
+        "{}",
+        messages[2]
+    );
+}
+
+#[test]
+fn written_order_of_list_indices_and_options_does_not_change_the_hash() {
+    let a =
+        parse("(kernel t (layers (list 5 0 3) exact) (mechanism gla (gate_rank 8) (chunk 32)))")
+            .unwrap();
+    let b =
+        parse("(kernel t (mechanism gla (chunk 32) (gate_rank 8)) (layers (list 0 3 5) exact))")
+            .unwrap();
+    assert_eq!(a, b);
+    assert_eq!(a.canonical_hash(), b.canonical_hash());
+    let odd_numbers = "(kernel t (score (+ (* s scale) -3)) (param x float -0.50 (-0.0000001 25e19)) (mask (> kv (+ q -4))))";
+    let program = parse(odd_numbers).unwrap();
+    assert_eq!(
+        print(&program),
+        "(kernel t\n  (param x float -0.5 (-1e-7 2.5e20))\n  (mask (> kv (+ q -4)))\n  (score (+ (* s scale) -3.0)))\n"
+    );
+    assert_eq!(parse(&print(&program)).unwrap(), program);
 }

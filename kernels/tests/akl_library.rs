@@ -13,13 +13,30 @@ fn every_library_file_is_canonical_and_checks() {
         .filter(|path| path.extension().is_some_and(|e| e == "akl"))
         .collect();
     files.sort();
-    assert_eq!(files.len(), library::LIBRARY.len(), "every file is embedded in library.rs");
+    assert_eq!(
+        files.len(),
+        library::LIBRARY.len(),
+        "every file is embedded in library.rs"
+    );
     for path in files {
         let text = std::fs::read_to_string(&path).expect("readable file");
         let program = parse(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let stem = path.file_stem().and_then(|s| s.to_str()).expect("utf-8 name");
-        assert_eq!(program.name, stem, "{}: the kernel is named after its file", path.display());
-        assert_eq!(print(&program), text, "{} is not in canonical form", path.display());
+        let stem = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .expect("utf-8 name");
+        assert_eq!(
+            program.name,
+            stem,
+            "{}: the kernel is named after its file",
+            path.display()
+        );
+        assert_eq!(
+            print(&program),
+            text,
+            "{} is not in canonical form",
+            path.display()
+        );
         let checked = check(&program).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         compile(&checked, 12, 8).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         assert_eq!(library::source(stem), Some(text.as_str()));

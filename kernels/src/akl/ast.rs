@@ -29,6 +29,7 @@ pub enum Value {
 }
 
 impl Value {
+    /// The value as a real number (for scores).
     pub fn as_f64(self) -> f64 {
         match self {
             Value::Int(v) => v as f64,
@@ -46,12 +47,6 @@ pub enum ParamRange {
     Pow2 { lo: i64, hi: i64 },
     /// `(LO HI)` for a float parameter.
     Float { lo: f64, hi: f64 },
-}
-
-impl ParamRange {
-    pub fn is_int(self) -> bool {
-        !matches!(self, ParamRange::Float { .. })
-    }
 }
 
 /// What one layer (or one range of heads) does. Absent clauses take their defaults:
@@ -97,6 +92,7 @@ pub enum Selector {
 }
 
 impl Selector {
+    /// Whether the selector picks layer or head `index`.
     pub fn matches(&self, index: usize) -> bool {
         let i = index as i64;
         match self {
@@ -133,6 +129,7 @@ pub enum CmpOp {
 impl CmpOp {
     pub const ALL: [CmpOp; 5] = [CmpOp::Lt, CmpOp::Le, CmpOp::Gt, CmpOp::Ge, CmpOp::Eq];
 
+    /// The operator as AKL spells it.
     pub fn symbol(self) -> &'static str {
         match self {
             CmpOp::Lt => "<",
@@ -143,6 +140,7 @@ impl CmpOp {
         }
     }
 
+    /// Whether `a OP b`.
     pub fn holds(self, a: i64, b: i64) -> bool {
         match self {
             CmpOp::Lt => a < b,
@@ -180,6 +178,7 @@ pub enum IntOp {
 impl IntOp {
     pub const ALL: [IntOp; 5] = [IntOp::Add, IntOp::Sub, IntOp::Mul, IntOp::Div, IntOp::Mod];
 
+    /// The operator as AKL spells it.
     pub fn symbol(self) -> &'static str {
         match self {
             IntOp::Add => "+",
@@ -230,6 +229,7 @@ impl ScoreOp {
         ScoreOp::Max,
     ];
 
+    /// The operator as AKL spells it.
     pub fn symbol(self) -> &'static str {
         match self {
             ScoreOp::Add => "+",

@@ -326,7 +326,7 @@ fn check_keeps_visible(
     };
     let probes = probe_positions(env);
     let example = probes.iter().find_map(|&q| {
-        let keys: Vec<i64> = (q.saturating_sub(40)..=q)
+        let keys: Vec<i64> = ((q - 40).max(0)..=q)
             .chain(probes.iter().copied().filter(|&kv| kv <= q))
             .collect();
         let later = probes.iter().copied().filter(|&l| l >= q);

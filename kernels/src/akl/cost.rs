@@ -3,7 +3,7 @@
 //! Visible pairs are counted row by row by bisecting each row with the mask's interval
 //! arithmetic, so the work grows with the number of pieces per row, not with T².
 
-use super::ast::{OptionValue, Summary};
+use super::ast::{OptionValue, Summary, Tile};
 use super::check::CheckedProgram;
 use super::compile::{compile, star_mask, HeadSpec};
 use super::library;
@@ -179,7 +179,8 @@ fn head_cost(spec: &HeadSpec, shape: &ModelShape, seq_len: usize) -> Result<Cost
             kv_bytes_held_per_token: key_bytes,
         }
     };
-    let exact = || softmax(&CompiledMask::causal(), 32, 128);
+    let (q_tile, kv_tile) = (Tile::DEFAULT.q as usize, Tile::DEFAULT.kv as usize);
+    let exact = || softmax(&CompiledMask::causal(), q_tile, kv_tile);
     Ok(match spec {
         HeadSpec::Exact => exact(),
         HeadSpec::Rule {
@@ -196,7 +197,9 @@ fn head_cost(spec: &HeadSpec, shape: &ModelShape, seq_len: usize) -> Result<Cost
             }
             c
         }
-        HeadSpec::Star { block, context } => softmax(&star_mask(*block, *context)?, 32, 128),
+        HeadSpec::Star { block, context } => {
+            softmax(&star_mask(*block, *context)?, q_tile, kv_tile)
+        }
         HeadSpec::Select {
             page,
             top,
@@ -212,13 +215,24 @@ fn head_cost(spec: &HeadSpec, shape: &ModelShape, seq_len: usize) -> Result<Cost
             };
             let mut attended = 0.0;
             let mut pages_scored = 0.0;
+            let mut keys_read = 0.0;
             for (q, visible) in visible_rows(&mask.term, len).enumerate() {
                 attended += (visible as f64).min(budget);
                 pages_scored += ((q + 1) as f64 / page).ceil();
             }
+            // A query tile reads the union of the pages its rows select: at most its rows'
+            // budgets, and at most the keys of the tiles it would visit without selection.
+            let (q_tile, kv_tile) = (Tile::DEFAULT.q, Tile::DEFAULT.kv);
+            for start in (0..len).step_by(q_tile as usize) {
+                let qs = (start, (start + q_tile).min(len) - 1);
+                let tiles = (0, qs.1 / kv_tile);
+                let visited = keys_in_visited_tiles(&mask.term, qs, tiles, kv_tile, len) as f64;
+                keys_read += visited.min((qs.1 - qs.0 + 1) as f64 * budget);
+            }
             Cost {
                 flops: 4.0 * d * attended + score_flops * pages_scored + build_flops * t / group,
-                kv_bytes_read: attended * key_bytes + pages_scored * summary_floats * F32 / group,
+                kv_bytes_read: keys_read * key_bytes
+                    + pages_scored / q_tile as f64 * summary_floats * F32 / group,
                 kv_bytes_held_per_token: key_bytes + summary_floats * F32 / (page * group),
             }
         }
@@ -265,7 +279,12 @@ fn head_cost(spec: &HeadSpec, shape: &ModelShape, seq_len: usize) -> Result<Cost
                 "mla" => {
                     let latent = option(options, "kv_rank") + option(options, "rope_dim");
                     let per_key = latent * F32 / shape.n_q_heads as f64;
-                    let read = keys_read(&CompiledMask::causal().term, len, 32, 128) as f64;
+                    let read = keys_read(
+                        &CompiledMask::causal().term,
+                        len,
+                        q_tile as i64,
+                        kv_tile as i64,
+                    ) as f64;
                     Cost {
                         flops: causal_pairs * (2.0 * latent + 2.0 * option(options, "kv_rank")),
                         kv_bytes_read: read * per_key,

@@ -403,3 +403,38 @@ pub fn infeasible(constraints: Vec<Constraint>) -> bool {
         system = next;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{infeasible, Constraint};
+
+    fn c(coeffs: &[i128], bound: i128) -> Constraint {
+        Constraint {
+            coeffs: coeffs.to_vec(),
+            bound,
+        }
+    }
+
+    #[test]
+    fn elimination_finds_contradictions_and_only_those() {
+        // x >= 1 and x <= 0.
+        assert!(infeasible(vec![c(&[-1], -1), c(&[1], 0)]));
+        // x <= y, y <= z, z <= x - 1: a cycle that is strictly decreasing.
+        assert!(infeasible(vec![
+            c(&[1, -1, 0], 0),
+            c(&[0, 1, -1], 0),
+            c(&[-1, 0, 1], -1)
+        ]));
+        // x <= y, y <= z, z <= x: satisfiable (all equal).
+        assert!(!infeasible(vec![
+            c(&[1, -1, 0], 0),
+            c(&[0, 1, -1], 0),
+            c(&[-1, 0, 1], 0)
+        ]));
+        // 2x = 1 has a rational solution but no integer one: the gcd tightening sees it.
+        assert!(infeasible(vec![c(&[2], 1), c(&[-2], -1)]));
+        // 0 <= -1 with no variables at all.
+        assert!(infeasible(vec![c(&[0, 0], -1)]));
+        assert!(!infeasible(Vec::new()));
+    }
+}

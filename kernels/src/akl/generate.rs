@@ -273,10 +273,11 @@ impl<R: Rng> Draw<'_, R> {
         let choice = if depth == 0 {
             0
         } else {
-            self.rng.random_range(0..6)
+            self.rng.random_range(0..8)
         };
         match choice {
             0 => MaskExpr::Causal,
+            6 | 7 => MaskExpr::And(vec![MaskExpr::Causal, self.classic_piece()]),
             1 | 2 => MaskExpr::And(vec![MaskExpr::Causal, self.any_mask(depth - 1)]),
             3 => MaskExpr::Or(vec![self.safe_mask(depth - 1), self.safe_mask(depth - 1)]),
             4 => MaskExpr::And(vec![self.any_mask(depth - 1), self.safe_mask(depth - 1)]),
@@ -301,6 +302,44 @@ impl<R: Rng> Draw<'_, R> {
                     };
                     MaskExpr::Not(Box::new(MaskExpr::Compare(flipped, a, b)))
                 }
+            }
+        }
+    }
+
+    /// The pieces known kernels are made of: a window, sinks, chunks, dilation.
+    fn classic_piece(&mut self) -> MaskExpr {
+        let window = self.int_constant();
+        let size = self.divisor();
+        let block = |of: IntExpr, size: &IntExpr| {
+            IntExpr::Binary(IntOp::Div, Box::new(of), Box::new(size.clone()))
+        };
+        match self.rng.random_range(0..4) {
+            0 => MaskExpr::Compare(
+                CmpOp::Gt,
+                IntExpr::Kv,
+                IntExpr::Binary(IntOp::Sub, Box::new(IntExpr::Q), Box::new(window)),
+            ),
+            1 => MaskExpr::Or(vec![
+                MaskExpr::Compare(CmpOp::Lt, IntExpr::Kv, size.clone()),
+                MaskExpr::Compare(
+                    CmpOp::Gt,
+                    IntExpr::Kv,
+                    IntExpr::Binary(IntOp::Sub, Box::new(IntExpr::Q), Box::new(window)),
+                ),
+            ]),
+            2 => MaskExpr::Compare(
+                CmpOp::Eq,
+                block(IntExpr::Kv, &size),
+                block(IntExpr::Q, &size),
+            ),
+            _ => {
+                let distance =
+                    IntExpr::Binary(IntOp::Sub, Box::new(IntExpr::Q), Box::new(IntExpr::Kv));
+                MaskExpr::Compare(
+                    CmpOp::Eq,
+                    IntExpr::Binary(IntOp::Mod, Box::new(distance), Box::new(size)),
+                    IntExpr::Lit(0),
+                )
             }
         }
     }

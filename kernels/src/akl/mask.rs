@@ -67,6 +67,7 @@ impl Tri {
         }
     }
 
+    /// Truth of a conjunction.
     pub fn and(self, other: Tri) -> Tri {
         match (self, other) {
             (Tri::Never, _) | (_, Tri::Never) => Tri::Never,
@@ -79,6 +80,7 @@ impl Tri {
         self.not().and(other.not()).not()
     }
 
+    /// The tile classification this truth stands for.
     pub fn coverage(self) -> Coverage {
         match self {
             Tri::Always => Coverage::Full,
@@ -95,7 +97,9 @@ impl IntTerm {
             IntExpr::Q => IntTerm::Q,
             IntExpr::Kv => IntTerm::Kv,
             IntExpr::Lit(v) if v.abs() > MAX_POSITION => {
-                return Err(format!("{v} is an absurd size (the limit is ±{MAX_POSITION})"))
+                return Err(format!(
+                    "{v} is an absurd size (the limit is ±{MAX_POSITION})"
+                ))
             }
             IntExpr::Lit(v) => IntTerm::Const(*v),
             IntExpr::Param(name) => match env.get(name) {
@@ -155,6 +159,7 @@ impl IntTerm {
         })
     }
 
+    /// The value at one (q, kv) pair.
     pub fn eval(&self, q: i64, kv: i64) -> i64 {
         match self {
             IntTerm::Const(c) => *c,
@@ -217,6 +222,7 @@ impl IntTerm {
 }
 
 impl MaskTerm {
+    /// Resolves parameters in every comparison.
     pub fn compile(expr: &MaskExpr, env: &Env) -> Result<MaskTerm, String> {
         let all = |parts: &[MaskExpr]| -> Result<Vec<MaskTerm>, String> {
             parts.iter().map(|p| MaskTerm::compile(p, env)).collect()
@@ -236,6 +242,7 @@ impl MaskTerm {
         })
     }
 
+    /// Whether query `q` sees key `kv`.
     pub fn eval(&self, q: i64, kv: i64) -> bool {
         match self {
             MaskTerm::True => true,
@@ -367,6 +374,7 @@ pub enum ScoreTerm {
 }
 
 impl ScoreTerm {
+    /// Resolves parameters; refuses non-finite numbers and non-constant divisors.
     pub fn compile(expr: &ScoreExpr, env: &Env) -> Result<ScoreTerm, String> {
         Ok(match expr {
             ScoreExpr::S => ScoreTerm::S,
@@ -374,6 +382,9 @@ impl ScoreTerm {
             ScoreExpr::Q => ScoreTerm::Q,
             ScoreExpr::Kv => ScoreTerm::Kv,
             ScoreExpr::Head => ScoreTerm::Head,
+            ScoreExpr::Lit(v) if !v.is_finite() => {
+                return Err(format!("the number {v} is not finite"))
+            }
             ScoreExpr::Lit(v) => ScoreTerm::Const(*v),
             ScoreExpr::Param(name) => match env.get(name) {
                 Some(value) => ScoreTerm::Const(value.as_f64()),
@@ -393,6 +404,7 @@ impl ScoreTerm {
         })
     }
 
+    /// The score for raw dot product `s` at the layer's `scale`.
     pub fn eval(&self, head: usize, q: usize, kv: usize, s: f64, scale: f64) -> f64 {
         let go = |t: &ScoreTerm| t.eval(head, q, kv, s, scale);
         match self {
@@ -427,6 +439,7 @@ pub struct CompiledScore {
 }
 
 impl CompiledScore {
+    /// Compiles `expr` with `env`'s values.
     pub fn new(expr: &ScoreExpr, env: &Env) -> Result<CompiledScore, String> {
         Ok(CompiledScore {
             text: super::print::score_text(expr),

@@ -217,11 +217,13 @@ fn selector(sexp: &Sexp) -> Result<Selector, ParseError> {
             if items.len() < 2 {
                 return Err(ParseError::new(end_of(sexp), "at least one index", "\")\""));
             }
-            items[1..]
+            // Sorted, so that the order written does not change the canonical text.
+            let mut indices = items[1..]
                 .iter()
                 .map(index)
-                .collect::<Result<_, _>>()
-                .map(Selector::List)
+                .collect::<Result<Vec<_>, _>>()?;
+            indices.sort_unstable();
+            Ok(Selector::List(indices))
         }
         "range" => {
             arity(items, 3, sexp)?;
