@@ -99,21 +99,28 @@ pub struct KernelComparison {
 /// (two `[rows, vocab]` blocks) whatever the context length.
 const COMPARE_ROWS: usize = 256;
 
-/// Scores `tokens` twice on the same sliding windows, once with the model's own attention
-/// kernels and once with `candidate` (one kernel per layer), and measures how far the
+/// Scores `tokens` twice on the same sliding windows, once with `model` and its own
+/// attention kernels, and once with `candidate_model` (the same model, or a copy whose weights
+/// a mechanism changed) running `candidate` (one kernel per layer), and measures how far the
 /// candidate's next-token distributions move from exact attention's.
 pub fn compare_kernels(
     model: &Model,
+    candidate_model: &Model,
     candidate: &[Arc<dyn AttentionKernel>],
     tokens: &[u32],
     options: PerplexityOptions,
 ) -> Result<KernelComparison> {
     let tokens = scored_text(model, tokens, options)?;
+    if candidate_model.config.vocab_size != model.config.vocab_size {
+        return Err(Error::InvalidRequest(
+            "compare_kernels: the two models have different vocabularies".into(),
+        ));
+    }
     let vocab = model.config.vocab_size;
     let (mut nll_exact, mut nll, mut kl, mut kl_max, mut scored) = (0f64, 0f64, 0f64, 0f64, 0);
     for window in windows(tokens.len(), options) {
         let mut exact_cache = model.new_cache();
-        let mut candidate_cache = model.new_cache();
+        let mut candidate_cache = candidate_model.new_cache();
         for begin in (window.begin..window.end).step_by(COMPARE_ROWS) {
             let end = (begin + COMPARE_ROWS).min(window.end);
             let chunk = &tokens[begin..end];
@@ -121,12 +128,18 @@ pub fn compare_kernels(
             let first_row = (window.next - 1).max(begin) - begin;
             if first_row >= chunk.len() {
                 model.forward(&mut exact_cache, chunk, Logits::Last)?;
-                model.forward_with(&mut candidate_cache, chunk, Logits::Last, candidate)?;
+                candidate_model.forward_with(
+                    &mut candidate_cache,
+                    chunk,
+                    Logits::Last,
+                    candidate,
+                )?;
                 continue;
             }
             let rows = Logits::From(first_row);
             let exact = model.forward(&mut exact_cache, chunk, rows)?;
-            let approx = model.forward_with(&mut candidate_cache, chunk, rows, candidate)?;
+            let approx =
+                candidate_model.forward_with(&mut candidate_cache, chunk, rows, candidate)?;
             let targets = &tokens[begin + first_row + 1..(end + 1).min(window.end)];
             for ((p, q), &target) in exact
                 .chunks_exact(vocab)

@@ -58,7 +58,8 @@ fn comparing_exact_with_itself_gives_zero_kl_and_the_plain_perplexity() {
         max_tokens: None,
     };
     let plain = perplexity(&model, &tokens, options).unwrap();
-    let same = compare_kernels(&model, model.attention_kernels(), &tokens, options).unwrap();
+    let same =
+        compare_kernels(&model, &model, model.attention_kernels(), &tokens, options).unwrap();
     assert_eq!(same.tokens, plain.tokens);
     assert_eq!(
         same.tokens,
@@ -86,7 +87,7 @@ fn a_kernel_that_ignores_context_moves_the_distribution() {
     };
     let candidate: Vec<Arc<dyn AttentionKernel>> =
         vec![Arc::new(SelfOnly); model.attention_kernels().len()];
-    let report = compare_kernels(&model, &candidate, &tokens, options).unwrap();
+    let report = compare_kernels(&model, &model, &candidate, &tokens, options).unwrap();
     // Two windows of 30; the second cannot score its first token, which has no context.
     assert_eq!(report.tokens, 29 + 19);
     assert_eq!(
@@ -106,7 +107,7 @@ fn a_wrong_number_of_candidate_kernels_is_an_error() {
         stride: 12,
         max_tokens: None,
     };
-    let err = compare_kernels(&model, &[Arc::new(SelfOnly)], &tokens, options).unwrap_err();
+    let err = compare_kernels(&model, &model, &[Arc::new(SelfOnly)], &tokens, options).unwrap_err();
     assert!(err.to_string().contains("attention kernels given"), "{err}");
 }
 
