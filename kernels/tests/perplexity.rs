@@ -85,8 +85,8 @@ fn a_kernel_that_ignores_context_moves_the_distribution() {
         stride: 30,
         max_tokens: Some(50),
     };
-    let candidate: Vec<Arc<dyn AttentionKernel>> =
-        vec![Arc::new(SelfOnly); model.attention_kernels().len()];
+    let self_only: Arc<dyn AttentionKernel> = Arc::new(SelfOnly);
+    let candidate = vec![self_only; model.attention_kernels().len()];
     let report = compare_kernels(&model, &model, &candidate, &tokens, options).unwrap();
     // Two windows of 30; the second cannot score its first token, which has no context.
     assert_eq!(report.tokens, 29 + 19);
