@@ -374,9 +374,12 @@ fn top_k_strategy() -> impl Strategy<Value = TopKPages> {
         1usize..5,
         prop_oneof![Just(PageSummary::MinMax), Just(PageSummary::Mean)],
         prop::option::of(rule_strategy()),
+        tiles_strategy(),
     )
-        .prop_map(|(page, k, summary, base)| {
-            let pages = TopKPages::new(page, k, summary).unwrap();
+        .prop_map(|(page, k, summary, base, engine)| {
+            let pages = TopKPages::new(page, k, summary)
+                .unwrap()
+                .with_engine(engine);
             match base {
                 Some(rule) => pages.with_base_rule(rule).unwrap(),
                 None => pages,
