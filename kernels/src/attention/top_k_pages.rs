@@ -85,18 +85,22 @@ impl TopKPages {
         TopKPages { engine, ..self }
     }
 
+    /// Keys per page.
     pub fn page(&self) -> usize {
         self.page
     }
 
+    /// Pages each row attends to, its own included.
     pub fn k(&self) -> usize {
         self.k
     }
 
+    /// How pages are summarised for the choice.
     pub fn summary(&self) -> PageSummary {
         self.summary
     }
 
+    /// The rule that, with the layer's mask, limits which keys are chosen among and seen.
     pub fn base_rule(&self) -> Option<&dyn KeyRule> {
         self.base.as_deref()
     }
