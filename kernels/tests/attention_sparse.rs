@@ -351,10 +351,7 @@ fn head_ranges_that_do_not_tile_the_heads_are_errors() {
             .into_iter()
             .map(|heads| (heads, kernel.clone()))
             .collect();
-        match HeadMix::new(parts) {
-            Err(Error::InvalidRequest(message)) => message,
-            other => panic!("expected InvalidRequest, got {other:?}"),
-        }
+        invalid_request(HeadMix::new(parts))
     };
     assert!(message(vec![]).contains("at least one range"));
     assert!(message(vec![0..2, 3..4]).contains("starting at head 2, got 3..4"));
@@ -364,15 +361,11 @@ fn head_ranges_that_do_not_tile_the_heads_are_errors() {
     let short = HeadMix::new(vec![(0..4, kernel.clone())]).unwrap();
     let case = Case::random(2, 6, 2, 8, 3, 5, 5, Mask::Causal, 1.0);
     let mut out = vec![0.0; case.out_len()];
-    match short.forward(&case.input(), &case.layer, &mut out) {
-        Err(Error::InvalidRequest(message)) => {
-            assert!(
-                message.contains("cover query heads 0..4, but the layer has 6"),
-                "{message}"
-            )
-        }
-        other => panic!("expected InvalidRequest, got {other:?}"),
-    }
+    let message = invalid_request(short.forward(&case.input(), &case.layer, &mut out));
+    assert!(
+        message.contains("cover query heads 0..4, but the layer has 6"),
+        "{message}"
+    );
 }
 
 fn top_k_strategy() -> impl Strategy<Value = TopKPages> {
@@ -381,9 +374,12 @@ fn top_k_strategy() -> impl Strategy<Value = TopKPages> {
         1usize..5,
         prop_oneof![Just(PageSummary::MinMax), Just(PageSummary::Mean)],
         prop::option::of(rule_strategy()),
+        tiles_strategy(),
     )
-        .prop_map(|(page, k, summary, base)| {
-            let pages = TopKPages::new(page, k, summary).unwrap();
+        .prop_map(|(page, k, summary, base, engine)| {
+            let pages = TopKPages::new(page, k, summary)
+                .unwrap()
+                .with_engine(engine);
             match base {
                 Some(rule) => pages.with_base_rule(rule).unwrap(),
                 None => pages,
@@ -558,49 +554,61 @@ fn sink_window_plans_in_logarithmic_coverage_calls() {
     assert!(max_error(&case, &got, &want) <= 1e-5);
 }
 
-#[test]
-fn invalid_rule_parameters_are_errors() {
-    let message = |result: Result<RuleAttention, Error>| match result {
+/// The message of an `InvalidRequest`; any other outcome fails the test.
+fn invalid_request<T: std::fmt::Debug>(result: Result<T, Error>) -> String {
+    match result {
         Err(Error::InvalidRequest(message)) => message,
         other => panic!("expected InvalidRequest, got {other:?}"),
-    };
-    assert!(message(RuleAttention::sink_window(4, 0)).contains("window must be at least 1"));
-    assert!(SinkWindow::new(0, 0).is_err());
-    assert!(message(RuleAttention::mask(Mask::Chunked { chunk: 0 }))
-        .contains("size must be at least 1"));
-    assert!(message(RuleAttention::mask(Mask::SlidingWindow { window: 0 })).contains("at least 1"));
-    match StarAttention::new(0, 16) {
-        Err(Error::InvalidRequest(message)) => {
-            assert!(message.contains("block must be at least 1"))
-        }
-        other => panic!("expected InvalidRequest, got {other:?}"),
     }
-    let (mut out, mut lse) = (vec![0.0; 8], vec![0.0; 2]);
-    let merged = merge_partial(&mut out, &mut lse, &[0.0; 8], &[0.0; 3], 4);
-    assert!(matches!(merged, Err(Error::InvalidRequest(_))));
-    for (page, k) in [(0, 2), (4, 0)] {
-        match TopKPages::new(page, k, PageSummary::MinMax) {
-            Err(Error::InvalidRequest(message)) => {
-                assert!(
-                    message.contains("page size and k must be at least 1"),
-                    "{message}"
-                )
-            }
-            other => panic!("expected InvalidRequest, got {other:?}"),
-        }
-    }
-    // A rule that cannot run is refused when the kernel is built, and by the engine too.
+}
+
+#[test]
+fn a_zero_window_is_an_error() {
+    let message = invalid_request(RuleAttention::sink_window(4, 0));
+    assert!(message.contains("window must be at least 1"), "{message}");
+    invalid_request(SinkWindow::new(0, 0));
+    let message = invalid_request(RuleAttention::mask(Mask::SlidingWindow { window: 0 }));
+    assert!(message.contains("size must be at least 1"), "{message}");
+}
+
+#[test]
+fn a_zero_chunk_is_an_error_at_build_and_at_run() {
+    let message = invalid_request(RuleAttention::mask(Mask::Chunked { chunk: 0 }));
+    assert!(message.contains("size must be at least 1"), "{message}");
     let zero_chunk: Arc<dyn KeyRule> = Arc::new(Mask::Chunked { chunk: 0 });
-    assert!(RuleAttention::new("bad", zero_chunk.clone(), None).is_err());
+    invalid_request(RuleAttention::new("bad", zero_chunk.clone(), None));
     let case = Case::random(1, 2, 1, 8, 2, 4, 4, Mask::Causal, 1.0);
     let mut out = vec![0.0; case.out_len()];
-    let result = TiledAttention::default().forward_rule(
+    invalid_request(TiledAttention::default().forward_rule(
         &case.input(),
         &case.layer,
         zero_chunk.as_ref(),
         None,
         &mut out,
         None,
-    );
-    assert!(matches!(result, Err(Error::InvalidRequest(_))));
+    ));
+}
+
+#[test]
+fn a_zero_star_block_is_an_error() {
+    let message = invalid_request(StarAttention::new(0, 16));
+    assert!(message.contains("block must be at least 1"), "{message}");
+}
+
+#[test]
+fn a_zero_page_or_k_is_an_error() {
+    for (page, k) in [(0, 2), (4, 0)] {
+        let message = invalid_request(TopKPages::new(page, k, PageSummary::MinMax));
+        assert!(
+            message.contains("page size and k must be at least 1"),
+            "{message}"
+        );
+    }
+}
+
+#[test]
+fn merging_partials_of_different_shapes_is_an_error() {
+    let (mut out, mut lse) = (vec![0.0; 8], vec![0.0; 2]);
+    let message = invalid_request(merge_partial(&mut out, &mut lse, &[0.0; 8], &[0.0; 3], 4));
+    assert!(message.contains("do not match head_dim 4"), "{message}");
 }

@@ -47,6 +47,7 @@ impl HeadMix {
         })
     }
 
+    /// The query-head ranges and their kernels, in head order.
     pub fn parts(&self) -> &[(Range<usize>, Arc<dyn AttentionKernel>)] {
         &self.parts
     }

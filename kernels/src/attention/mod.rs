@@ -290,6 +290,7 @@ impl QueryRows<'_> {
         self.q.len()
     }
 
+    /// Whether there are no output values (no query heads or no head dimension).
     pub fn is_empty(&self) -> bool {
         self.q.is_empty()
     }

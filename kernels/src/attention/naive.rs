@@ -108,6 +108,9 @@ impl NaiveAttention {
     ) -> Result<()> {
         input.validate(out.len())?;
         layer.mask.validate()?;
+        if let Some(rule) = pages.base_rule() {
+            rule.validate()?;
+        }
         let d = input.head_dim;
         let page = pages.page();
         let scale = f64::from(layer.scale);

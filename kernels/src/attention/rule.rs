@@ -62,10 +62,12 @@ impl RuleAttention {
         RuleAttention { engine, ..self }
     }
 
+    /// The rule applied on top of the layer's mask.
     pub fn rule(&self) -> &dyn KeyRule {
         self.rule.as_ref()
     }
 
+    /// The score modifier, if any.
     pub fn modifier(&self) -> Option<&dyn ScoreModifier> {
         self.modifier.as_deref()
     }

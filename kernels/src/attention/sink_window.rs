@@ -26,10 +26,12 @@ impl SinkWindow {
         Ok(SinkWindow { sinks, window })
     }
 
+    /// How many first tokens stay visible to every later query.
     pub fn sinks(&self) -> usize {
         self.sinks
     }
 
+    /// How many of the latest positions (the query's own included) each query sees.
     pub fn window(&self) -> usize {
         self.window
     }

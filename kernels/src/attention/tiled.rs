@@ -202,6 +202,84 @@ impl TiledAttention {
             Isa::Avx2Fma(token) => attend_item(token, job, item, scratch),
         }
     }
+
+    /// Softmax attention of one query row over the keys in `spans` (every one visible), with
+    /// the same micro-kernels: for kernels that choose each row's keys themselves.
+    /// `keys` and `values` are one KV head's `[kv_len, head_dim]`; a row with no key gets
+    /// zeros.
+    pub(super) fn attend_row(
+        &self,
+        query: &[f32],
+        scale: f32,
+        keys: &[f32],
+        values: &[f32],
+        spans: &[Range<usize>],
+        out: &mut [f32],
+    ) {
+        let row = Row {
+            query,
+            scale,
+            keys,
+            values,
+            spans,
+            kv_tile: self.kv_tile,
+        };
+        SCRATCH.with_borrow_mut(|scratch| match self.isa {
+            Isa::Portable => attend_one_row(Portable, &row, scratch, out),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2Fma(token) => attend_one_row(token, &row, scratch, out),
+        });
+    }
+}
+
+/// One query row and the key spans it attends to (see `TiledAttention::attend_row`).
+struct Row<'a> {
+    query: &'a [f32],
+    scale: f32,
+    keys: &'a [f32],
+    values: &'a [f32],
+    spans: &'a [Range<usize>],
+    kv_tile: usize,
+}
+
+fn attend_one_row<S: Simd>(simd: S, row: &Row, scratch: &mut Scratch, out: &mut [f32]) {
+    let d = row.query.len();
+    grow(&mut scratch.scores, ROWS * row.kv_tile);
+    grow(&mut scratch.probs, ROWS * row.kv_tile);
+    refill(&mut scratch.q, d, 0.0);
+    refill(&mut scratch.acc, d, 0.0);
+    refill(&mut scratch.max, 1, f32::NEG_INFINITY);
+    refill(&mut scratch.sum, 1, 0.0);
+    for (q, &x) in scratch.q.iter_mut().zip(row.query) {
+        *q = x * row.scale;
+    }
+    for span in row.spans {
+        for start in span.clone().step_by(row.kv_tile) {
+            let tile = start..(start + row.kv_tile).min(span.end);
+            let ctx = BlockCtx {
+                d,
+                stride: row.kv_tile,
+                keys: &row.keys[tile.start * d..tile.end * d],
+                values: &row.values[tile.start * d..tile.end * d],
+                visible: std::array::from_fn(|r| if r == 0 { 0..tile.len() } else { 0..0 }),
+                adjust: None,
+            };
+            let rows = BlockRows {
+                q: &scratch.q,
+                acc: &mut scratch.acc,
+                max: &mut scratch.max,
+                sum: &mut scratch.sum,
+                scores: &mut scratch.scores,
+                probs: &mut scratch.probs,
+            };
+            simd.attend_block::<1, 8>(&ctx, rows);
+        }
+    }
+    let sum = scratch.sum[0];
+    let inverse = if sum > 0.0 { 1.0 / sum } else { 0.0 };
+    for (o, &a) in out.iter_mut().zip(&scratch.acc) {
+        *o = a * inverse;
+    }
 }
 
 impl AttentionKernel for TiledAttention {

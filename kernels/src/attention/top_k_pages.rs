@@ -23,7 +23,9 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
-use super::{AttentionInput, AttentionKernel, Coverage, KeyRule, LayerAttention, Mask};
+use super::{
+    AttentionInput, AttentionKernel, Coverage, KeyRule, LayerAttention, Mask, TiledAttention,
+};
 use crate::{Error, Result};
 
 /// How a page of keys is summarised for the choice of pages.
@@ -43,6 +45,7 @@ pub struct TopKPages {
     summary: PageSummary,
     base: Option<Arc<dyn KeyRule>>,
     name: String,
+    engine: TiledAttention,
 }
 
 impl TopKPages {
@@ -64,6 +67,7 @@ impl TopKPages {
             summary,
             base: None,
             name: format!("top_k_pages({kind},{page},{k})"),
+            engine: TiledAttention::default(),
         })
     }
 
@@ -76,18 +80,27 @@ impl TopKPages {
         })
     }
 
+    /// The same kernel with another engine's micro-kernels (portable code, key tile size).
+    pub fn with_engine(self, engine: TiledAttention) -> TopKPages {
+        TopKPages { engine, ..self }
+    }
+
+    /// Keys per page.
     pub fn page(&self) -> usize {
         self.page
     }
 
+    /// Pages each row attends to, its own included.
     pub fn k(&self) -> usize {
         self.k
     }
 
+    /// How pages are summarised for the choice.
     pub fn summary(&self) -> PageSummary {
         self.summary
     }
 
+    /// The rule that, with the layer's mask, limits which keys are chosen among and seen.
     pub fn base_rule(&self) -> Option<&dyn KeyRule> {
         self.base.as_deref()
     }
@@ -211,8 +224,16 @@ fn best_pages(scored: &mut Vec<(usize, f64)>, keep: usize) {
 #[derive(Default)]
 struct RowScratch {
     scored: Vec<(usize, f64)>,
-    keys: Vec<usize>,
-    scores: Vec<f32>,
+    /// Runs of consecutive visible keys in the chosen pages.
+    spans: Vec<Range<usize>>,
+}
+
+/// Appends `key` to the last span if it continues it, else starts a new span.
+fn push_key(spans: &mut Vec<Range<usize>>, key: usize) {
+    match spans.last_mut() {
+        Some(last) if last.end == key => last.end += 1,
+        _ => spans.push(key..key + 1),
+    }
 }
 
 impl AttentionKernel for TopKPages {
@@ -255,70 +276,19 @@ impl AttentionKernel for TopKPages {
                         .map(|j| (j, summaries[kv_head].score(j, query))),
                 );
                 best_pages(&mut scratch.scored, self.k - 1);
-                scratch.keys.clear();
+                scratch.spans.clear();
                 let pages = scratch.scored.iter().map(|&(j, _)| j).chain([own]);
                 for j in pages {
                     let keys = j * self.page..((j + 1) * self.page).min(position + 1);
-                    scratch
-                        .keys
-                        .extend(keys.filter(|&k| self.visible(layer.mask, position, k)));
+                    for key in keys.filter(|&k| self.visible(layer.mask, position, k)) {
+                        push_key(&mut scratch.spans, key);
+                    }
                 }
-                attend_keys(input, kv_head, query, layer.scale, scratch, out);
+                let (keys, values) = (input.k_head(kv_head), input.v_head(kv_head));
+                self.engine
+                    .attend_row(query, layer.scale, keys, values, &scratch.spans, out);
             },
         );
         Ok(())
     }
-}
-
-/// Softmax attention of `query` over the keys listed in `scratch.keys`, into `out`.
-fn attend_keys(
-    input: &AttentionInput,
-    kv_head: usize,
-    query: &[f32],
-    scale: f32,
-    scratch: &mut RowScratch,
-    out: &mut [f32],
-) {
-    let d = input.head_dim;
-    let (keys, values) = (input.k_head(kv_head), input.v_head(kv_head));
-    scratch.scores.clear();
-    scratch.scores.extend(scratch.keys.iter().map(|&k| {
-        let key = &keys[k * d..(k + 1) * d];
-        dot(query, key) * scale
-    }));
-    out.fill(0.0);
-    let max = scratch
-        .scores
-        .iter()
-        .copied()
-        .fold(f32::NEG_INFINITY, f32::max);
-    if max == f32::NEG_INFINITY {
-        return;
-    }
-    let mut sum = 0.0;
-    for (&k, &score) in scratch.keys.iter().zip(&scratch.scores) {
-        let weight = (score - max).exp();
-        sum += weight;
-        for (o, &v) in out.iter_mut().zip(&values[k * d..(k + 1) * d]) {
-            *o += weight * v;
-        }
-    }
-    for o in out {
-        *o /= sum;
-    }
-}
-
-/// `a · b` in 16 independent lanes, so that the loop vectorises.
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    const LANES: usize = 16;
-    let mut lanes = [0.0f32; LANES];
-    let (a_chunks, a_tail) = a.as_chunks::<LANES>();
-    let (b_chunks, b_tail) = b.as_chunks::<LANES>();
-    for (x, y) in a_chunks.iter().zip(b_chunks) {
-        for ((lane, &x), &y) in lanes.iter_mut().zip(x).zip(y) {
-            *lane += x * y;
-        }
-    }
-    let tail: f32 = a_tail.iter().zip(b_tail).map(|(x, y)| x * y).sum();
-    lanes.iter().sum::<f32>() + tail
 }
