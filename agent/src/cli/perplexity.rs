@@ -83,7 +83,8 @@ fn run_kernel(
     let source = super::read_text(path)?;
     let checked =
         akl::parse_and_check(&source).with_context(|| format!("kernel {}", path.display()))?;
-    let drop_in = akl::instantiate(&checked, &model.config)
+    let shape = ModelShape::of(&model.config);
+    let drop_in = akl::instantiate(&checked, &shape, model.config.attention_scale)
         .with_context(|| format!("kernel {}", path.display()))?;
     // MLA changes the key and value projections: run it on a converted copy of the model.
     let converted = match drop_in.kv_rank {
@@ -93,13 +94,6 @@ fn run_kernel(
             Some(copy)
         }
         None => None,
-    };
-    let c = &model.config;
-    let shape = ModelShape {
-        n_layers: c.n_layers(),
-        n_q_heads: c.n_heads,
-        n_kv_heads: c.n_kv_heads,
-        head_dim: c.head_dim,
     };
     let cost = akl::cost(&checked, &shape, args.ctx)?;
     let exact_cost = akl::exact_cost(&shape, args.ctx)?;

@@ -19,6 +19,18 @@ pub struct ModelShape {
     pub head_dim: usize,
 }
 
+impl ModelShape {
+    /// The attention shape of a loaded model.
+    pub fn of(config: &crate::ModelConfig) -> ModelShape {
+        ModelShape {
+            n_layers: config.n_layers(),
+            n_q_heads: config.n_heads,
+            n_kv_heads: config.n_kv_heads,
+            head_dim: config.head_dim,
+        }
+    }
+}
+
 /// What a prefill of `T` tokens costs, summed over layers and heads. Bytes are f32 bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Cost {

@@ -8,13 +8,13 @@ use std::sync::Arc;
 use super::ast::{OptionValue, Summary};
 use super::check::CheckedProgram;
 use super::compile::{compile, HeadSpec};
+use super::cost::ModelShape;
 use super::mask::ScaledScore;
 use crate::attention::top_k_pages::PageSummary;
 use crate::attention::{
     AttentionKernel, DifferentialKernel, HeadMix, KeyRule, MultiTokenKernel, RuleAttention,
     ScoreModifier, StarAttention, TiledAttention, TopKPages,
 };
-use crate::model::ModelConfig;
 use crate::trainable::linear::{LinearDropIn, LinearVariant};
 use crate::trainable::log_linear::{LogLinearDropIn, LogLinearVariant};
 use crate::{Error, Result};
@@ -30,9 +30,14 @@ pub struct DropIn {
     pub kv_rank: Option<usize>,
 }
 
-/// Builds the kernels `checked` describes for a model shaped like `config`.
-pub fn instantiate(checked: &CheckedProgram, config: &ModelConfig) -> Result<DropIn> {
-    let plans = compile(checked, config.n_layers(), config.n_heads)?;
+/// Builds the kernels `checked` describes for a model of `shape` whose attention scales
+/// scores by `attention_scale`.
+pub fn instantiate(
+    checked: &CheckedProgram,
+    shape: &ModelShape,
+    attention_scale: f32,
+) -> Result<DropIn> {
+    let plans = compile(checked, shape.n_layers, shape.n_q_heads)?;
     let exact: Arc<dyn AttentionKernel> = Arc::new(TiledAttention::default());
     let mut kv_ranks = Vec::new();
     let mut kernels = Vec::with_capacity(plans.len());
@@ -41,7 +46,7 @@ pub fn instantiate(checked: &CheckedProgram, config: &ModelConfig) -> Result<Dro
         for group in plan.groups {
             let kernel = match &group.spec {
                 HeadSpec::Mechanism { name, options } if name == "mla" => {
-                    if group.heads != (0..config.n_heads) {
+                    if group.heads != (0..shape.n_q_heads) {
                         return Err(Error::InvalidRequest(format!(
                             "layer {}: MLA replaces a whole layer's keys and values, so it \
                              cannot run on heads {:?} only",
@@ -51,7 +56,7 @@ pub fn instantiate(checked: &CheckedProgram, config: &ModelConfig) -> Result<Dro
                     kv_ranks.push(int_option(name, options, "kv_rank")?);
                     exact.clone()
                 }
-                spec => head_kernel(spec, &group.heads, config, &exact)?,
+                spec => head_kernel(spec, &group.heads, attention_scale, &exact)?,
             };
             parts.push((group.heads, kernel));
         }
@@ -73,17 +78,6 @@ pub fn instantiate(checked: &CheckedProgram, config: &ModelConfig) -> Result<Dro
             ))
         }
     };
-    if let Some(rank) = kv_rank {
-        let full = 2 * config.kv_dim();
-        if rank > full.min(config.d_model) {
-            return Err(Error::InvalidRequest(format!(
-                "MLA kv_rank {rank} exceeds this model's largest rank {} (keys and values \
-                 have {full} dimensions, the hidden state {})",
-                full.min(config.d_model),
-                config.d_model
-            )));
-        }
-    }
     Ok(DropIn { kernels, kv_rank })
 }
 
@@ -91,14 +85,14 @@ pub fn instantiate(checked: &CheckedProgram, config: &ModelConfig) -> Result<Dro
 fn head_kernel(
     spec: &HeadSpec,
     heads: &Range<usize>,
-    config: &ModelConfig,
+    attention_scale: f32,
     exact: &Arc<dyn AttentionKernel>,
 ) -> Result<Arc<dyn AttentionKernel>> {
     let modifier = |score: &Option<Arc<super::CompiledScore>>| {
         score.clone().map(|score| {
             Arc::new(ScaledScore {
                 score,
-                scale: config.attention_scale,
+                scale: attention_scale,
             }) as Arc<dyn ScoreModifier>
         })
     };

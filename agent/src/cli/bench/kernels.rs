@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use kernels::attention::{AttentionInput, AttentionKernel, LayerAttention, Mask, TiledAttention};
+use kernels::akl::{self, ModelShape};
+use kernels::attention::{AttentionInput, AttentionKernel, LayerAttention, Mask};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -40,33 +41,46 @@ pub struct Args {
     json: bool,
 }
 
-/// A kernel under test and the layer mask it runs under.
+/// The library programs timed: exact attention first, then every training-free kernel.
+const PROGRAMS: [&str; 8] = [
+    "exact",
+    "window",
+    "chunked",
+    "sink_window",
+    "star",
+    "quest",
+    "moba",
+    "head_mix",
+];
+
+/// A kernel under test: a library program instantiated for one layer of the benchmark shape.
 struct Candidate {
     name: &'static str,
     kernel: Arc<dyn AttentionKernel>,
-    mask: Mask,
 }
 
-/// The kernels timed: exact attention first, then every training-free kernel.
-fn candidates() -> Vec<Candidate> {
-    let exact: Arc<dyn AttentionKernel> = Arc::new(TiledAttention::default());
-    vec![
-        Candidate {
-            name: "exact",
-            kernel: exact.clone(),
-            mask: Mask::Causal,
-        },
-        Candidate {
-            name: "window",
-            kernel: exact.clone(),
-            mask: Mask::SlidingWindow { window: 1024 },
-        },
-        Candidate {
-            name: "chunked",
-            kernel: exact,
-            mask: Mask::Chunked { chunk: 1024 },
-        },
-    ]
+fn candidates(args: &Args) -> anyhow::Result<Vec<Candidate>> {
+    let shape = ModelShape {
+        n_layers: 1,
+        n_q_heads: args.q_heads,
+        n_kv_heads: args.kv_heads,
+        head_dim: args.head_dim,
+    };
+    PROGRAMS
+        .iter()
+        .map(|&name| {
+            let checked = akl::library::checked(name).map_err(anyhow::Error::msg)?;
+            let mut drop_in = akl::instantiate(checked, &shape, attention_scale(args.head_dim))?;
+            Ok(Candidate {
+                name,
+                kernel: drop_in.kernels.remove(0),
+            })
+        })
+        .collect()
+}
+
+fn attention_scale(head_dim: usize) -> f32 {
+    1.0 / (head_dim as f32).sqrt()
 }
 
 /// One kernel's median times, in seconds, one per length.
@@ -89,7 +103,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "--q-heads must be a positive multiple of --kv-heads, and --head-dim positive"
     );
     let matmul_gflops = matmul_gflops(args.repeats.max(3))?;
-    let candidates = candidates();
+    let candidates = candidates(&args)?;
     let mut seconds = vec![Vec::new(); candidates.len()];
     for &t in &args.lengths {
         let data = RandomAttention::new(&args, t);
@@ -239,8 +253,8 @@ impl RandomAttention {
             kv_capacity: self.len,
         };
         let layer = LayerAttention {
-            scale: 1.0 / (self.head_dim as f32).sqrt(),
-            mask: candidate.mask,
+            scale: attention_scale(self.head_dim),
+            mask: Mask::Causal,
         };
         let mut out = self.out.clone();
         let warm_up = usize::from(self.len <= 4096);
