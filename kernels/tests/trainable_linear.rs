@@ -242,6 +242,27 @@ proptest! {
     }
 }
 
+/// Chunks longer than GLA's sub-blocks of 16 positions: per-channel decays across sub-blocks,
+/// with strong decays that would overflow a naive `e^{−b}` factorisation.
+#[test]
+fn channel_decay_across_sub_blocks_matches_the_recurrence() {
+    for (seed, seq, chunk) in [(1, 40, 32), (2, 70, 64), (3, 33, 17)] {
+        let mut case = CoreCase::random(seed, Kind::ChannelDecay, 1, 2, seq, 5, 3);
+        if let Some((_, log_decay)) = &mut case.log_decay {
+            log_decay.iter_mut().for_each(|g| *g *= 4.0);
+        }
+        let mixing = case.mixing();
+        let (chunkwise, _) = mixing
+            .chunkwise(chunk, &mixing.zero_state().unwrap())
+            .unwrap();
+        assert_close(
+            &values(&chunkwise),
+            &case.reference(),
+            &format!("seq {seq}, chunk {chunk}"),
+        );
+    }
+}
+
 fn small_mixer(variant: LinearVariant, chunk: usize) -> LinearAttention {
     let config = LinearConfig {
         chunk,

@@ -36,15 +36,9 @@ pub struct LinearDropIn {
 }
 
 impl LinearDropIn {
-    /// The kernel for `variant` with chunks of 64 tokens, or 16 for `Gla`, whose per-channel
-    /// decays make the intra-chunk scores cost `C² · d` (on a 2-core Zen 4, a 512-token GLA
-    /// mixer took 63 ms with chunks of 16 and 265 ms with 64).
+    /// The kernel for `variant` with chunks of 64 tokens.
     pub fn new(variant: LinearVariant) -> Result<LinearDropIn> {
-        let chunk = match variant {
-            LinearVariant::Gla => 16,
-            _ => 64,
-        };
-        LinearDropIn::with_chunk(variant, chunk)
+        LinearDropIn::with_chunk(variant, 64)
     }
 
     pub fn with_chunk(variant: LinearVariant, chunk: usize) -> Result<LinearDropIn> {
