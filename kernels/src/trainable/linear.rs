@@ -296,19 +296,60 @@ fn decayed_scores(a: &Tensor, c: &Tensor, cumulative: &Tensor, causal: &Tensor) 
         let decay = exponent.exp()?.broadcast_mul(causal)?;
         matmul(a, &c.transpose(2, 3)?)? * decay
     } else {
-        // Per key channel: [b, h, L, 1, d] against [b, h, 1, L, d]. Masking the exponent
-        // before `exp` keeps the (positive) differences above the diagonal from overflowing.
-        let causal = causal.unsqueeze(2)?;
-        let exponent = cumulative
-            .unsqueeze(3)?
-            .broadcast_sub(&cumulative.unsqueeze(2)?)?
-            .broadcast_mul(&causal)?;
-        let decay = exponent.exp()?.broadcast_mul(&causal)?;
-        a.unsqueeze(3)?
-            .broadcast_mul(&c.unsqueeze(2)?)?
-            .mul(&decay)?
-            .sum(4)
+        channel_decayed_scores(a, c, cumulative)
     }
+}
+
+/// Positions per sub-block of `channel_decayed_scores`.
+const CHANNEL_BLOCK: usize = 16;
+
+/// `decayed_scores` with one decay per key channel (GLA), in sub-blocks of `CHANNEL_BLOCK`
+/// positions (the secondary chunking of Yang et al. 2023). Keys `j` of an earlier sub-block
+/// whose last position is `r` meet later queries `i` in one matmul,
+/// `Σ_d (a_id e^{b_id − b_rd}) (c_jd e^{b_rd − b_jd})`, where both exponents are `≤ 0`; pairs
+/// within a sub-block are scored element by element over `[n, n, d]`.
+fn channel_decayed_scores(a: &Tensor, c: &Tensor, cumulative: &Tensor) -> Result<Tensor> {
+    let (batch, heads, len, _) = a.dims4()?;
+    let starts: Vec<usize> = (0..len).step_by(CHANNEL_BLOCK).collect();
+    let size = |start: usize| CHANNEL_BLOCK.min(len - start);
+    let mut rows = Vec::with_capacity(starts.len());
+    for &query_start in &starts {
+        let query_len = size(query_start);
+        let queries = a.narrow(2, query_start, query_len)?;
+        let query_decay = cumulative.narrow(2, query_start, query_len)?;
+        let mut blocks = Vec::with_capacity(starts.len());
+        for &key_start in &starts {
+            let key_len = size(key_start);
+            let keys = c.narrow(2, key_start, key_len)?;
+            let key_decay = cumulative.narrow(2, key_start, key_len)?;
+            let block = if key_start < query_start {
+                let reference = cumulative.narrow(2, key_start + key_len - 1, 1)?;
+                let queries =
+                    queries.broadcast_mul(&query_decay.broadcast_sub(&reference)?.exp()?)?;
+                let keys = keys.broadcast_mul(&reference.broadcast_sub(&key_decay)?.exp()?)?;
+                matmul(&queries, &keys.transpose(2, 3)?)?
+            } else if key_start == query_start {
+                // [b, h, n, 1, d] against [b, h, 1, n, d]. Masking the exponent before `exp`
+                // keeps the (positive) differences above the diagonal from overflowing.
+                let causal = ops::causal_mask(query_len, a.device())?.unsqueeze(2)?;
+                let exponent = query_decay
+                    .unsqueeze(3)?
+                    .broadcast_sub(&key_decay.unsqueeze(2)?)?
+                    .broadcast_mul(&causal)?;
+                let decay = exponent.exp()?.broadcast_mul(&causal)?;
+                queries
+                    .unsqueeze(3)?
+                    .broadcast_mul(&keys.unsqueeze(2)?)?
+                    .mul(&decay)?
+                    .sum(4)?
+            } else {
+                Tensor::zeros((batch, heads, query_len, key_len), a.dtype(), a.device())?
+            };
+            blocks.push(block);
+        }
+        rows.push(Tensor::cat(&blocks, 3)?);
+    }
+    Tensor::cat(&rows, 2)
 }
 
 /// Solves `(I + A) X = R` for the strictly lower-triangular part of `A` `[b, h, L, L]` (the
