@@ -564,3 +564,20 @@ fn written_order_of_list_indices_and_options_does_not_change_the_hash() {
     );
     assert_eq!(parse(&print(&program)).unwrap(), program);
 }
+
+#[test]
+fn a_large_mask_under_causal_passes_without_expansion() {
+    let arms: Vec<String> = (0..16)
+        .map(|i| format!("(or (< (mod kv {}) 1) (> kv (- q {})))", i + 2, i + 9))
+        .collect();
+    checked(&format!(
+        "(kernel t (mask (and causal {})))",
+        arms.join(" ")
+    ));
+    // Without `causal` the same mask needs the full expansion, which is refused as too complex.
+    let e = check_error(&format!(
+        "(kernel t (mask (and (<= kv q) {})))",
+        arms.join(" ")
+    ));
+    assert!(e.contains("more than 1024 cases"), "{e}");
+}

@@ -261,9 +261,36 @@ fn non_negative(var: usize) -> Constraint {
     Linear::var(var, -1).at_most(0)
 }
 
-/// The disjuncts of `mask` that could not be shown to exclude every future key
-/// (`kv > q`). Empty means the mask is proven to lie within causal.
-pub fn unproven_future_keys(mask: &MaskExpr, env: &Env) -> Result<Vec<Conjunct>, String> {
+/// Whether the mask is within causal by its shape alone: `causal` or `false`, a conjunction
+/// with such a part, or a disjunction of such parts. No expansion needed, whatever its size.
+fn causal_by_structure(mask: &MaskExpr) -> bool {
+    match mask {
+        MaskExpr::Causal | MaskExpr::False => true,
+        MaskExpr::And(parts) => parts.iter().any(causal_by_structure),
+        MaskExpr::Or(parts) => parts.iter().all(causal_by_structure),
+        _ => false,
+    }
+}
+
+/// Whether the system is proven empty. The constraints over positions alone are tried
+/// first: a contradiction among them (the usual `causal` conjunct) is found at once, and
+/// a subset without solutions proves the whole system has none.
+fn refuted(constraints: Vec<Constraint>) -> bool {
+    let positions_only: Vec<Constraint> = constraints
+        .iter()
+        .filter(|c| c.coeffs.iter().skip(FIRST_AUX).all(|&a| a == 0))
+        .cloned()
+        .collect();
+    let smaller = positions_only.len() < constraints.len();
+    (smaller && infeasible(positions_only)) || infeasible(constraints)
+}
+
+/// The first disjunct of `mask` that could not be shown to exclude every future key
+/// (`kv > q`). `None` means the mask is proven to lie within causal.
+pub fn unproven_future_key(mask: &MaskExpr, env: &Env) -> Result<Option<Conjunct>, String> {
+    if causal_by_structure(mask) {
+        return Ok(None);
+    }
     let mut prover = prover(env);
     let disjuncts = prover.dnf(mask, false, Q)?;
     let future = Linear::var(Q, 1)
@@ -276,13 +303,17 @@ pub fn unproven_future_keys(mask: &MaskExpr, env: &Env) -> Result<Vec<Conjunct>,
     .concat();
     Ok(disjuncts
         .into_iter()
-        .filter(|d| !infeasible([facts.clone(), d.constraints.clone()].concat()))
-        .collect())
+        .find(|d| !refuted([facts.clone(), d.constraints.clone()].concat())))
 }
 
-/// The disjuncts of `mask(q', kv) ∧ ¬keep(q, kv)` with `kv <= q <= q'` that could not be
-/// shown empty: cases where a key the mask shows a later query may already be evicted.
-pub fn unproven_kept(mask: &MaskExpr, keep: &MaskExpr, env: &Env) -> Result<Vec<Conjunct>, String> {
+/// The first case of `mask(q', kv) ∧ ¬keep(q, kv)` with `kv <= q <= q'` that could not be
+/// shown empty: a key the mask shows a later query may already be evicted. `None` means the
+/// policy is proven to keep every key the mask can still show.
+pub fn unproven_kept(
+    mask: &MaskExpr,
+    keep: &MaskExpr,
+    env: &Env,
+) -> Result<Option<Conjunct>, String> {
     let mut prover = prover(env);
     let seen = prover.dnf(mask, false, LATER_Q)?;
     let evicted = prover.dnf(keep, true, Q)?;
@@ -299,20 +330,19 @@ pub fn unproven_kept(mask: &MaskExpr, keep: &MaskExpr, env: &Env) -> Result<Vec<
             .at_most(0),
     ];
     let facts = [order, prover.definitions.clone()].concat();
-    let mut open = Vec::new();
     for s in &seen {
         for e in &evicted {
             let constraints =
                 [facts.clone(), s.constraints.clone(), e.constraints.clone()].concat();
-            if !infeasible(constraints) {
-                open.push(Conjunct {
+            if !refuted(constraints) {
+                return Ok(Some(Conjunct {
                     literals: [s.literals.clone(), e.literals.clone()].concat(),
                     constraints: Vec::new(),
-                });
+                }));
             }
         }
     }
-    Ok(open)
+    Ok(None)
 }
 
 fn gcd(a: i128, b: i128) -> i128 {
