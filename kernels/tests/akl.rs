@@ -581,3 +581,40 @@ fn a_large_mask_under_causal_passes_without_expansion() {
     ));
     assert!(e.contains("more than 1024 cases"), "{e}");
 }
+
+/// Stored kernels are identified by this hash: a change to the canonical form changes every
+/// identity in the database, so it must be deliberate.
+#[test]
+fn the_canonical_hash_is_pinned() {
+    assert_eq!(
+        parse(SKETCH).unwrap().canonical_hash(),
+        "b58a64de7d0e89c8a1cc2da4e585962ccccdf116773ed288902613249387ea65"
+    );
+}
+
+#[test]
+fn the_last_matching_override_wins() {
+    let program = checked(
+        "(kernel t
+           (layers all window)
+           (layers (list 1) exact)
+           (layers (range 2 4)
+             (mask (and causal (> kv (- q 8))))
+             (heads all quest)
+             (heads (every 2 1) exact)))",
+    );
+    let plans = compile(&program, 4, 4).unwrap();
+    assert!(matches!(plans[0].groups[0].spec, HeadSpec::Rule { .. }));
+    assert!(matches!(plans[1].groups[0].spec, HeadSpec::Exact));
+    for plan in &plans[2..] {
+        let kinds: Vec<(std::ops::Range<usize>, bool)> = plan
+            .groups
+            .iter()
+            .map(|g| (g.heads.clone(), matches!(g.spec, HeadSpec::Select { .. })))
+            .collect();
+        assert_eq!(
+            kinds,
+            [(0..1, true), (1..2, false), (2..3, true), (3..4, false)]
+        );
+    }
+}
