@@ -239,6 +239,10 @@ fn rule_shapes_that_make_no_sense_are_rejected() {
     assert!(e.contains("per-layer overrides"), "{e}");
     let e = check_error("(kernel t (star (block 64) (context 128)) (mask causal))");
     assert!(e.contains("brings its own mask"), "{e}");
+    let e = check_error(
+        "(kernel t (select (page 8) (top 2) (summary mean)) (cache (keep (> kv (- q 9)))))",
+    );
+    assert!(e.contains("drop the keep policy"), "{e}");
     let e = check_error("(kernel t (score (/ s 0)))");
     assert!(e.contains("nonzero constant"), "{e}");
     let e = check_error("(kernel t (mask (and causal (< (* q kv) 5))))");

@@ -232,6 +232,12 @@ fn check_rule(rule: &Rule, env: &Env, at: &str, in_heads: bool) -> Result<(), Ch
         in_range("star", "context", star.context, 0, MAX_POSITION)?;
     }
     if let Some(select) = rule.select {
+        if matches!(rule.cache, Some(CachePolicy::Keep(_))) {
+            return fail(
+                clause("cache"),
+                "a selection may pick any key the mask shows; drop the keep policy",
+            );
+        }
         in_range("select", "page", select.page, 1, MAX_TILE)?;
         in_range("select", "top", select.top, 1, 1 << 16)?;
     }
