@@ -239,6 +239,10 @@ fn rule_shapes_that_make_no_sense_are_rejected() {
     assert!(e.contains("per-layer overrides"), "{e}");
     let e = check_error("(kernel t (star (block 64) (context 128)) (mask causal))");
     assert!(e.contains("brings its own mask"), "{e}");
+    let e = check_error(
+        "(kernel t (select (page 8) (top 2) (summary mean)) (cache (keep (> kv (- q 9)))))",
+    );
+    assert!(e.contains("drop the keep policy"), "{e}");
     let e = check_error("(kernel t (score (/ s 0)))");
     assert!(e.contains("nonzero constant"), "{e}");
     let e = check_error("(kernel t (mask (and causal (< (* q kv) 5))))");
@@ -563,4 +567,58 @@ fn written_order_of_list_indices_and_options_does_not_change_the_hash() {
         "(kernel t\n  (param x float -0.5 (-1e-7 2.5e20))\n  (mask (> kv (+ q -4)))\n  (score (+ (* s scale) -3.0)))\n"
     );
     assert_eq!(parse(&print(&program)).unwrap(), program);
+}
+
+#[test]
+fn a_large_mask_under_causal_passes_without_expansion() {
+    let arms: Vec<String> = (0..16)
+        .map(|i| format!("(or (< (mod kv {}) 1) (> kv (- q {})))", i + 2, i + 9))
+        .collect();
+    checked(&format!(
+        "(kernel t (mask (and causal {})))",
+        arms.join(" ")
+    ));
+    // Without `causal` the same mask needs the full expansion, which is refused as too complex.
+    let e = check_error(&format!(
+        "(kernel t (mask (and (<= kv q) {})))",
+        arms.join(" ")
+    ));
+    assert!(e.contains("more than 1024 cases"), "{e}");
+}
+
+/// Stored kernels are identified by this hash: a change to the canonical form changes every
+/// identity in the database, so it must be deliberate.
+#[test]
+fn the_canonical_hash_is_pinned() {
+    assert_eq!(
+        parse(SKETCH).unwrap().canonical_hash(),
+        "b58a64de7d0e89c8a1cc2da4e585962ccccdf116773ed288902613249387ea65"
+    );
+}
+
+#[test]
+fn the_last_matching_override_wins() {
+    let program = checked(
+        "(kernel t
+           (layers all window)
+           (layers (list 1) exact)
+           (layers (range 2 4)
+             (mask (and causal (> kv (- q 8))))
+             (heads all quest)
+             (heads (every 2 1) exact)))",
+    );
+    let plans = compile(&program, 4, 4).unwrap();
+    assert!(matches!(plans[0].groups[0].spec, HeadSpec::Rule { .. }));
+    assert!(matches!(plans[1].groups[0].spec, HeadSpec::Exact));
+    for plan in &plans[2..] {
+        let kinds: Vec<(std::ops::Range<usize>, bool)> = plan
+            .groups
+            .iter()
+            .map(|g| (g.heads.clone(), matches!(g.spec, HeadSpec::Select { .. })))
+            .collect();
+        assert_eq!(
+            kinds,
+            [(0..1, true), (1..2, false), (2..3, true), (3..4, false)]
+        );
+    }
 }

@@ -3,7 +3,7 @@
 //! can still show. All of it runs before anything is allocated.
 
 use super::ast::*;
-use super::fm::{unproven_future_keys, unproven_kept};
+use super::fm::{unproven_future_key, unproven_kept};
 use super::library;
 use super::mask::{CompiledMask, CompiledScore, Env, MaskTerm, MAX_POSITION};
 use super::mechanism;
@@ -232,6 +232,12 @@ fn check_rule(rule: &Rule, env: &Env, at: &str, in_heads: bool) -> Result<(), Ch
         in_range("star", "context", star.context, 0, MAX_POSITION)?;
     }
     if let Some(select) = rule.select {
+        if matches!(rule.cache, Some(CachePolicy::Keep(_))) {
+            return fail(
+                clause("cache"),
+                "a selection may pick any key the mask shows; drop the keep policy",
+            );
+        }
         in_range("select", "page", select.page, 1, MAX_TILE)?;
         in_range("select", "top", select.top, 1, 1 << 16)?;
     }
@@ -283,11 +289,11 @@ fn check_within_causal(mask: &MaskExpr, env: &Env, clause: &str) -> Result<(), C
         clause: clause.to_string(),
         reason,
     })?;
-    let open = unproven_future_keys(mask, env).map_err(|reason| CheckError {
+    let open = unproven_future_key(mask, env).map_err(|reason| CheckError {
         clause: clause.to_string(),
         reason,
     })?;
-    let Some(first) = open.first() else {
+    let Some(first) = open else {
         return Ok(());
     };
     let probes = probe_positions(env);
@@ -320,8 +326,7 @@ fn check_keeps_visible(
     };
     let keep_term = CompiledMask::new(keep, env).map_err(error)?.term;
     let mask_term = MaskTerm::compile(mask, env).map_err(error)?;
-    let open = unproven_kept(mask, keep, env).map_err(error)?;
-    let Some(first) = open.first() else {
+    let Some(first) = unproven_kept(mask, keep, env).map_err(error)? else {
         return Ok(());
     };
     let probes = probe_positions(env);

@@ -39,6 +39,9 @@ impl Conjunct {
 pub const MAX_DISJUNCTS: usize = 1024;
 /// Elimination gives up (the proof fails) when a system grows past this many constraints.
 const MAX_CONSTRAINTS: usize = 4096;
+/// Derived constraints one check may spend over all its cases, so that no mask can keep
+/// the checker busy for long.
+const PROOF_BUDGET: usize = 2_000_000;
 
 /// Variable indices: positions first, auxiliary variables after.
 const Q: usize = 0;
@@ -261,9 +264,42 @@ fn non_negative(var: usize) -> Constraint {
     Linear::var(var, -1).at_most(0)
 }
 
-/// The disjuncts of `mask` that could not be shown to exclude every future key
-/// (`kv > q`). Empty means the mask is proven to lie within causal.
-pub fn unproven_future_keys(mask: &MaskExpr, env: &Env) -> Result<Vec<Conjunct>, String> {
+/// Whether the mask is within causal by its shape alone: `causal` or `false`, a conjunction
+/// with such a part, or a disjunction of such parts. No expansion needed, whatever its size.
+fn causal_by_structure(mask: &MaskExpr) -> bool {
+    match mask {
+        MaskExpr::Causal | MaskExpr::False => true,
+        MaskExpr::And(parts) => parts.iter().any(causal_by_structure),
+        MaskExpr::Or(parts) => parts.iter().all(causal_by_structure),
+        _ => false,
+    }
+}
+
+/// Whether the system is proven empty. The constraints over positions alone are tried
+/// first: a contradiction among them (the usual `causal` conjunct) is found at once, and
+/// a subset without solutions proves the whole system has none.
+fn refuted(constraints: Vec<Constraint>, budget: &mut usize) -> Result<bool, String> {
+    let positions_only: Vec<Constraint> = constraints
+        .iter()
+        .filter(|c| c.coeffs.iter().skip(FIRST_AUX).all(|&a| a == 0))
+        .cloned()
+        .collect();
+    let smaller = positions_only.len() < constraints.len();
+    let proven = (smaller && infeasible(positions_only, budget)) || infeasible(constraints, budget);
+    if *budget == 0 {
+        return Err(format!(
+            "proving this needs more than {PROOF_BUDGET} derived constraints; simplify it"
+        ));
+    }
+    Ok(proven)
+}
+
+/// The first disjunct of `mask` that could not be shown to exclude every future key
+/// (`kv > q`). `None` means the mask is proven to lie within causal.
+pub fn unproven_future_key(mask: &MaskExpr, env: &Env) -> Result<Option<Conjunct>, String> {
+    if causal_by_structure(mask) {
+        return Ok(None);
+    }
     let mut prover = prover(env);
     let disjuncts = prover.dnf(mask, false, Q)?;
     let future = Linear::var(Q, 1)
@@ -274,15 +310,23 @@ pub fn unproven_future_keys(mask: &MaskExpr, env: &Env) -> Result<Vec<Conjunct>,
         prover.definitions.clone(),
     ]
     .concat();
-    Ok(disjuncts
-        .into_iter()
-        .filter(|d| !infeasible([facts.clone(), d.constraints.clone()].concat()))
-        .collect())
+    let mut budget = PROOF_BUDGET;
+    for d in disjuncts {
+        if !refuted([facts.clone(), d.constraints.clone()].concat(), &mut budget)? {
+            return Ok(Some(d));
+        }
+    }
+    Ok(None)
 }
 
-/// The disjuncts of `mask(q', kv) ∧ ¬keep(q, kv)` with `kv <= q <= q'` that could not be
-/// shown empty: cases where a key the mask shows a later query may already be evicted.
-pub fn unproven_kept(mask: &MaskExpr, keep: &MaskExpr, env: &Env) -> Result<Vec<Conjunct>, String> {
+/// The first case of `mask(q', kv) ∧ ¬keep(q, kv)` with `kv <= q <= q'` that could not be
+/// shown empty: a key the mask shows a later query may already be evicted. `None` means the
+/// policy is proven to keep every key the mask can still show.
+pub fn unproven_kept(
+    mask: &MaskExpr,
+    keep: &MaskExpr,
+    env: &Env,
+) -> Result<Option<Conjunct>, String> {
     let mut prover = prover(env);
     let seen = prover.dnf(mask, false, LATER_Q)?;
     let evicted = prover.dnf(keep, true, Q)?;
@@ -299,20 +343,20 @@ pub fn unproven_kept(mask: &MaskExpr, keep: &MaskExpr, env: &Env) -> Result<Vec<
             .at_most(0),
     ];
     let facts = [order, prover.definitions.clone()].concat();
-    let mut open = Vec::new();
+    let mut budget = PROOF_BUDGET;
     for s in &seen {
         for e in &evicted {
             let constraints =
                 [facts.clone(), s.constraints.clone(), e.constraints.clone()].concat();
-            if !infeasible(constraints) {
-                open.push(Conjunct {
+            if !refuted(constraints, &mut budget)? {
+                return Ok(Some(Conjunct {
                     literals: [s.literals.clone(), e.literals.clone()].concat(),
                     constraints: Vec::new(),
-                });
+                }));
             }
         }
     }
-    Ok(open)
+    Ok(None)
 }
 
 fn gcd(a: i128, b: i128) -> i128 {
@@ -342,7 +386,9 @@ fn tighten(mut c: Constraint) -> Option<Constraint> {
 
 /// Whether Fourier–Motzkin elimination proves the system has no solution. `false` means
 /// "not proven", never "feasible for sure".
-pub fn infeasible(constraints: Vec<Constraint>) -> bool {
+///
+/// Every derived constraint spends one unit of `budget`; at zero the proof gives up.
+pub fn infeasible(constraints: Vec<Constraint>, budget: &mut usize) -> bool {
     let mut system = constraints;
     loop {
         // Normalise, drop duplicates (keeping the tightest bound), spot a false constant.
@@ -377,9 +423,15 @@ pub fn infeasible(constraints: Vec<Constraint>) -> bool {
         };
         let (with, without): (Vec<_>, Vec<_>) = system.into_iter().partition(|c| coeff(c, v) != 0);
         let (upper, lower): (Vec<_>, Vec<_>) = with.into_iter().partition(|c| coeff(c, v) > 0);
-        if without.len() + upper.len() * lower.len() > MAX_CONSTRAINTS {
+        let derived = upper.len() * lower.len();
+        if without.len() + derived > MAX_CONSTRAINTS {
             return false;
         }
+        if derived > *budget {
+            *budget = 0;
+            return false;
+        }
+        *budget -= derived;
         let mut next = without;
         for u in &upper {
             for l in &lower {
@@ -406,7 +458,12 @@ pub fn infeasible(constraints: Vec<Constraint>) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{infeasible, Constraint};
+    use super::{Constraint, PROOF_BUDGET};
+
+    fn infeasible(constraints: Vec<Constraint>) -> bool {
+        let mut budget = PROOF_BUDGET;
+        super::infeasible(constraints, &mut budget)
+    }
 
     fn c(coeffs: &[i128], bound: i128) -> Constraint {
         Constraint {
