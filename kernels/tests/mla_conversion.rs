@@ -208,7 +208,13 @@ fn smollm2_next_token_kl_falls_as_the_latent_rank_grows() {
     let vocab = model.config.vocab_size;
 
     let original = logits(&model, &tokens);
+    let started = std::time::Instant::now();
     let factors = factorize_model_kv(&model).unwrap();
+    println!(
+        "SVD of {} layers' [W_K; W_V]: {:.1} s",
+        factors.len(),
+        started.elapsed().as_secs_f64()
+    );
     let full = factors[0].max_rank();
     assert_eq!(
         full,

@@ -181,4 +181,21 @@ fn bad_configs_are_rejected_with_the_field_to_fix() {
             .to_string();
         assert!(err.contains(expected), "{config:?}: {err}");
     }
+    let mixer = DifferentialAttention::new(good, 0, &Device::Cpu).unwrap();
+    let (wrong_width, _) = random_input(1, 3, 5, 0);
+    let err = mixer
+        .step(&wrong_width, &mut DifferentialCache::new())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("[batch, n >= 1, 8]"), "{err}");
+    let mut cache = DifferentialCache::new();
+    mixer.step(&random_input(2, 3, 8, 0).0, &mut cache).unwrap();
+    let err = mixer
+        .step(&random_input(1, 1, 8, 0).0, &mut cache)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("batch of 2 sequences but the input has 1"),
+        "{err}"
+    );
 }

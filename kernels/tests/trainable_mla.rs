@@ -232,4 +232,21 @@ fn bad_configs_are_rejected_with_the_field_to_fix() {
         let err = Mla::new(config, 0, &Device::Cpu).unwrap_err().to_string();
         assert!(err.contains(expected), "{config:?}: {err}");
     }
+    let mixer = Mla::new(good, 0, &Device::Cpu).unwrap();
+    let (wrong_width, _) = random_input(1, 3, 5, 0);
+    let err = mixer
+        .step(&wrong_width, &mut MlaCache::new())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("[batch, n >= 1, 8]"), "{err}");
+    let mut cache = MlaCache::new();
+    mixer.step(&random_input(2, 3, 8, 0).0, &mut cache).unwrap();
+    let err = mixer
+        .step(&random_input(1, 1, 8, 0).0, &mut cache)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("batch of 2 sequences but the input has 1"),
+        "{err}"
+    );
 }

@@ -318,4 +318,14 @@ fn bad_configs_are_rejected_with_the_field_to_fix() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("[batch, n >= 1, 8]"), "{err}");
+    let mut cache = MtaCache::new();
+    mta.step(&random_input(2, 3, 8, 0).0, &mut cache).unwrap();
+    let err = mta
+        .step(&random_input(1, 1, 8, 0).0, &mut cache)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("batch of 2 sequences but the input has 1"),
+        "{err}"
+    );
 }

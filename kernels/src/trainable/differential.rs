@@ -15,7 +15,7 @@
 
 use candle_core::{Device, Tensor, Var, D};
 
-use super::causal::{
+use super::attention_ops::{
     append, causal_softmax, fan_in_std, merge_heads, project, split_heads, to_candle,
 };
 use super::{Mixer, Params};

@@ -18,7 +18,7 @@
 
 use candle_core::{Device, Tensor, Var};
 
-use super::causal::{
+use super::attention_ops::{
     append, causal_softmax, fan_in_std, merge_heads, project, split_heads, to_candle,
 };
 use super::svd::Svd;

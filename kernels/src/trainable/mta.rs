@@ -18,7 +18,7 @@
 
 use candle_core::{Device, IndexOp, Tensor, Var};
 
-use super::causal::{
+use super::attention_ops::{
     append, causal_softmax, fan_in_std, hide, merge_heads, project, split_heads, to_candle, visible,
 };
 use super::{Mixer, Params};

@@ -126,11 +126,13 @@ fn orthogonalize_rows(mut b: Vec<f64>, m: usize, n: usize) -> Result<(Vec<f64>, 
     let tolerance = f64::EPSILON * m as f64;
     for _ in 0..MAX_SWEEPS {
         let mut rotated = false;
+        // Squared row norms, kept current as rows rotate (and recomputed each sweep, so that
+        // rounding cannot drift), so that a pair costs one dot product unless it rotates.
+        let mut norms: Vec<f64> = b.chunks_exact(n).map(|row| dot(row, row)).collect();
         for i in 0..m {
             for j in i + 1..m {
                 let (bi, bj) = row_pair(&mut b, n, i, j);
-                let alpha = dot(bi, bi);
-                let beta = dot(bj, bj);
+                let (alpha, beta) = (norms[i], norms[j]);
                 let gamma = dot(bi, bj);
                 if gamma.abs() <= tolerance * (alpha * beta).sqrt() || gamma == 0.0 {
                     continue;
@@ -142,6 +144,8 @@ fn orthogonalize_rows(mut b: Vec<f64>, m: usize, n: usize) -> Result<(Vec<f64>, 
                 let cos = 1.0 / (1.0 + t * t).sqrt();
                 let sin = cos * t;
                 rotate(bi, bj, cos, sin);
+                // The rotation moves t·γ of squared norm from row i to row j.
+                (norms[i], norms[j]) = (alpha - t * gamma, beta + t * gamma);
                 let (qi, qj) = row_pair(&mut q, m, i, j);
                 rotate(qi, qj, cos, sin);
             }

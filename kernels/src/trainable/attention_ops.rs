@@ -69,10 +69,17 @@ pub(crate) fn project(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     x.broadcast_matmul(w)
 }
 
-/// Appends `new` to `cached` along the sequence axis `dim`.
-pub(crate) fn append(cached: &Option<Tensor>, new: &Tensor, dim: usize) -> Result<Tensor> {
+/// Appends `new` to `cached` along the sequence axis `dim`; both lead with the batch axis.
+pub(crate) fn append(cached: &Option<Tensor>, new: &Tensor, dim: usize) -> crate::Result<Tensor> {
     match cached {
-        Some(cached) => Tensor::cat(&[cached, new], dim),
+        Some(cached) if cached.dim(0)? != new.dim(0)? => {
+            Err(crate::Error::InvalidRequest(format!(
+                "the cache holds a batch of {} sequences but the input has {}: start a new cache",
+                cached.dim(0)?,
+                new.dim(0)?
+            )))
+        }
+        Some(cached) => Ok(Tensor::cat(&[cached, new], dim)?),
         None => Ok(new.clone()),
     }
 }
