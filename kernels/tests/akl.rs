@@ -76,9 +76,9 @@ fn numbers_print_in_one_form() {
     );
     assert!(printed.contains("(lambda_init 1.0)"), "{printed}");
     let options_reordered =
-        print(&parse("(kernel m (mechanism mamba2 (conv 2) (chunk 32)))").unwrap());
+        print(&parse("(kernel m (mechanism mla (rope_dim 8) (kv_rank 32)))").unwrap());
     assert!(
-        options_reordered.contains("(mechanism mamba2 (chunk 32) (conv 2))"),
+        options_reordered.contains("(mechanism mla (kv_rank 32) (rope_dim 8))"),
         "{options_reordered}"
     );
 }
@@ -215,8 +215,28 @@ fn unknown_names_are_rejected_by_name() {
         e.contains("chunk must be a power of two from 1 to 1024"),
         "{e}"
     );
-    let e = check_error("(kernel t (mechanism linear (feature_map softmax)))");
-    assert!(e.contains("one of elu_plus_one, relu, identity"), "{e}");
+    let e = check_error("(kernel t (mechanism log_linear (base gated_deltanet)))");
+    assert!(e.contains("base must be one of linear, mamba2"), "{e}");
+    let e = check_error("(kernel t (mechanism mla (rope_dim 7)))");
+    assert!(
+        e.contains("rope_dim must be an even integer from 2 to 512"),
+        "{e}"
+    );
+    let e = check_error("(kernel t (mechanism differential (lambda_init 1.0)))");
+    assert!(
+        e.contains("lambda_init must be a number from 0.0 to 0.95"),
+        "{e}"
+    );
+    // Options nothing at runtime honours are not in the table.
+    for removed in [
+        "(mechanism linear (feature_map relu))",
+        "(mechanism mamba2 (state 64))",
+        "(mechanism deltanet (conv 4))",
+        "(mechanism mla (q_rank 0))",
+    ] {
+        let e = check_error(&format!("(kernel t {removed})"));
+        assert!(e.contains("unknown option"), "{removed}: {e}");
+    }
     let e = check_error("(kernel t (layers all windw))");
     assert!(e.contains("unknown library kernel `windw`"), "{e}");
     let e = check_error("(kernel t (mask (and causal (< kv m))))");
@@ -374,15 +394,15 @@ fn plans_name_the_right_spec_for_each_kind_of_rule() {
         }
     ));
     let HeadSpec::Mechanism { name, options } =
-        rule_spec(&checked("(kernel t (mechanism mamba2 (conv 2)))"))
+        rule_spec(&checked("(kernel t (mechanism mta (head_kernel 3)))"))
     else {
         panic!("a mechanism compiles to HeadSpec::Mechanism");
     };
-    assert_eq!(name, "mamba2");
+    assert_eq!(name, "mta");
     let keys: Vec<&str> = options.iter().map(|(k, _)| k.as_str()).collect();
     assert_eq!(
         keys,
-        ["chunk", "state", "conv"],
+        ["q_kernel", "k_kernel", "head_kernel"],
         "defaults are filled in, in table order"
     );
     // Selectors beyond the model match nothing; equal rules share one compiled mask.
@@ -427,6 +447,47 @@ fn exact_cost_follows_the_closed_form() {
         c.kv_bytes_read,
         keys_read as f64 * (2.0 * 8.0 * 4.0) * 2.0 * 2.0
     );
+}
+
+#[test]
+fn linear_family_costs_follow_the_chunkwise_formulas() {
+    let (t, d, heads) = (1000.0, 8.0, 2.0 * 4.0);
+    let run = |text: &str| cost(&checked(text), &SHAPE, 1000).unwrap();
+    // One d × d state per head, whatever the member: nothing else is held.
+    for name in [
+        "linear",
+        "retnet",
+        "gla",
+        "mamba2",
+        "deltanet",
+        "gated_deltanet",
+    ] {
+        let c = run(&format!("(kernel t (mechanism {name} (chunk 16)))"));
+        assert_eq!(c.kv_bytes_held_per_token, heads * d * d * 4.0 / t, "{name}");
+    }
+    // Per token: state read and write (4d²) and half a chunk of pairs (2·C·d).
+    let linear = run("(kernel t (mechanism linear (chunk 16)))");
+    assert_eq!(linear.flops, heads * t * (4.0 * d * d + 2.0 * 16.0 * d));
+    let delta = run("(kernel t (mechanism deltanet (chunk 16)))");
+    assert_eq!(
+        delta.flops - linear.flops,
+        heads * t * (3.0 * 16.0 * d + 2.0 * d * d)
+    );
+    // Log-Linear: chunk n of 16 reads popcount(n) states of d × d for each of its queries;
+    // the cache holds ⌊log₂ T⌋ + 1 = 10 states.
+    let log_linear = run("(kernel t (mechanism log_linear (chunk 16) (base linear)))");
+    let reads: f64 = (0..63u32)
+        .map(|n| f64::from(n.count_ones()) * if n == 62 { 8.0 } else { 16.0 })
+        .sum();
+    assert_eq!(
+        log_linear.flops,
+        heads * (t * (2.0 * d * d + 2.0 * 16.0 * d) + reads * 2.0 * d * d)
+    );
+    assert_eq!(
+        log_linear.kv_bytes_held_per_token,
+        heads * 10.0 * d * d * 4.0 / t
+    );
+    assert!(log_linear.flops > linear.flops);
 }
 
 #[test]

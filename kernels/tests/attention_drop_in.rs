@@ -8,6 +8,7 @@ mod common;
 use std::sync::Arc;
 
 use common::{write_model, Spec};
+use kernels::akl::{self, library, ModelShape};
 use kernels::assets;
 use kernels::attention::{
     AttentionInput, AttentionKernel, DifferentialKernel, LayerAttention, Mask, MultiTokenKernel,
@@ -206,16 +207,26 @@ fn multi_token_reference(
         row
     };
     attend64(case, |h, i| {
+        // Consecutive groups of `mix_group` heads, the last one possibly smaller; `mix`
+        // holds each head's weights over its own group, full groups first.
         let first = h / mix_group * mix_group;
-        let group_maps: Vec<Vec<f64>> = (0..mix_group).map(|g| maps(first + g, i)).collect();
+        let size = mix_group.min(case.n_q_heads - first);
+        let weights = &mix[first * mix_group + (h - first) * size..][..size];
+        let group_maps: Vec<Vec<f64>> = (0..size).map(|g| maps(first + g, i)).collect();
         (0..case.kv_len)
             .map(|j| {
-                (0..mix_group)
-                    .map(|g| f64::from(mix[h * mix_group + g]) * group_maps[g][j])
+                (0..size)
+                    .map(|g| f64::from(weights[g]) * group_maps[g][j])
                     .sum()
             })
             .collect()
     })
+}
+
+/// How many mixing weights `n_heads` in groups of `mix_group` take.
+fn mix_len(n_heads: usize, mix_group: usize) -> usize {
+    let (full, rest) = (n_heads / mix_group, n_heads % mix_group);
+    full * mix_group * mix_group + rest * rest
 }
 
 /// The Differential kernel as its formula reads, in f64.
@@ -310,7 +321,7 @@ fn random_multi_token(
 ) -> (MultiTokenKernel, Vec<f32>, Vec<f32>) {
     let mut rng = StdRng::seed_from_u64(seed);
     let conv = uniform(&mut rng, n_heads * key_kernel, 1.0);
-    let mix = uniform(&mut rng, n_heads * mix_group, 1.0);
+    let mix = uniform(&mut rng, mix_len(n_heads, mix_group), 1.0);
     let kernel =
         MultiTokenKernel::new(n_heads, key_kernel, conv.clone(), mix_group, mix.clone()).unwrap();
     (kernel, conv, mix)
@@ -348,9 +359,9 @@ proptest! {
 
     #[test]
     fn multi_token_matches_its_reference_and_decode_matches_prefill(
-        case in case_strategy(false), key_kernel in 1usize..6, seed in any::<u64>(),
+        case in case_strategy(false), key_kernel in 1usize..6, mix_group in 1usize..5,
+        seed in any::<u64>(),
     ) {
-        let mix_group = if case.n_q_heads.is_multiple_of(2) { 2 } else { 1 };
         let (kernel, conv, mix) = random_multi_token(case.n_q_heads, key_kernel, mix_group, seed);
         let prefill = case.run(&kernel);
         assert_close(&prefill, &multi_token_reference(&case, &conv, key_kernel, &mix, mix_group), 1e-4, "vs reference");
@@ -359,8 +370,10 @@ proptest! {
     }
 
     #[test]
-    fn identity_multi_token_is_exact_attention(case in case_strategy(false), key_kernel in 1usize..6) {
-        let kernel = MultiTokenKernel::identity(case.n_q_heads, key_kernel, 1).unwrap();
+    fn identity_multi_token_is_exact_attention(
+        case in case_strategy(false), key_kernel in 1usize..6, mix_group in 1usize..5,
+    ) {
+        let kernel = MultiTokenKernel::identity(case.n_q_heads, key_kernel, mix_group).unwrap();
         assert_close(&case.run(&kernel), &to64(&case.run(&NaiveAttention)), 1e-5, "identity vs exact");
     }
 
@@ -376,12 +389,62 @@ proptest! {
     }
 }
 
+/// SmolLM2's 9 query heads (3 KV heads) with the library's mixing groups of 2: the last
+/// group holds one head.
+#[test]
+fn multi_token_mixes_nine_heads_in_groups_of_two() {
+    for (mask, seed) in [(Mask::Causal, 3), (Mask::SlidingWindow { window: 4 }, 4)] {
+        let case = Case::random(seed, 9, 3, 4, 7, 10, mask);
+        let identity = MultiTokenKernel::identity(9, 3, 2).unwrap();
+        let exact = to64(&case.run(&NaiveAttention));
+        assert_close(&case.run(&identity), &exact, 1e-5, "identity vs exact");
+        assert_close(
+            &case.run_decoded(&identity),
+            &exact,
+            1e-5,
+            "identity decoded vs exact",
+        );
+
+        let (kernel, conv, mix) = random_multi_token(9, 3, 2, seed);
+        assert_eq!(mix.len(), 4 * 4 + 1);
+        let prefill = case.run(&kernel);
+        let reference = multi_token_reference(&case, &conv, 3, &mix, 2);
+        assert_close(&prefill, &reference, 1e-4, "vs reference");
+        assert_close(
+            &case.run_decoded(&kernel),
+            &to64(&prefill),
+            1e-5,
+            "decode vs prefill",
+        );
+        // The lone last head mixes only with itself: scaling its weight scales its output.
+        let mut doubled = mix.clone();
+        *doubled.last_mut().unwrap() *= 2.0;
+        let doubled = MultiTokenKernel::new(9, 3, conv, 2, doubled).unwrap();
+        let (d, n) = (case.head_dim, case.n_queries);
+        let (before, after) = (&prefill, case.run(&doubled));
+        assert_eq!(
+            &after[..8 * n * d],
+            &before[..8 * n * d],
+            "heads 0..8 moved"
+        );
+        let last: Vec<f64> = before[8 * n * d..]
+            .iter()
+            .map(|&x| 2.0 * f64::from(x))
+            .collect();
+        assert_close(&after[8 * n * d..], &last, 1e-5, "last head doubled");
+    }
+}
+
 #[test]
 fn bad_settings_and_inputs_are_rejected() {
     let err = |r: kernels::Result<MultiTokenKernel>| r.unwrap_err().to_string();
     assert!(err(MultiTokenKernel::identity(0, 3, 1)).contains("must all be at least 1"));
     assert!(err(MultiTokenKernel::identity(4, 0, 1)).contains("key_kernel 0"));
-    assert!(err(MultiTokenKernel::identity(4, 3, 3)).contains("mixing groups of 3"));
+    // 3 heads in groups of 2: a full group (4 weights) and a group of one (1 weight).
+    assert!(
+        err(MultiTokenKernel::new(3, 1, vec![0.0; 3], 2, vec![1.0; 6]))
+            .contains("mix 5, got 3 and 6")
+    );
     assert!(
         err(MultiTokenKernel::new(2, 3, vec![0.0; 5], 1, vec![1.0; 2])).contains("conv needs 6")
     );
@@ -422,15 +485,23 @@ fn decoded_logits(model: &Model, tokens: &[u32]) -> Vec<f32> {
         .collect()
 }
 
-/// Both kernels in every layer of `model`: identity Multi-Token gives the exact logits, and
-/// both decode as they prefill.
+/// Both kernels in every layer of `model`: the library's `mta` program (identity Multi-Token,
+/// mixing groups of 2 whatever the head count) gives the exact logits, and both kernels
+/// decode as they prefill.
 fn check_in_model(mut model: Model, tokens: &[u32], tolerance: f32) {
     let exact = all_logits(&model, tokens);
     let heads = model.config.n_heads;
-    let group = if heads.is_multiple_of(3) { 3 } else { 1 };
-    model.set_attention_kernel_everywhere(Arc::new(
-        MultiTokenKernel::identity(heads, 5, group).unwrap(),
-    ));
+    let group = 2;
+    let mta = akl::instantiate(
+        library::checked("mta").unwrap(),
+        &ModelShape::of(&model.config),
+        model.config.attention_scale,
+    )
+    .unwrap();
+    assert_eq!(mta.kv_rank, None);
+    for (layer, kernel) in mta.kernels.into_iter().enumerate() {
+        model.set_attention_kernel(layer, kernel).unwrap();
+    }
     let identity = all_logits(&model, tokens);
     assert_close(
         &identity,

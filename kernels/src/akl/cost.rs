@@ -173,6 +173,26 @@ fn option(options: &[(String, OptionValue)], name: &str) -> f64 {
     }
 }
 
+/// Log-Linear over chunks of `chunk` tokens: like the linear family per token (one own-state
+/// write, half a chunk of in-chunk pairs), but chunk `n` reads one d × d state per set bit of
+/// `n` (its Fenwick buckets of earlier chunks), and every query of the chunk reads them all.
+/// The cache holds at most `⌊log₂ T⌋ + 1` states.
+fn log_linear_cost(t: f64, chunk: f64, d: f64) -> Cost {
+    let (len, chunk_len) = (t as u64, chunk as u64);
+    let (mut states_read, mut query_state_reads) = (0.0, 0.0);
+    for n in 0..len.div_ceil(chunk_len) {
+        let live = f64::from(n.count_ones());
+        states_read += live;
+        query_state_reads += live * chunk_len.min(len - n * chunk_len) as f64;
+    }
+    let states_held = t.log2().floor() + 1.0;
+    Cost {
+        flops: t * (2.0 * d * d + 2.0 * chunk * d) + query_state_reads * 2.0 * d * d,
+        kv_bytes_read: t * 2.0 * d * F32 + states_read * d * d * F32,
+        kv_bytes_held_per_token: states_held * d * d * F32 / t,
+    }
+}
+
 /// The cost of one query head running `spec`.
 fn head_cost(spec: &HeadSpec, shape: &ModelShape, seq_len: usize) -> Result<Cost> {
     let len = seq_len as i64;
@@ -249,31 +269,27 @@ fn head_cost(spec: &HeadSpec, shape: &ModelShape, seq_len: usize) -> Result<Cost
             }
         }
         HeadSpec::Mechanism { name, options } => {
-            let chunk = option(options, "chunk").max(1.0);
-            let conv = option(options, "conv");
-            let recurrent = |state_flops: f64, state_floats: f64| Cost {
-                // Chunkwise: the state (read and update) per token, and half a chunk of
-                // intra-chunk pairs on average.
-                flops: t * (state_flops + 2.0 * chunk * d) + t * 6.0 * conv * d,
+            // Every linear-family head holds one d_k × d_v state (d × d here). The chunkwise
+            // prefill per token: read the state and write into it (2d² each), and score
+            // half a chunk of earlier in-chunk keys and add their values (2·C·d).
+            let chunk = option(options, "chunk").clamp(1.0, t);
+            let state_floats = d * d;
+            let recurrent = |extra_flops_per_token: f64| Cost {
+                flops: t * (4.0 * d * d + 2.0 * chunk * d + extra_flops_per_token),
                 kv_bytes_read: t * 2.0 * d * F32 + (t / chunk).ceil() * state_floats * F32,
-                kv_bytes_held_per_token: (state_floats + 3.0 * conv * d) * F32 / t,
+                kv_bytes_held_per_token: state_floats * F32 / t,
             };
+            // The delta rule also builds the in-chunk key-key system (C·d), solves it by
+            // forward substitution for values and decayed keys (2·C·d), and subtracts the
+            // state's prediction (2d²).
+            let delta = 3.0 * chunk * d + 2.0 * d * d;
             match name.as_str() {
-                "linear" | "retnet" => recurrent(4.0 * d * d, d * d),
-                "gla" => recurrent(4.0 * d * d + d, d * d),
-                "deltanet" => recurrent(6.0 * d * d, d * d),
-                "gated_deltanet" => recurrent(6.0 * d * d + d, d * d),
-                "mamba2" => {
-                    let state = option(options, "state");
-                    recurrent(4.0 * state * d, state * d)
-                }
-                "log_linear" => {
-                    // One state per Fenwick level: log2 of the number of chunks, plus one.
-                    let levels = (t / chunk).max(1.0).log2().ceil() + 1.0;
-                    let mut c = recurrent(4.0 * d * d * levels, d * d * levels);
-                    c.flops += t * 2.0 * d * d * levels;
-                    c
-                }
+                "linear" | "retnet" | "mamba2" => recurrent(0.0),
+                // One decay per key channel rather than per head.
+                "gla" => recurrent(d),
+                "deltanet" => recurrent(delta),
+                "gated_deltanet" => recurrent(delta + d),
+                "log_linear" => log_linear_cost(t, chunk, d),
                 "mta" => {
                     let conv_flops =
                         2.0 * option(options, "q_kernel") * option(options, "k_kernel")

@@ -253,6 +253,9 @@ impl<R: Rng> Draw<'_, R> {
                     let steps = (hi / lo).trailing_zeros();
                     OptionValue::Int(lo << self.rng.random_range(0..=steps))
                 }
+                OptionKind::Even { lo, hi, .. } => {
+                    OptionValue::Int(2 * self.rng.random_range(lo / 2..=hi / 2))
+                }
                 OptionKind::Float { lo, hi, .. } => OptionValue::Float(
                     lo + (hi - lo) * f64::from(self.rng.random_range(0..=8u32)) / 8.0,
                 ),

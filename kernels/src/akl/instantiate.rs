@@ -159,6 +159,8 @@ fn mechanism_kernel(
             };
             Arc::new(LogLinearDropIn::with_chunk(variant, chunk()?)?)
         }
+        // The drop-in convolves along keys only (c_q = 1): the KV cache keeps no past
+        // queries. `q_kernel` sizes the trainable mixer's query axis.
         "mta" => Arc::new(MultiTokenKernel::identity(
             n_heads,
             int_option(name, options, "k_kernel")?,

@@ -31,6 +31,12 @@ pub enum OptionKind {
         hi: i64,
         default: i64,
     },
+    /// An even integer between `lo` and `hi` (both even).
+    Even {
+        lo: i64,
+        hi: i64,
+        default: i64,
+    },
     Float {
         lo: f64,
         hi: f64,
@@ -56,8 +62,14 @@ const fn pow2(name: &'static str, lo: i64, hi: i64, default: i64) -> OptionSpec 
     }
 }
 
+const fn even(name: &'static str, lo: i64, hi: i64, default: i64) -> OptionSpec {
+    OptionSpec {
+        name,
+        kind: OptionKind::Even { lo, hi, default },
+    }
+}
+
 const CHUNK: OptionSpec = pow2("chunk", 1, 1024, 64);
-const CONV: OptionSpec = int("conv", 1, 16, 4);
 
 /// Every mechanism, in the order the documentation lists them.
 pub const MECHANISMS: &[MechanismSpec] = &[
@@ -68,7 +80,7 @@ pub const MECHANISMS: &[MechanismSpec] = &[
             OptionSpec {
                 name: "base",
                 kind: OptionKind::Choice {
-                    choices: &["linear", "mamba2", "gated_deltanet"],
+                    choices: &["linear", "mamba2"],
                     default: "mamba2",
                 },
             },
@@ -88,7 +100,8 @@ pub const MECHANISMS: &[MechanismSpec] = &[
             name: "lambda_init",
             kind: OptionKind::Float {
                 lo: 0.0,
-                hi: 1.0,
+                // λ = 1 would cancel the two maps exactly; the runtime needs λ < 1.
+                hi: 0.95,
                 default: 0.8,
             },
         }],
@@ -97,22 +110,13 @@ pub const MECHANISMS: &[MechanismSpec] = &[
         name: "mla",
         options: &[
             int("kv_rank", 8, 4096, 64),
-            int("q_rank", 0, 4096, 0),
-            int("rope_dim", 0, 512, 16),
+            // Rotary dimensions come in pairs.
+            even("rope_dim", 2, 512, 16),
         ],
     },
     MechanismSpec {
         name: "linear",
-        options: &[
-            CHUNK,
-            OptionSpec {
-                name: "feature_map",
-                kind: OptionKind::Choice {
-                    choices: &["elu_plus_one", "relu", "identity"],
-                    default: "elu_plus_one",
-                },
-            },
-        ],
+        options: &[CHUNK],
     },
     MechanismSpec {
         name: "retnet",
@@ -124,15 +128,15 @@ pub const MECHANISMS: &[MechanismSpec] = &[
     },
     MechanismSpec {
         name: "mamba2",
-        options: &[CHUNK, int("state", 1, 256, 64), CONV],
+        options: &[CHUNK],
     },
     MechanismSpec {
         name: "deltanet",
-        options: &[CHUNK, CONV],
+        options: &[CHUNK],
     },
     MechanismSpec {
         name: "gated_deltanet",
-        options: &[CHUNK, CONV],
+        options: &[CHUNK],
     },
 ];
 
@@ -147,9 +151,9 @@ fn names(items: impl Iterator<Item = &'static str>) -> String {
 impl OptionSpec {
     pub fn default_value(&self) -> OptionValue {
         match self.kind {
-            OptionKind::Int { default, .. } | OptionKind::Pow2 { default, .. } => {
-                OptionValue::Int(default)
-            }
+            OptionKind::Int { default, .. }
+            | OptionKind::Pow2 { default, .. }
+            | OptionKind::Even { default, .. } => OptionValue::Int(default),
             OptionKind::Float { default, .. } => OptionValue::Float(default),
             OptionKind::Choice { default, .. } => OptionValue::Symbol(default.to_string()),
         }
@@ -161,6 +165,9 @@ impl OptionSpec {
             (OptionKind::Int { lo, hi, .. }, OptionValue::Int(v)) => (lo..=hi).contains(&v),
             (OptionKind::Pow2 { lo, hi, .. }, OptionValue::Int(v)) => {
                 (lo..=hi).contains(&v) && (*v as u64).is_power_of_two()
+            }
+            (OptionKind::Even { lo, hi, .. }, OptionValue::Int(v)) => {
+                (lo..=hi).contains(&v) && v % 2 == 0
             }
             (OptionKind::Float { lo, hi, .. }, OptionValue::Float(v)) => (*lo..=*hi).contains(v),
             (OptionKind::Choice { choices, .. }, OptionValue::Symbol(s)) => {
@@ -174,6 +181,7 @@ impl OptionSpec {
         Err(match &self.kind {
             OptionKind::Int { lo, hi, .. } => format!("an integer from {lo} to {hi}"),
             OptionKind::Pow2 { lo, hi, .. } => format!("a power of two from {lo} to {hi}"),
+            OptionKind::Even { lo, hi, .. } => format!("an even integer from {lo} to {hi}"),
             OptionKind::Float { lo, hi, .. } => format!("a number from {lo:?} to {hi:?}"),
             OptionKind::Choice { choices, .. } => format!("one of {}", choices.join(", ")),
         })

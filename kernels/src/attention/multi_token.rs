@@ -14,6 +14,10 @@
 //! ```
 //! Every key the convolution reads beyond `p` is hidden and so zero: the kernel stays within
 //! the layer's mask. [`MultiTokenKernel::identity`] is standard attention.
+//!
+//! Heads are mixed in consecutive groups of `mix_group`; when the head count is not a
+//! multiple of it (SmolLM2 has 9 query heads), the last group is smaller and holds the
+//! remaining heads.
 
 use rayon::prelude::*;
 
@@ -29,7 +33,7 @@ pub struct MultiTokenKernel {
     /// `[n_heads, key_kernel]`.
     conv: Vec<f32>,
     mix_group: usize,
-    /// `[n_heads / mix_group, mix_group, mix_group]`.
+    /// Per head in order, one weight per head of its group (see [`MultiTokenKernel::new`]).
     mix: Vec<f32>,
 }
 
@@ -39,12 +43,17 @@ impl MultiTokenKernel {
         check_sizes(n_heads, key_kernel, mix_group)?;
         let mut conv = vec![0.0; n_heads * key_kernel];
         (0..n_heads).for_each(|h| conv[h * key_kernel + key_kernel / 2] = 1.0);
-        let mut mix = vec![0.0; n_heads * mix_group];
-        (0..n_heads).for_each(|h| mix[h * mix_group + h % mix_group] = 1.0);
+        let mut mix = vec![0.0; mix_len(n_heads, mix_group)];
+        for h in 0..n_heads {
+            let (first, _) = mix_group_of(h, n_heads, mix_group);
+            mix[mix_row(h, n_heads, mix_group).start + (h - first)] = 1.0;
+        }
         Self::new(n_heads, key_kernel, conv, mix_group, mix)
     }
 
-    /// `conv` is `[n_heads, key_kernel]`, `mix` `[n_heads / mix_group, mix_group, mix_group]`.
+    /// `conv` is `[n_heads, key_kernel]`. `mix` holds, for every head in order, one weight per
+    /// head of its mixing group: `[n_heads / mix_group, mix_group, mix_group]` when the groups
+    /// are even, followed by `[r, r]` for a last group of the `r` remaining heads.
     pub fn new(
         n_heads: usize,
         key_kernel: usize,
@@ -53,11 +62,11 @@ impl MultiTokenKernel {
         mix: Vec<f32>,
     ) -> Result<Self> {
         check_sizes(n_heads, key_kernel, mix_group)?;
-        if conv.len() != n_heads * key_kernel || mix.len() != n_heads * mix_group {
+        if conv.len() != n_heads * key_kernel || mix.len() != mix_len(n_heads, mix_group) {
             return Err(Error::InvalidRequest(format!(
                 "multi-token kernel: conv needs {} weights and mix {}, got {} and {}",
                 n_heads * key_kernel,
-                n_heads * mix_group,
+                mix_len(n_heads, mix_group),
                 conv.len(),
                 mix.len()
             )));
@@ -114,10 +123,9 @@ impl MultiTokenKernel {
             softmax(head_weights);
         }
         let mut row = vec![0f32; self.n_heads * d];
-        let group = self.mix_group;
         for (h, out) in row.chunks_exact_mut(d).enumerate() {
-            let first_in_group = h / group * group;
-            let mixing = &self.mix[h * group..(h + 1) * group];
+            let (first_in_group, _) = mix_group_of(h, self.n_heads, self.mix_group);
+            let mixing = &self.mix[mix_row(h, self.n_heads, self.mix_group)];
             let values = input.v_head(h / input.group_size());
             for (j, value) in values.chunks_exact(d).enumerate() {
                 let weight: f32 = mixing
@@ -143,12 +151,26 @@ fn check_sizes(n_heads: usize, key_kernel: usize, mix_group: usize) -> Result<()
              {mix_group} must all be at least 1"
         )));
     }
-    if !n_heads.is_multiple_of(mix_group) {
-        return Err(Error::InvalidRequest(format!(
-            "multi-token kernel: {n_heads} heads do not split into mixing groups of {mix_group}"
-        )));
-    }
     Ok(())
+}
+
+/// The first head and the size of head `h`'s mixing group.
+fn mix_group_of(h: usize, n_heads: usize, mix_group: usize) -> (usize, usize) {
+    let first = h / mix_group * mix_group;
+    (first, mix_group.min(n_heads - first))
+}
+
+/// Where head `h`'s mixing weights lie in `mix`: every earlier group is full.
+fn mix_row(h: usize, n_heads: usize, mix_group: usize) -> std::ops::Range<usize> {
+    let (first, size) = mix_group_of(h, n_heads, mix_group);
+    let start = first * mix_group + (h - first) * size;
+    start..start + size
+}
+
+/// The number of mixing weights: the square of each group's size, summed.
+fn mix_len(n_heads: usize, mix_group: usize) -> usize {
+    let (first, size) = mix_group_of(n_heads - 1, n_heads, mix_group);
+    first * mix_group + size * size
 }
 
 pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {

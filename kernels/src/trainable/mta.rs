@@ -34,7 +34,8 @@ pub struct MtaConfig {
     pub query_kernel: usize,
     /// `c_k`: how many neighbouring keys the score convolution spans.
     pub key_kernel: usize,
-    /// Heads per mixing group; `n_heads` must be a multiple of it (1: no mixing).
+    /// Heads per mixing group (1: no mixing). Groups are consecutive; when `n_heads` is not a
+    /// multiple of it, the last group is smaller and holds the remaining heads.
     pub mix_group: usize,
 }
 
@@ -53,12 +54,6 @@ impl MtaConfig {
                 "multi-token attention: {name} must be at least 1"
             )));
         }
-        if !self.n_heads.is_multiple_of(self.mix_group) {
-            return Err(Error::InvalidRequest(format!(
-                "multi-token attention: {} heads do not split into mixing groups of {}",
-                self.n_heads, self.mix_group
-            )));
-        }
         Ok(())
     }
 }
@@ -74,7 +69,9 @@ pub struct MultiTokenAttention {
     w_o: Var,
     /// `[n_heads, c_q, c_k]`, the per-head score convolution.
     conv: Var,
-    /// `[n_groups, group, group]`: row `h` of a group mixes that group's maps into head `h`.
+    /// Flat: `[n_heads / group, group, group]` for the full groups, then `[r, r]` for a last
+    /// group of `r` remaining heads (the layout of `attention::MultiTokenKernel`'s mix). Row
+    /// `h` of a group mixes that group's maps into head `h`.
     mix: Var,
 }
 
@@ -131,13 +128,14 @@ impl MultiTokenAttention {
             "conv",
             Tensor::from_vec(identity_conv, (n_heads, query_kernel, key_kernel), device)?,
         )?;
-        let n_groups = n_heads / mix_group;
-        let mix = params.push(
-            "mix",
-            Tensor::eye(mix_group, candle_core::DType::F32, device)?
-                .unsqueeze(0)?
-                .repeat((n_groups, 1, 1))?,
-        )?;
+        // An identity matrix per group (its diagonal is every `size + 1`-th entry).
+        let (full_groups, rest) = (n_heads / mix_group, n_heads % mix_group);
+        let mut identity_mix = Vec::with_capacity(full_groups * mix_group.pow(2) + rest.pow(2));
+        for size in std::iter::repeat_n(mix_group, full_groups).chain((rest > 0).then_some(rest)) {
+            identity_mix.extend((0..size * size).map(|i| f32::from(u8::from(i % (size + 1) == 0))));
+        }
+        let mix_len = identity_mix.len();
+        let mix = params.push("mix", Tensor::from_vec(identity_mix, mix_len, device)?)?;
         Ok(Self {
             config,
             params,
@@ -223,11 +221,39 @@ impl MultiTokenAttention {
         }
         let weights = causal_softmax(&convolved, first)?;
 
+        // Each group's mixing matrix times its heads' maps: the full groups in one batched
+        // matmul, then the smaller last group, if any.
         let group = c.mix_group;
-        let mixed = self
-            .mix
-            .broadcast_matmul(&weights.reshape((b, h / group, group, n * s))?)?
-            .reshape((b, h, n, s))?;
+        let (full_groups, rest) = (h / group, h % group);
+        let full_weights = full_groups * group * group;
+        let mut parts = Vec::with_capacity(2);
+        if full_groups > 0 {
+            let mix = self
+                .mix
+                .narrow(0, 0, full_weights)?
+                .reshape((full_groups, group, group))?;
+            let maps = weights.narrow(1, 0, full_groups * group)?.reshape((
+                b,
+                full_groups,
+                group,
+                n * s,
+            ))?;
+            parts.push(
+                mix.broadcast_matmul(&maps)?
+                    .reshape((b, full_groups * group, n, s))?,
+            );
+        }
+        if rest > 0 {
+            let mix = self
+                .mix
+                .narrow(0, full_weights, rest * rest)?
+                .reshape((rest, rest))?;
+            let maps = weights
+                .narrow(1, full_groups * group, rest)?
+                .reshape((b, rest, n * s))?;
+            parts.push(mix.broadcast_matmul(&maps)?.reshape((b, rest, n, s))?);
+        }
+        let mixed = Tensor::cat(&parts, 1)?;
         Ok(mixed.matmul(values)?)
     }
 }
