@@ -641,11 +641,15 @@ fn attend_item<S: Simd>(simd: S, job: &Job, item: &mut [Piece], scratch: &mut Sc
                 let Some(rules) = job.rules else { return };
                 let row = block + r;
                 let (q, head) = (position(row), first_head + row % heads);
-                for (k, score) in (visible[r].start..).zip(scores) {
-                    if masked && !rules.rule.allows(q, k) {
-                        *score = f32::NEG_INFINITY;
-                    } else if let Some(modifier) = rules.modifier {
-                        *score = modifier.modify(head, q, k, *score);
+                let keys = visible[r].clone();
+                if masked && !keys.is_empty() {
+                    hide_keys(rules.rule, q, keys.clone(), scores);
+                }
+                if let Some(modifier) = rules.modifier {
+                    for (k, score) in keys.zip(scores) {
+                        if *score != f32::NEG_INFINITY {
+                            *score = modifier.modify(head, q, k, *score);
+                        }
                     }
                 }
             };
@@ -795,6 +799,30 @@ impl TileGrid<'_> {
                 self.bisect(first, middle, plan);
                 self.bisect(middle, end, plan);
             }
+        }
+    }
+}
+
+/// Sets to -inf the scores (one per key of `keys`) of the keys `rule` hides from query `q`.
+/// A row's slice of a tile is usually cut once (at a window's or a rule's causal edge), so
+/// bisecting it with `coverage` settles it in a few calls instead of one `allows` per key.
+fn hide_keys(rule: &dyn KeyRule, q: usize, keys: Range<usize>, scores: &mut [f32]) {
+    const BY_KEY: usize = 8;
+    match rule.coverage(q..q + 1, keys.clone()) {
+        Coverage::Full => {}
+        Coverage::Empty => scores.fill(f32::NEG_INFINITY),
+        Coverage::Partial if keys.len() <= BY_KEY => {
+            for (k, score) in keys.zip(scores) {
+                if !rule.allows(q, k) {
+                    *score = f32::NEG_INFINITY;
+                }
+            }
+        }
+        Coverage::Partial => {
+            let half = keys.len() / 2;
+            let (low, high) = scores.split_at_mut(half);
+            hide_keys(rule, q, keys.start..keys.start + half, low);
+            hide_keys(rule, q, keys.start + half..keys.end, high);
         }
     }
 }
