@@ -59,3 +59,45 @@ fn every_library_program_runs_inside_smollm2() {
         }
     }
 }
+
+/// SmolLM2's attention shape, for programs instantiated without loading the model.
+const SMOLLM2_SHAPE: ModelShape = ModelShape {
+    n_layers: 30,
+    n_q_heads: 9,
+    n_kv_heads: 3,
+    head_dim: 64,
+};
+
+fn instantiate_text(text: &str) -> kernels::Result<akl::DropIn> {
+    let checked = akl::parse_and_check(text)?;
+    akl::instantiate(&checked, &SMOLLM2_SHAPE, 0.125)
+}
+
+#[test]
+fn heads_that_differ_become_one_head_mix_per_layer_and_mla_a_model_wide_rank() {
+    let mixed = instantiate_text("(kernel m (mask causal) (heads (range 0 2) window))").unwrap();
+    assert_eq!(mixed.kernels.len(), 30);
+    assert!(
+        format!("{:?}", mixed.kernels[0]).contains("HeadMix"),
+        "{:?}",
+        mixed.kernels[0]
+    );
+    assert_eq!(mixed.kv_rank, None);
+    let mla = instantiate_text("(kernel m (mechanism mla (kv_rank 96)))").unwrap();
+    assert_eq!(mla.kv_rank, Some(96));
+}
+
+#[test]
+fn mla_on_part_of_a_model_is_refused_with_the_reason() {
+    let some_layers = instantiate_text("(kernel m (layers (list 0) (mechanism mla)))").unwrap_err();
+    assert!(
+        some_layers.to_string().contains("every layer"),
+        "{some_layers}"
+    );
+    let some_heads =
+        instantiate_text("(kernel m (heads (range 0 3) (mechanism mla)))").unwrap_err();
+    assert!(
+        some_heads.to_string().contains("whole layer"),
+        "{some_heads}"
+    );
+}
