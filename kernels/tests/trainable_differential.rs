@@ -63,8 +63,11 @@ fn reference(diff: &DifferentialAttention, x: &[f64], batch: usize, seq: usize) 
     out
 }
 
+/// Shapes from two hidden channels up: with one, every value is a multiple of one vector,
+/// the per-head RMSNorm keeps only its sign, and a change of later tokens may move nothing,
+/// which would make the causality test's "the change reached later outputs" check fail.
 fn config_strategy() -> impl Strategy<Value = DifferentialConfig> {
-    (1usize..9, 1usize..4, 1usize..5, 1usize..12).prop_map(|(d_model, n_heads, head_dim, layer)| {
+    (2usize..9, 1usize..4, 1usize..5, 1usize..12).prop_map(|(d_model, n_heads, head_dim, layer)| {
         DifferentialConfig::new(d_model, n_heads, head_dim, layer)
     })
 }
