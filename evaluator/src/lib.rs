@@ -1,1 +1,30 @@
-//! Scoring of candidate kernels (filled by the evaluator issue).
+//! Scoring of candidate kernels: a cascade of checks that stops at the first failure.
+//!
+//! The evaluator sits outside the program being evolved: a candidate is only ever text, and
+//! every number in an [`Evaluation`] is measured here, by code the candidate cannot touch.
+//! A [`Task`] runs the cascade for one kind of candidate; a failed stage is an ordinary
+//! result (`passed: false` with feedback for the mutator), while an [`Error`] means the
+//! evaluation itself could not run (a missing model, a bad config) and says nothing of the
+//! candidate.
+
+mod error;
+mod evaluation;
+
+pub use error::{Error, Result};
+pub use evaluation::{Evaluation, Provenance, Stage, StageTiming};
+
+/// The version recorded in every evaluation, so that a stored row names the code that scored it.
+pub const EVALUATOR_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// One kind of evaluation: the cascade, its settings and its data.
+pub trait Task: Send + Sync {
+    /// The task's name as the CLI and the database spell it (`drop-in`, `recsys`, `command`).
+    fn name(&self) -> &'static str;
+
+    /// Runs the cascade on `source` (the candidate's text).
+    ///
+    /// Trial 0 uses the task's standard slices and seeds; every later trial draws fresh ones,
+    /// deterministically from the trial number, so that elite confirmation measures the
+    /// candidate on data it was not selected on and any trial can be reproduced.
+    fn evaluate(&self, source: &str, trial: u32) -> Result<Evaluation>;
+}
