@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use crate::constrain::TokenConstraint;
 use crate::model::{KvCache, Logits, Model};
 use crate::tokenizer::StreamDecoder;
 use crate::{Error, Result};
@@ -140,11 +141,51 @@ pub struct GenerateOptions {
     pub stop_tokens: Vec<u32>,
 }
 
+/// Draws a token `constraint` allows and moves the constraint past it. The token drawn from
+/// the unmasked logits is kept when allowed; otherwise the draw is repeated over the allowed
+/// tokens only, which gives each allowed token its renormalised probability.
+fn sample_allowed(
+    sampler: &mut Sampler,
+    logits: &mut [f32],
+    constraint: &mut dyn TokenConstraint,
+) -> Result<u32> {
+    let first = sampler.sample(logits);
+    let token = if constraint.allows(first) {
+        first
+    } else {
+        let allowed = constraint.allowed();
+        if allowed.is_empty() {
+            return Err(Error::InvalidRequest(
+                "the grammar allows no token here: the constraint reached a dead end".into(),
+            ));
+        }
+        let mut masked = vec![f32::NEG_INFINITY; logits.len()];
+        for &id in &allowed {
+            if let Some(l) = logits.get(id as usize) {
+                masked[id as usize] = *l;
+            }
+        }
+        let token = sampler.sample(&masked);
+        if masked
+            .get(token as usize)
+            .is_none_or(|l| *l == f32::NEG_INFINITY)
+        {
+            allowed[0] // every allowed logit is -inf or NaN: take one allowed token
+        } else {
+            token
+        }
+    };
+    constraint.accept(token)?;
+    Ok(token)
+}
+
 /// Why generation ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StopReason {
     StopToken,
+    /// A grammar constraint's text is complete.
+    Complete,
     MaxTokens,
     ContextFull,
 }
@@ -178,6 +219,18 @@ pub fn generate(
     model: &Model,
     prompt: &[u32],
     options: &GenerateOptions,
+    on_text: impl FnMut(&str),
+) -> Result<Generation> {
+    generate_constrained(model, prompt, options, None, on_text)
+}
+
+/// [`generate`], where every token must be allowed by `constraint` (see
+/// [`crate::constrain`]); generation ends as soon as the constrained text is complete.
+pub fn generate_constrained(
+    model: &Model,
+    prompt: &[u32],
+    options: &GenerateOptions,
+    mut constraint: Option<&mut dyn TokenConstraint>,
     mut on_text: impl FnMut(&str),
 ) -> Result<Generation> {
     let mut sampler = Sampler::new(options.sampling.clone())?;
@@ -198,7 +251,10 @@ pub fn generate(
     let prefill_time = started.elapsed();
     let decode_started = Instant::now();
     let stop_reason = loop {
-        let token = sampler.sample(&logits);
+        let token = match constraint.as_deref_mut() {
+            Some(constraint) => sample_allowed(&mut sampler, &mut logits, constraint)?,
+            None => sampler.sample(&logits),
+        };
         tokens.push(token);
         if options.stop_tokens.contains(&token) {
             break StopReason::StopToken;
@@ -207,6 +263,9 @@ pub fn generate(
         if !piece.is_empty() {
             on_text(&piece);
             text.push_str(&piece);
+        }
+        if constraint.as_deref().is_some_and(|c| c.is_complete()) {
+            break StopReason::Complete;
         }
         if tokens.len() >= options.max_tokens {
             break StopReason::MaxTokens;

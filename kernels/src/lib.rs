@@ -6,6 +6,7 @@
 pub mod akl;
 pub mod assets;
 pub mod attention;
+pub mod constrain;
 mod error;
 pub mod generate;
 pub mod gguf;

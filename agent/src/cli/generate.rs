@@ -1,6 +1,8 @@
 use std::io::Write;
 
-use kernels::generate::{generate, GenerateOptions, Sampling};
+use kernels::akl::prefix::AklGrammar;
+use kernels::constrain::{GrammarConstraint, TokenConstraint, TokenTrie};
+use kernels::generate::{generate_constrained, GenerateOptions, Sampling};
 use kernels::tokenizer::ChatMessage;
 
 #[derive(clap::Args)]
@@ -27,6 +29,10 @@ pub struct Args {
     /// System message for --chat.
     #[arg(long, requires = "chat")]
     system: Option<String>,
+    /// Constrain decoding to a grammar: `akl` allows only text that is (or can still
+    /// become) one AKL program, and stops when the program is complete.
+    #[arg(long, value_parser = ["akl"])]
+    grammar: Option<String>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -56,8 +62,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         },
         stop_tokens: tokenizer.stop_ids().to_vec(),
     };
+    let trie;
+    let mut akl;
+    let constraint: Option<&mut dyn TokenConstraint> = match args.grammar.as_deref() {
+        Some(_) => {
+            trie = TokenTrie::new(tokenizer);
+            akl = GrammarConstraint::new(AklGrammar, &trie, &options.stop_tokens);
+            Some(&mut akl)
+        }
+        None => None,
+    };
     let mut stdout = std::io::stdout().lock();
-    let generation = generate(&model, &prompt, &options, |piece| {
+    let generation = generate_constrained(&model, &prompt, &options, constraint, |piece| {
         // A closed pipe (`| head`) must not abort generation with a panic.
         let _ = stdout.write_all(piece.as_bytes());
         let _ = stdout.flush();

@@ -19,6 +19,7 @@ pub mod library;
 pub mod mask;
 pub mod mechanism;
 pub mod parse;
+pub mod prefix;
 pub mod print;
 mod sha256;
 

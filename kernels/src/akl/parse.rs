@@ -15,6 +15,18 @@ const RULE_CLAUSES: &str =
     "a rule clause (mask, score, norm, select, star, cache, mechanism, tile, heads)";
 const PROGRAM_CLAUSES: &str =
     "a clause (param, mask, score, norm, select, star, cache, mechanism, tile, heads, layers)";
+/// The heads of a rule's clauses; each but `heads` at most once per rule.
+pub(super) const RULE_HEADS: [&str; 9] = [
+    "mask",
+    "score",
+    "norm",
+    "select",
+    "star",
+    "cache",
+    "mechanism",
+    "tile",
+    "heads",
+];
 const SELECTORS: &str = "a selector (all, (list I...), (range A B), (every N R))";
 
 /// Parses one program: `(kernel NAME CLAUSE...)`.
@@ -244,22 +256,7 @@ fn rule_clause(
     at: Pos,
     expected: &str,
 ) -> Result<(), ParseError> {
-    let name = keyword(
-        items.first(),
-        at,
-        &[
-            "mask",
-            "score",
-            "norm",
-            "select",
-            "star",
-            "cache",
-            "mechanism",
-            "tile",
-            "heads",
-        ],
-        expected,
-    )?;
+    let name = keyword(items.first(), at, &RULE_HEADS, expected)?;
     let twice = || {
         Err(ParseError::new(
             at,

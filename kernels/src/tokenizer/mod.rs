@@ -117,6 +117,8 @@ pub struct Tokenizer {
     eos: Option<u32>,
     add_bos: bool,
     stop_ids: Vec<u32>,
+    /// Per id: a token of plain text (normal or byte), not a control or special one.
+    text_tokens: Vec<bool>,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -210,6 +212,10 @@ impl Tokenizer {
         stop_ids.sort_unstable();
         stop_ids.dedup();
 
+        let text_tokens = kinds
+            .iter()
+            .map(|kind| matches!(kind, TokenKind::Normal | TokenKind::Byte))
+            .collect();
         Ok(Self {
             model,
             token_bytes,
@@ -219,6 +225,7 @@ impl Tokenizer {
             eos,
             add_bos,
             stop_ids,
+            text_tokens,
         })
     }
 
@@ -279,6 +286,11 @@ impl Tokenizer {
                 self.vocab_size()
             ))
         })
+    }
+
+    /// Whether `id` is a token of plain text (not a control, user-defined or unused one).
+    pub fn is_text_token(&self, id: u32) -> bool {
+        self.text_tokens.get(id as usize).copied().unwrap_or(false)
     }
 
     pub fn vocab_size(&self) -> usize {
