@@ -1,4 +1,5 @@
 //! The evolution engine and the discovered-kernel database (filled by the agent issue),
 //! and the peer engine the `bench` command measures our core against.
 
+pub mod mutate;
 pub mod peer;

@@ -1,0 +1,5 @@
+//! Mutators: how a campaign proposes new programs from old ones.
+
+pub mod structural;
+
+pub use structural::Structural;
