@@ -1,5 +1,6 @@
 //! The evolution engine and the discovered-kernel database (filled by the agent issue),
 //! and the peer engine the `bench` command measures our core against.
 
+pub mod llm;
 pub mod mutate;
 pub mod peer;

@@ -1,0 +1,32 @@
+//! The language models a campaign asks for programs: a GGUF model on our own core, in
+//! process ([`local`]), or any OpenAI-compatible endpoint ([`remote`]). Both answer a
+//! [`Request`] with a [`Reply`] that holds what the database records of a call, so that a
+//! campaign can be replayed without any model.
+
+pub mod extract;
+pub mod local;
+pub mod remote;
+
+use serde::{Deserialize, Serialize};
+
+/// One chat turn to a model: a system message and a user message.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    pub system: String,
+    pub user: String,
+    pub max_tokens: usize,
+    /// 0 is greedy.
+    pub temperature: f32,
+    pub seed: u64,
+}
+
+/// A model's answer and what it cost.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Reply {
+    pub text: String,
+    /// The model that answered, as it names itself (a file name or the endpoint's id).
+    pub model: String,
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub seconds: f64,
+}
