@@ -567,3 +567,76 @@ fn configuration_mistakes_are_errors_naming_the_fix() {
         other => panic!("expected an error, got {other:?}"),
     }
 }
+
+#[test]
+fn a_file_larger_than_the_file_size_limit_stops_the_writer() {
+    let dir = TestDir::new("fsize");
+    let task = task(
+        &dir,
+        &["sh", "-c", "exec head -c 3000000 /dev/zero > big"],
+        |config| config.file_bytes = 1 << 20,
+    );
+    let evaluation = task.evaluate("x", 0).unwrap();
+    assert_failed_at(&evaluation, Stage::Run, "file-size limit of 1 MiB");
+}
+
+#[test]
+fn parallel_evaluations_keep_to_their_own_directories_and_processes() {
+    let dir = TestDir::new("parallel");
+    // Each run leaves a child behind; sweeping one run must not touch another's.
+    let script = dir.write(
+        "evaluate.sh",
+        "sleep 1000 &\nsleep 0.2\nprintf '{\"combined_score\": %s}\\n' \"$(cat program.py)\"\n",
+    );
+    let task = task(&dir, &["sh", &script], |_| {});
+    std::thread::scope(|scope| {
+        let runs: Vec<_> = (0..4)
+            .map(|i| {
+                let task = &task;
+                scope.spawn(move || (i, task.evaluate(&i.to_string(), 0).unwrap()))
+            })
+            .collect();
+        for run in runs {
+            let (i, evaluation) = run.join().unwrap();
+            assert!(evaluation.passed, "{}", evaluation.feedback);
+            assert_eq!(evaluation.score, Some(i as f64));
+            assert!(
+                evaluation.feedback.contains("1 process(es) left running"),
+                "{}",
+                evaluation.feedback
+            );
+        }
+    });
+}
+
+/// The sandbox's documented gap: a process that leaves the session and drops its environment
+/// cannot be found without cgroups. The run must still end promptly and say so.
+#[test]
+fn an_escaped_process_holding_the_output_is_reported_not_waited_for() {
+    let dir = TestDir::new("escape");
+    let marker = (7_000_000 + std::process::id()).to_string();
+    let code = format!(
+        "import os, shutil\n\
+         sleep = shutil.which('sleep')\n\
+         if os.fork() == 0:\n    os.setsid()\n    os.execve(sleep, ['sleep', '{marker}'], {{}})\n\
+         print('{{\"combined_score\": 1}}')\n"
+    );
+    let task = task(&dir, &["python3", "-c", &code], |_| {});
+    let started = Instant::now();
+    let evaluation = task.evaluate("x", 0).unwrap();
+    let elapsed = started.elapsed().as_secs_f64();
+    let escaped = live_processes_mentioning(&marker);
+    for process in &escaped {
+        let pid: i32 = process.split(':').next().unwrap().parse().unwrap();
+        // SAFETY: kill has no memory-safety preconditions; the pid is our test's escapee.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    assert_eq!(escaped.len(), 1, "{escaped:?}");
+    assert!(evaluation.passed, "{}", evaluation.feedback);
+    assert!(
+        evaluation.feedback.contains("escaped the sandbox"),
+        "{}",
+        evaluation.feedback
+    );
+    assert!(elapsed < 10.0, "waited {elapsed:.2} s for the escapee");
+}
