@@ -562,7 +562,7 @@ fn configuration_mistakes_are_errors_naming_the_fix() {
     let missing = self::task(&dir, &["/nonexistent/evaluator"], |_| {});
     match missing.evaluate("x", 0) {
         Err(Error::Invalid(message)) => {
-            assert!(message.contains("cannot start the command"), "{message}")
+            assert!(message.contains("cannot run the command"), "{message}")
         }
         other => panic!("expected an error, got {other:?}"),
     }
@@ -639,4 +639,28 @@ fn an_escaped_process_holding_the_output_is_reported_not_waited_for() {
         evaluation.feedback
     );
     assert!(elapsed < 10.0, "waited {elapsed:.2} s for the escapee");
+}
+
+#[test]
+fn a_results_file_that_is_a_fifo_or_a_link_fails_without_hanging() {
+    let dir = TestDir::new("hostile");
+    for (setup, phrase) in [
+        (
+            "mkfifo \"$1/metrics.json\"",
+            "results/metrics.json must be a regular file",
+        ),
+        (
+            "ln -s /dev/zero \"$1/metrics.json\"",
+            "cannot open results/metrics.json",
+        ),
+        (
+            "ln -s /dev/zero \"$1/correct.json\"",
+            "cannot open results/correct.json",
+        ),
+    ] {
+        let code = format!("{setup}; echo '{{\"combined_score\": 1}}'");
+        let task = task(&dir, &["sh", "-c", &code, "sh", "{results_dir}"], |_| {});
+        let evaluation = task.evaluate("x", 0).unwrap();
+        assert_failed_at(&evaluation, Stage::Run, phrase);
+    }
 }

@@ -26,7 +26,8 @@ pub enum Direction {
 ///
 /// In `command`, `{program}` becomes the path of the candidate's file, `{results_dir}` an empty
 /// directory for `metrics.json` / `correct.json`, `{config_dir}` the directory of the config
-/// file, and `{trial}` the trial number (also in `EVOKERNEL_TRIAL`).
+/// file, and `{trial}` the trial number (also in `EVOKERNEL_TRIAL`). The command runs in the
+/// run's private directory, so a script beside the config is named through `{config_dir}`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CommandConfig {

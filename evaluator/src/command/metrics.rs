@@ -13,7 +13,8 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io;
+use std::io::{self, Read};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use serde_json::{Map, Value};
@@ -52,13 +53,17 @@ pub fn read_correctness(results_dir: &Path) -> Result<Option<Correctness>, Strin
         return Ok(None);
     };
     let value: Value = serde_json::from_str(&text)
-        .map_err(|e| format!("{CORRECT_FILE} is not valid JSON ({e})"))?;
+        .map_err(|e| format!("results/{CORRECT_FILE} is not valid JSON ({e})"))?;
     let Value::Object(object) = value else {
-        return Err(format!("{CORRECT_FILE} must hold a JSON object"));
+        return Err(format!("results/{CORRECT_FILE} must hold a JSON object"));
     };
     let correct = match object.get("correct") {
         Some(Value::Bool(correct)) => *correct,
-        _ => return Err(format!("{CORRECT_FILE} needs `correct`: true or false")),
+        _ => {
+            return Err(format!(
+                "results/{CORRECT_FILE} needs `correct`: true or false"
+            ))
+        }
     };
     let error = match object.get("error") {
         Some(Value::String(error)) if !error.is_empty() => Some(error.clone()),
@@ -72,19 +77,50 @@ pub fn read_correctness(results_dir: &Path) -> Result<Option<Correctness>, Strin
 pub fn read_metrics(stdout: &str, results_dir: &Path) -> Result<Reported, String> {
     if let Some(text) = read_optional(&results_dir.join(METRICS_FILE))? {
         let object = parse_object(&text)
-            .map_err(|e| format!("{METRICS_FILE} does not hold a JSON object: {e}"))?;
+            .map_err(|e| format!("results/{METRICS_FILE} does not hold a JSON object: {e}"))?;
         return Ok(flatten(object, METRICS_FILE));
     }
     let object = metrics_on_stdout(stdout)?;
     Ok(flatten(object, "stdout"))
 }
 
+/// The most a results file may hold; metrics are small, and the file is read into memory.
+const MAX_RESULTS_FILE_BYTES: u64 = 4 << 20;
+
+/// Reads a results file if it exists. The command wrote it, so it may be anything: only a
+/// regular file of bounded size is read (a FIFO would block us, `/dev/zero` would not end).
 fn read_optional(path: &Path) -> Result<Option<String>, String> {
-    match fs::read(path) {
-        Ok(bytes) => Ok(Some(String::from_utf8_lossy(&bytes).into_owned())),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let opened = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+        .open(path);
+    let file = match opened {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(format!(
+                "cannot open results/{name} ({e}); write a regular file"
+            ))
+        }
+    };
+    let metadata = file
+        .metadata()
+        .map_err(|e| format!("cannot read results/{name}: {e}"))?;
+    if !metadata.is_file() {
+        return Err(format!("results/{name} must be a regular file"));
     }
+    if metadata.len() > MAX_RESULTS_FILE_BYTES {
+        return Err(format!(
+            "results/{name} is {} bytes; at most {MAX_RESULTS_FILE_BYTES} are read",
+            metadata.len()
+        ));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_RESULTS_FILE_BYTES)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read results/{name}: {e}"))?;
+    Ok(Some(String::from_utf8_lossy(&bytes).into_owned()))
 }
 
 /// The whole stdout as one JSON object, else its last line that is one.

@@ -135,7 +135,7 @@ impl CommandTask {
         };
         let report = sandbox::run(&job).map_err(|e| {
             Error::Invalid(format!(
-                "cannot start the command {:?}: {e}; check `command` in the config",
+                "cannot run the command {:?}: {e}; check `command` in the config",
                 argv[0]
             ))
         })?;
