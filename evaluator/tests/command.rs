@@ -188,6 +188,7 @@ fn garbage_on_stdout_gives_feedback_naming_the_expected_format() {
     );
     let evaluation = task.evaluate("x", 0).unwrap();
     assert_failed_at(&evaluation, Stage::Run, "no JSON object found on stdout");
+    assert_eq!(evaluation.timings.len(), 1);
     assert!(
         evaluation.feedback.contains("all good"),
         "{}",

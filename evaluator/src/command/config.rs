@@ -71,6 +71,9 @@ pub struct CommandConfig {
     pub feedback_bytes: usize,
 }
 
+/// A week: longer than any evaluation should take, and short enough for every clock.
+const MAX_TIMEOUT_SECONDS: f64 = 7.0 * 24.0 * 3600.0;
+
 mod defaults {
     pub fn program_file() -> String {
         "program.py".into()
@@ -152,9 +155,10 @@ impl CommandConfig {
                 self.program_file
             ));
         }
-        if !(self.timeout_seconds.is_finite() && self.timeout_seconds > 0.0) {
+        if !(self.timeout_seconds > 0.0 && self.timeout_seconds <= MAX_TIMEOUT_SECONDS) {
             return Err(format!(
-                "`timeout_seconds` must be a positive number of seconds, not {}",
+                "`timeout_seconds` must be a positive number of seconds up to \
+                 {MAX_TIMEOUT_SECONDS} (a week), not {}",
                 self.timeout_seconds
             ));
         }
@@ -221,9 +225,11 @@ mod tests {
         assert!(error.contains("plain file name"), "{error}");
         let error = CommandConfig::from_toml("command = []").unwrap_err();
         assert!(error.contains("at least the program"), "{error}");
-        let error =
-            CommandConfig::from_toml("command = [\"x\"]\ntimeout_seconds = -1").unwrap_err();
-        assert!(error.contains("positive number"), "{error}");
+        for bad in ["-1", "0", "nan", "inf", "1e300"] {
+            let text = format!("command = [\"x\"]\ntimeout_seconds = {bad}");
+            let error = CommandConfig::from_toml(&text).unwrap_err();
+            assert!(error.contains("positive number"), "{bad}: {error}");
+        }
         let error =
             CommandConfig::from_toml("command = [\"x\"]\n[env]\n\"A=B\" = \"1\"").unwrap_err();
         assert!(error.contains("contains '='"), "{error}");

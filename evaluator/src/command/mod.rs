@@ -192,14 +192,14 @@ impl Task for CommandTask {
         );
         feedback.run_notes(&report, self.config.feedback_bytes);
         evaluation.metrics.extend(run_metrics(&report));
-        if let Some(score) = verdict {
-            evaluation.passed = true;
-            evaluation.score = Some(score);
+        if evaluation.stage_reached == Stage::Score {
             evaluation.timings.push(StageTiming {
                 stage: Stage::Score,
                 seconds: scoring.elapsed().as_secs_f64(),
             });
         }
+        evaluation.passed = verdict.is_some();
+        evaluation.score = verdict;
         evaluation.feedback = feedback.text();
         Ok(evaluation)
     }

@@ -147,7 +147,8 @@ pub fn run(job: &Job<'_>) -> io::Result<RunReport> {
     let mut stdout = Pipe::new(child.stdout.take(), job.limits.output_bytes);
     let mut stderr = Pipe::new(child.stderr.take(), job.limits.output_bytes);
 
-    let deadline = started + job.limits.wall;
+    // A wall limit too far out to represent is no limit.
+    let deadline = started.checked_add(job.limits.wall);
     let mut timed_out = false;
     let mut drain_until = None;
     loop {
@@ -156,7 +157,7 @@ pub fn run(job: &Job<'_>) -> io::Result<RunReport> {
             if leader.has_exited()? {
                 leader.kill_all();
                 drain_until = Some(now + DRAIN_GRACE);
-            } else if now >= deadline && !timed_out {
+            } else if deadline.is_some_and(|deadline| now >= deadline) && !timed_out {
                 timed_out = true;
                 leader.kill_all();
             }
@@ -170,7 +171,9 @@ pub fn run(job: &Job<'_>) -> io::Result<RunReport> {
             }
             Some(_) => break,
             None if timed_out => POLL_INTERVAL,
-            None => POLL_INTERVAL.min(deadline.saturating_duration_since(now)),
+            None => deadline.map_or(POLL_INTERVAL, |deadline| {
+                POLL_INTERVAL.min(deadline.saturating_duration_since(now))
+            }),
         };
         poll_pipes(&mut [&mut stdout, &mut stderr], wait)?;
     }
@@ -228,7 +231,11 @@ struct RawLimits {
 impl RawLimits {
     fn for_limits(limits: &Limits) -> io::Result<RawLimits> {
         // SIGXCPU at the soft limit gives the program a chance to report; SIGKILL follows.
-        let cpu = clamp(libc::RLIMIT_CPU, limits.cpu_seconds, limits.cpu_seconds + 1)?;
+        let cpu = clamp(
+            libc::RLIMIT_CPU,
+            limits.cpu_seconds,
+            limits.cpu_seconds.saturating_add(1),
+        )?;
         let address_space = clamp(libc::RLIMIT_AS, limits.memory_bytes, limits.memory_bytes)?;
         let file_size = clamp(libc::RLIMIT_FSIZE, limits.file_bytes, limits.file_bytes)?;
         let core = clamp(libc::RLIMIT_CORE, 0, 0)?;
