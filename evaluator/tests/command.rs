@@ -429,8 +429,16 @@ fn a_forking_tree_is_killed_whole_at_the_timeout() {
 #[test]
 fn a_memory_hog_is_stopped_by_the_address_space_limit() {
     let dir = TestDir::new("memory");
-    let code = "a = []\nwhile True:\n    a.append(bytearray(16 << 20))\n";
-    let task = task(&dir, &["python3", "-c", code], |config| {
+    // A child hogs too, and sleeps on once the parent has died of it.
+    let script = dir.write(
+        "hog.py",
+        "import os, time\n\
+         child = os.fork() == 0\n\
+         a = []\n\
+         try:\n    while True:\n        a.append(bytearray(16 << 20))\n\
+         except MemoryError:\n    if child:\n        a.clear()\n        time.sleep(1000)\n    raise\n",
+    );
+    let task = task(&dir, &["python3", &script], |config| {
         config.memory_bytes = 256 << 20;
         config.timeout_seconds = 30.0;
     });

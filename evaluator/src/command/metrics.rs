@@ -144,9 +144,15 @@ fn metrics_on_stdout(stdout: &str) -> Result<Map<String, Value>, String> {
         return Ok(object);
     }
     let last_line = trimmed.lines().last().unwrap_or_default();
+    let hint = if last_line.trim_start().starts_with("{'") {
+        " (that looks like Python's print(dict), which is not JSON: print json.dumps(metrics))"
+    } else {
+        ""
+    };
     Err(format!(
         "no JSON object found on stdout ({whole_error}); expected the metrics as the whole \
-         stdout or its last line, for example {{\"combined_score\": 0.5}}; the last line was: {}",
+         stdout or its last line, for example {{\"combined_score\": 0.5}}; the last line was: \
+         {}{hint}",
         shorten(last_line, 200)
     ))
 }
@@ -313,6 +319,8 @@ mod tests {
         assert!(error.contains("ValueError: boom"), "{error}");
         let error = from_stdout("  \n").unwrap_err();
         assert!(error.contains("printed nothing"), "{error}");
+        let error = from_stdout("{'combined_score': 0.5}").unwrap_err();
+        assert!(error.contains("print json.dumps(metrics)"), "{error}");
         let error = from_stdout("[1, 2]").unwrap_err();
         assert!(error.contains("an array instead of an object"), "{error}");
     }
