@@ -7,6 +7,8 @@
 //! evaluation itself could not run (a missing model, a bad config) and says nothing of the
 //! candidate.
 
+#[cfg(target_os = "linux")]
+pub mod command;
 mod error;
 mod evaluation;
 

@@ -32,6 +32,7 @@ pub use instantiate::{instantiate, DropIn};
 pub use mask::{CompiledMask, CompiledScore, ScaledScore};
 pub use parse::parse;
 pub use print::print;
+pub use sha256::sha256_hex;
 
 use lexer::Pos;
 

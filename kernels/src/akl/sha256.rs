@@ -1,5 +1,5 @@
 //! SHA-256 (FIPS 180-4), small enough to keep here rather than add a dependency: it only
-//! hashes canonical program texts.
+//! hashes program texts (canonical AKL here, any candidate's bytes in the evaluator).
 
 const K: [u32; 64] = [
     0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
