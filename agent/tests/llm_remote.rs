@@ -67,6 +67,16 @@ fn request() -> Request {
     }
 }
 
+/// The error of a call that must fail, as one line.
+async fn failure(config: RemoteConfig) -> String {
+    let err = RemoteLlm::new(config)
+        .unwrap()
+        .complete(&request())
+        .await
+        .unwrap_err();
+    format!("{err:#}")
+}
+
 fn completion(text: &str) -> String {
     json!({
         "model": "fake-coder-v2",
@@ -128,12 +138,7 @@ async fn retries_server_errors_and_rate_limits_then_succeeds() {
 #[tokio::test]
 async fn gives_up_after_the_retries_with_the_last_error() {
     let (url, calls) = serve(|_, _, _| (StatusCode::BAD_GATEWAY, "upstream down".into())).await;
-    let err = RemoteLlm::new(config(url))
-        .unwrap()
-        .complete(&request())
-        .await
-        .unwrap_err();
-    let text = format!("{err:#}");
+    let text = failure(config(url)).await;
     assert!(
         text.contains("502") && text.contains("upstream down"),
         "{text}"
@@ -151,12 +156,7 @@ async fn a_client_error_fails_at_once_with_the_body() {
         )
     })
     .await;
-    let err = RemoteLlm::new(config(url))
-        .unwrap()
-        .complete(&request())
-        .await
-        .unwrap_err();
-    let text = format!("{err:#}");
+    let text = failure(config(url)).await;
     assert!(
         text.contains("404") && text.contains("does not exist"),
         "{text}"
@@ -167,25 +167,11 @@ async fn a_client_error_fails_at_once_with_the_body() {
 #[tokio::test]
 async fn a_reply_that_is_not_a_completion_is_named() {
     let (url, _) = serve(|_, _, _| (StatusCode::OK, r#"{"choices": []}"#.into())).await;
-    let err = RemoteLlm::new(config(url))
-        .unwrap()
-        .complete(&request())
-        .await
-        .unwrap_err();
-    assert!(
-        format!("{err:#}").contains("no choices[0].message.content"),
-        "{err:#}"
-    );
+    let text = failure(config(url)).await;
+    assert!(text.contains("no choices[0].message.content"), "{text}");
     let (url, _) = serve(|_, _, _| (StatusCode::OK, "<html>proxy page</html>".into())).await;
-    let err = RemoteLlm::new(config(url))
-        .unwrap()
-        .complete(&request())
-        .await
-        .unwrap_err();
-    assert!(
-        format!("{err:#}").contains("not an OpenAI chat completion"),
-        "{err:#}"
-    );
+    let text = failure(config(url)).await;
+    assert!(text.contains("not an OpenAI chat completion"), "{text}");
 }
 
 #[tokio::test]
@@ -196,12 +182,7 @@ async fn an_unreachable_endpoint_is_retried_then_named() {
         listener.local_addr().unwrap().port()
     };
     let url = format!("http://127.0.0.1:{port}/v1");
-    let err = RemoteLlm::new(config(url.clone()))
-        .unwrap()
-        .complete(&request())
-        .await
-        .unwrap_err();
-    let text = format!("{err:#}");
+    let text = failure(config(url.clone())).await;
     assert!(
         text.contains(&url) && text.contains("cannot reach"),
         "{text}"
@@ -230,12 +211,8 @@ async fn a_slow_endpoint_times_out() {
     let mut cfg = config(format!("http://{addr}/v1"));
     cfg.timeout_s = 0.2;
     cfg.retries = 1;
-    let err = RemoteLlm::new(cfg)
-        .unwrap()
-        .complete(&request())
-        .await
-        .unwrap_err();
-    assert!(
+    let text = failure(cfg).await;
+    assert!(text.contains("no answer within 0.2 s"), "{text}");
         format!("{err:#}").contains("no answer within 0.2 s"),
         "{err:#}"
     );
