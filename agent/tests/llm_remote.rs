@@ -213,9 +213,6 @@ async fn a_slow_endpoint_times_out() {
     cfg.retries = 1;
     let text = failure(cfg).await;
     assert!(text.contains("no answer within 0.2 s"), "{text}");
-        format!("{err:#}").contains("no answer within 0.2 s"),
-        "{err:#}"
-    );
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
 
