@@ -93,3 +93,16 @@ impl Program {
 pub fn parse_and_check(text: &str) -> crate::Result<CheckedProgram> {
     Ok(check(&parse(text)?)?)
 }
+
+/// AKL's grammar as `kernels/AKL.md` states it (the EBNF block and the lexing rules after
+/// it), for prompts that teach a model the language.
+pub fn grammar_summary() -> &'static str {
+    const DOC: &str = include_str!("../../AKL.md");
+    let start = DOC
+        .find("## Grammar")
+        .expect("AKL.md has a Grammar section");
+    let end = DOC[start..]
+        .find("\nEvery syntax error")
+        .map_or(DOC.len(), |len| start + len);
+    DOC[start + "## Grammar".len()..end].trim()
+}
