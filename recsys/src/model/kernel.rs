@@ -27,6 +27,8 @@ pub struct LayerRule {
 pub struct KernelRules {
     /// The program's canonical text: what a checkpoint stores.
     pub text: String,
+    /// The kernel's identity, the SHA-256 of `text`.
+    pub hash: String,
     pub layers: Vec<LayerRule>,
 }
 
@@ -76,6 +78,7 @@ impl KernelRules {
         }
         Ok(KernelRules {
             text: checked.program.canonical_text(),
+            hash: checked.program.canonical_hash(),
             layers,
         })
     }
