@@ -161,7 +161,7 @@ fn training_learns_a_sequential_pattern_and_the_checkpoint_round_trips() {
             patience: 40,
             ..TrainConfig::default()
         },
-        |_| {},
+        |_, _| Ok(()),
     )
     .unwrap();
     let ours = evaluate(&model, &split.test).unwrap().seen_filtered;

@@ -15,6 +15,50 @@ pub enum Command {
     Train(TrainArgs),
     /// Full-ranking HR@10 / NDCG@10 / NDCG@20 of a checkpoint and of the baselines.
     Eval(EvalArgs),
+    /// Serve a checkpoint over HTTP (see GET /openapi.json).
+    Serve(ServeArgs),
+    /// Drive an in-process server on loopback at fixed concurrency: p50, p99, requests/s.
+    BenchServe(BenchServeArgs),
+}
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// A directory written by `recsys train`.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: String,
+    /// Run this AKL kernel instead of the one the checkpoint was trained with.
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// The largest request body accepted, in bytes.
+    #[arg(long, default_value_t = 64 * 1024)]
+    max_body_bytes: usize,
+}
+
+#[derive(clap::Args)]
+pub struct BenchServeArgs {
+    /// A directory written by `recsys train`.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Run this AKL kernel instead of the one the checkpoint was trained with.
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Requests to time (after 100 untimed warm-up requests).
+    #[arg(long, default_value_t = 5000)]
+    requests: usize,
+    /// Stop timing after this many seconds even if requests remain.
+    #[arg(long, default_value_t = 60.0)]
+    max_seconds: f64,
+    /// Items per recommendation.
+    #[arg(long, default_value_t = 10)]
+    k: usize,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -77,6 +121,8 @@ pub fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Train(a) => run_train(a),
         Command::Eval(a) => run_eval(a),
+        Command::Serve(a) => run_serve(a),
+        Command::BenchServe(a) => run_bench_serve(a),
     }
 }
 
@@ -129,7 +175,11 @@ fn run_train(args: TrainArgs) -> anyhow::Result<()> {
         patience: args.patience,
         seed: args.seed,
     };
-    let report = train(&model, &split, &train_config, |e| {
+    let report = train(&model, &split, &train_config, |e, model| {
+        if e.best {
+            // Each new best is on disk at once: a killed run keeps it.
+            Checkpoint::write(&args.out, model, &dataset, None)?;
+        }
         eprintln!(
             "epoch {:>3}  loss {:.4}  valid HR@10 {:.4}  NDCG@10 {:.4}  {:.1}s{}",
             e.epoch,
@@ -137,8 +187,9 @@ fn run_train(args: TrainArgs) -> anyhow::Result<()> {
             e.valid.hr_10,
             e.valid.ndcg_10,
             e.seconds,
-            if e.best { "  *" } else { "" }
-        )
+            if e.best { "  * saved" } else { "" }
+        );
+        Ok(())
     })?;
     eprintln!(
         "best epoch {} (valid NDCG@10 {:.4}); trained in {:.1}s",
@@ -188,12 +239,18 @@ fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&json)?);
         return Ok(());
     }
+    let kernel_line = checkpoint
+        .model
+        .kernel
+        .text
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
     println!(
-        "{}: {} test users, full ranking over {} items (kernel: {})",
+        "{}: {} test users, full ranking over {} items\nkernel: {kernel_line}",
         checkpoint.dataset.name,
         split.test.len(),
         n_items,
-        checkpoint.model.kernel.text
     );
     println!(
         "{:<12} {:>8} {:>8} {:>8}   {:>8} {:>8} {:>8}",
@@ -217,4 +274,134 @@ fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
     }
     eprintln!("evaluated in {:.1}s", started.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// The server application for a checkpoint, with `--kernel` in place of its own if given.
+fn load_app(
+    checkpoint: &Path,
+    kernel: Option<&Path>,
+    config: recsys::serve::ServeConfig,
+) -> anyhow::Result<recsys::serve::Router> {
+    let mut checkpoint = Checkpoint::load(checkpoint)?;
+    if let Some(path) = kernel {
+        checkpoint
+            .model
+            .set_kernel(&super::read_text(path)?)
+            .with_context(|| format!("kernel {}", path.display()))?;
+        eprintln!("running {} in place of the trained kernel", path.display());
+    }
+    Ok(recsys::serve::app(checkpoint, config)?)
+}
+
+fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = recsys::serve::ServeConfig {
+        max_body_bytes: args.max_body_bytes,
+        ..Default::default()
+    };
+    let app = load_app(&args.checkpoint, args.kernel.as_deref(), config)?;
+    let runtime = tokio::runtime::Runtime::new().context("could not start the async runtime")?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(&args.addr)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.addr))?;
+        eprintln!(
+            "serving {} on http://{} (GET /openapi.json for the API; Ctrl-C stops)",
+            args.checkpoint.display(),
+            listener.local_addr()?
+        );
+        recsys::serve::run(listener, app).await?;
+        anyhow::Ok(())
+    })
+}
+
+/// Latency quantile `q` of sorted durations, in milliseconds.
+fn quantile_ms(sorted: &[std::time::Duration], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted[i].as_secs_f64() * 1e3
+}
+
+fn run_bench_serve(args: BenchServeArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.concurrency > 0, "--concurrency must be at least 1");
+    let checkpoint_users = Checkpoint::load(&args.checkpoint)?.dataset.users;
+    anyhow::ensure!(!checkpoint_users.is_empty(), "the checkpoint has no users");
+    let app = load_app(&args.checkpoint, args.kernel.as_deref(), Default::default())?;
+    let runtime = tokio::runtime::Runtime::new().context("could not start the async runtime")?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}/v1/recommend", listener.local_addr()?);
+        tokio::spawn(recsys::serve::run(listener, app));
+        let client = reqwest::Client::new();
+        let users = std::sync::Arc::new(checkpoint_users);
+        // The same users in the same order every run: request i asks for user i·7919 mod n.
+        let body = move |i: usize| {
+            serde_json::json!({"user_id": users[(i * 7919) % users.len()], "k": args.k}).to_string()
+        };
+        let send = |client: reqwest::Client, url: String, body: String| async move {
+            let started = Instant::now();
+            let response = client
+                .post(&url)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await?;
+            let ok = response.status().is_success();
+            response.bytes().await?;
+            anyhow::Ok((started.elapsed(), ok))
+        };
+        for i in 0..100 {
+            send(client.clone(), url.clone(), body(i)).await?;
+        }
+        let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let deadline = Instant::now() + std::time::Duration::from_secs_f64(args.max_seconds);
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..args.concurrency {
+            let (client, url, next, body) =
+                (client.clone(), url.clone(), next.clone(), body.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut timings = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= args.requests || Instant::now() >= deadline {
+                        return anyhow::Ok(timings);
+                    }
+                    timings.push(send(client.clone(), url.clone(), body(i)).await?);
+                }
+            }));
+        }
+        let mut timings = Vec::new();
+        for task in tasks {
+            timings.extend(task.await??);
+        }
+        let wall = started.elapsed().as_secs_f64();
+        let failed = timings.iter().filter(|(_, ok)| !ok).count();
+        let mut latencies: Vec<_> = timings.iter().map(|(d, _)| *d).collect();
+        latencies.sort();
+        let (p50, p99) = (quantile_ms(&latencies, 0.5), quantile_ms(&latencies, 0.99));
+        let rps = latencies.len() as f64 / wall;
+        if args.json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "requests": latencies.len(), "failed": failed, "concurrency": args.concurrency,
+                    "seconds": wall, "requests_per_second": rps,
+                    "p50_ms": p50, "p90_ms": quantile_ms(&latencies, 0.9), "p99_ms": p99,
+                    "max_ms": quantile_ms(&latencies, 1.0),
+                })
+            );
+        } else {
+            println!(
+                "{} requests ({failed} failed) at concurrency {} in {wall:.1}s: {rps:.0} req/s, \
+                 p50 {p50:.2} ms, p90 {:.2} ms, p99 {p99:.2} ms, max {:.2} ms",
+                latencies.len(),
+                args.concurrency,
+                quantile_ms(&latencies, 0.9),
+                quantile_ms(&latencies, 1.0),
+            );
+        }
+        anyhow::Ok(())
+    })
 }

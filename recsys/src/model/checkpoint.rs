@@ -41,10 +41,19 @@ fn bad(path: &Path, reason: impl Into<String>) -> Error {
 impl Checkpoint {
     /// Writes the checkpoint into `dir` (created if missing).
     pub fn save(&self, dir: &Path) -> Result<()> {
+        Checkpoint::write(dir, &self.model, &self.dataset, self.report.as_ref())
+    }
+
+    /// Writes a checkpoint from its parts (during training, before a `Checkpoint` exists).
+    pub fn write(
+        dir: &Path,
+        model: &SasRec,
+        dataset: &Dataset,
+        report: Option<&TrainReport>,
+    ) -> Result<()> {
         let io = |path: PathBuf| move |source| Error::Io { path, source };
         std::fs::create_dir_all(dir).map_err(io(dir.to_path_buf()))?;
-        let tensors: std::collections::HashMap<String, candle_core::Tensor> = self
-            .model
+        let tensors: std::collections::HashMap<String, candle_core::Tensor> = model
             .params()
             .named()
             .iter()
@@ -52,10 +61,10 @@ impl Checkpoint {
             .collect();
         candle_core::safetensors::save(&tensors, dir.join(WEIGHTS))?;
         let meta = Meta {
-            config: self.model.config.clone(),
-            kernel: self.model.kernel.text.clone(),
-            dataset: self.dataset.clone(),
-            report: self.report.clone(),
+            config: model.config.clone(),
+            kernel: model.kernel.text.clone(),
+            dataset: dataset.clone(),
+            report: report.cloned(),
         };
         let json = serde_json::to_string(&meta).map_err(|e| bad(dir, e.to_string()))?;
         std::fs::write(dir.join(META), json).map_err(io(dir.join(META)))

@@ -149,6 +149,14 @@ impl Dropout {
     }
 }
 
+/// `x` `[batch, t, in]` times `w` `[in, out]` as one 2-D product: a broadcast batched
+/// product would copy `w` per sequence and sum that many gradients back.
+fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let (b, t, i) = x.dims3()?;
+    let out = w.dim(1)?;
+    Ok(x.reshape((b * t, i))?.matmul(w)?.reshape((b, t, out))?)
+}
+
 fn drop(dropout: &mut Option<&mut Dropout>, x: Tensor) -> Result<Tensor> {
     match dropout {
         Some(d) => d.apply(&x),
@@ -268,6 +276,15 @@ impl SasRec {
         })
     }
 
+    /// Runs `kernel_text` in place of the kernel the weights were trained with (a drop-in:
+    /// the same weights, another attention rule).
+    pub fn set_kernel(&mut self, kernel_text: &str) -> Result<()> {
+        let c = &self.config;
+        self.kernel =
+            KernelRules::compile(kernel_text, c.n_blocks, c.n_heads, c.max_len, &Device::Cpu)?;
+        Ok(())
+    }
+
     /// Every trainable parameter, named.
     pub fn params(&self) -> &Params {
         &self.params
@@ -299,9 +316,9 @@ impl SasRec {
         };
         for (block, rule) in self.blocks.iter().zip(&self.kernel.layers) {
             let h = block.attn_norm.forward(&x)?;
-            let q = split(h.broadcast_matmul(block.wq.as_tensor())?)?;
-            let k = split(h.broadcast_matmul(block.wk.as_tensor())?)?;
-            let v = split(h.broadcast_matmul(block.wv.as_tensor())?)?;
+            let q = split(linear(&h, block.wq.as_tensor())?)?;
+            let k = split(linear(&h, block.wk.as_tensor())?)?;
+            let v = split(linear(&h, block.wv.as_tensor())?)?;
             let s = q.matmul(&k.transpose(2, 3)?.contiguous()?)?;
             let weights = softmax_last_dim(&rule.logits(&s, 1.0 / (head_dim as f64).sqrt())?)?;
             let mixed = weights
@@ -309,16 +326,13 @@ impl SasRec {
                 .transpose(1, 2)?
                 .contiguous()?
                 .reshape((b, t, d))?;
-            let out = mixed.broadcast_matmul(block.wo.as_tensor())?;
+            let out = linear(&mixed, block.wo.as_tensor())?;
             x = (x + drop(&mut dropout, out)?)?;
             let h = block.ffn_norm.forward(&x)?;
-            let up = h
-                .broadcast_matmul(block.w1.as_tensor())?
+            let up = linear(&h, block.w1.as_tensor())?
                 .broadcast_add(block.b1.as_tensor())?
                 .gelu_erf()?;
-            let down = up
-                .broadcast_matmul(block.w2.as_tensor())?
-                .broadcast_add(block.b2.as_tensor())?;
+            let down = linear(&up, block.w2.as_tensor())?.broadcast_add(block.b2.as_tensor())?;
             x = (x + drop(&mut dropout, down)?)?;
         }
         self.final_norm.forward(&x)
@@ -327,7 +341,11 @@ impl SasRec {
     /// Scores of every item at every position: `[batch, t, n_items]`.
     pub fn logits(&self, tokens: &Tensor, dropout: Option<&mut Dropout>) -> Result<Tensor> {
         let hidden = self.hidden(tokens, dropout)?;
-        Ok(hidden.broadcast_matmul(&self.item_emb.as_tensor().t()?)?)
+        let (b, t, _) = hidden.dims3()?;
+        let flat = hidden
+            .flatten_to(1)?
+            .matmul(&self.item_emb.as_tensor().t()?)?;
+        Ok(flat.reshape((b, t, self.config.n_items))?)
     }
 
     /// Mean full-softmax cross-entropy of predicting `targets` (`[batch, t]` u32) at the

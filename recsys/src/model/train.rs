@@ -114,13 +114,14 @@ fn batch(windows: &[&Window]) -> Result<(Tensor, Tensor, Tensor)> {
     ))
 }
 
-/// Trains `model` on `split.train`, early-stopping on `split.valid`; `on_epoch` hears of
-/// every epoch as it ends.
+/// Trains `model` on `split.train`, early-stopping on `split.valid`. `on_epoch` hears of
+/// every epoch as it ends, with the model at that epoch's weights (so that a caller can save
+/// each new best and a killed run keeps it); its error stops training.
 pub fn train(
     model: &SasRec,
     split: &Split,
     config: &TrainConfig,
-    mut on_epoch: impl FnMut(&EpochReport),
+    mut on_epoch: impl FnMut(&EpochReport, &SasRec) -> Result<()>,
 ) -> Result<TrainReport> {
     if config.epochs == 0 || config.batch_size == 0 {
         return Err(Error::InvalidRequest(
@@ -184,7 +185,7 @@ pub fn train(
             seconds: epoch_start.elapsed().as_secs_f64(),
             best: improved,
         };
-        on_epoch(&report);
+        on_epoch(&report, model)?;
         epochs.push(report);
         let best_epoch = best.as_ref().map_or(epoch, |b| b.0);
         if epoch - best_epoch >= config.patience {

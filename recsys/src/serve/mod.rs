@@ -22,7 +22,9 @@ use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
+/// The application type, re-exported so that callers need no axum dependency.
+pub use axum::Router;
 use serde::Serialize;
 
 pub use error::ApiError;
@@ -119,9 +121,16 @@ pub fn app(checkpoint: Checkpoint, config: ServeConfig) -> crate::Result<Router>
         .with_state(state))
 }
 
-/// Serves `app` on `listener` until the process ends.
+/// Serves `app` on `listener` until Ctrl-C, letting requests in flight finish.
 pub async fn run(listener: tokio::net::TcpListener, app: Router) -> std::io::Result<()> {
-    axum::serve(listener, app).await
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            // If the signal cannot be watched, serve until the process is killed.
+            if tokio::signal::ctrl_c().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        })
+        .await
 }
 
 async fn record(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
