@@ -208,3 +208,24 @@ fn a_checkpoint_with_missing_weights_is_refused() {
     assert!(err.to_string().contains("model.safetensors"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn set_kernel_swaps_the_attention_rule_and_keeps_the_weights() {
+    let mut model = SasRec::new(config(12), EXACT, 7).unwrap();
+    let exact = model.score_histories(&[&[1, 2, 3, 4, 5]]).unwrap();
+    model.set_kernel(WINDOW_2).unwrap();
+    assert!(model.kernel.text.contains("w2"));
+    let windowed = model.score_histories(&[&[1, 2, 3, 4, 5]]).unwrap();
+    assert_ne!(
+        exact, windowed,
+        "the last position no longer sees the first items"
+    );
+    // What the window hides cannot matter: the first item is out of reach of the last.
+    let other_start = model.score_histories(&[&[9, 2, 3, 4, 5]]).unwrap();
+    assert_eq!(windowed, other_start);
+    // A one-item history is the same under both rules (a position always sees itself).
+    let short = model.score_histories(&[&[3]]).unwrap();
+    model.set_kernel(EXACT).unwrap();
+    assert_eq!(model.score_histories(&[&[3]]).unwrap(), short);
+    assert!(model.set_kernel("(kernel nope (mask (< kv q)").is_err());
+}
