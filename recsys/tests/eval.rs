@@ -94,3 +94,23 @@ fn item_knn_is_cosine_over_co_occurrence() {
     assert_eq!(best[0].0, 0);
     assert!((best[0].1 - expect01).abs() < 1e-6);
 }
+
+/// The baselines on the real MovieLens-100K split: pinned hit counts (out of 943 test users),
+/// so that a change to the loader, the split or the metrics shows here.
+#[test]
+fn baselines_on_ml100k() {
+    use recsys::data::{Dataset, LoadOptions, Split};
+    let dir = kernels::assets::MOVIELENS_100K
+        .require()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let data = Dataset::load(&dir, &LoadOptions::default()).unwrap();
+    let split = Split::leave_one_out(&data);
+    assert_eq!(split.test.len(), 943);
+    let hits = |r: recsys::eval::Metrics| (r.hr_10 * r.cases as f64).round() as usize;
+    let popular = evaluate(&Popularity::fit(&split.train, split.n_items), &split.test).unwrap();
+    assert_eq!(hits(popular.seen_filtered), 81);
+    assert_eq!(hits(popular.unfiltered), 47);
+    let knn = evaluate(&ItemKnn::fit(&split.train, split.n_items, 100), &split.test).unwrap();
+    assert_eq!(hits(knn.seen_filtered), 96);
+    assert!(knn.seen_filtered.ndcg_10 > popular.seen_filtered.ndcg_10);
+}
