@@ -109,6 +109,9 @@ pub struct EvalArgs {
     /// A directory written by `recsys train`.
     #[arg(long)]
     checkpoint: PathBuf,
+    /// Evaluate the trained weights with this AKL kernel in place of their own (drop-in).
+    #[arg(long)]
+    kernel: Option<PathBuf>,
     /// Neighbours each item keeps in the item-kNN baseline.
     #[arg(long, default_value_t = 100)]
     knn: usize,
@@ -207,7 +210,13 @@ fn run_train(args: TrainArgs) -> anyhow::Result<()> {
 
 fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
     let started = Instant::now();
-    let checkpoint = Checkpoint::load(&args.checkpoint)?;
+    let mut checkpoint = Checkpoint::load(&args.checkpoint)?;
+    if let Some(path) = &args.kernel {
+        checkpoint
+            .model
+            .set_kernel(&super::read_text(path)?)
+            .with_context(|| format!("kernel {}", path.display()))?;
+    }
     let split = Split::leave_one_out(&checkpoint.dataset);
     let n_items = split.n_items;
     let rows: Vec<(&str, Report)> = vec![
