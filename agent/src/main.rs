@@ -26,6 +26,11 @@ enum Command {
     Generate(cli::generate::Args),
     /// Perplexity of a model on a text file.
     Perplexity(cli::perplexity::Args),
+    /// The sequential recommender: train, evaluate, serve.
+    Recsys {
+        #[command(subcommand)]
+        which: cli::recsys::Command,
+    },
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -51,6 +56,7 @@ fn main() -> ExitCode {
     let result = match args.command {
         Command::Generate(a) => cli::generate::run(a),
         Command::Perplexity(a) => cli::perplexity::run(a),
+        Command::Recsys { which } => cli::recsys::run(which),
         Command::Bench {
             which: BenchCommand::Core(a),
         } => cli::bench::core::run_core(a),

@@ -1,1 +1,15 @@
-//! The recommender (filled by the recommender issue).
+//! The recommender: MovieLens-style data, a SASRec-style causal transformer over item tokens
+//! whose attention is any AKL kernel, full-ranking evaluation against popularity and item-kNN
+//! baselines, and an HTTP server.
+//!
+//! The rooms: `data` (loaders, k-core, the chronological leave-one-out split), `model` (the
+//! transformer, its training loop and checkpoints), `eval` (metrics and baselines), `serve`
+//! (the axum server). Nothing here touches the network except `serve`, which only listens.
+
+pub mod data;
+mod error;
+pub mod eval;
+pub mod model;
+pub mod serve;
+
+pub use error::{Error, Result};

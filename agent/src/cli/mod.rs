@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod generate;
 pub mod perplexity;
+pub mod recsys;
 
 use std::path::Path;
 

@@ -1,5 +1,6 @@
-//! What the softmax mechanisms (Multi-Token, Differential, MLA) share, written with plain
-//! differentiable ops: candle's fused `softmax_last_dim` drops gradients.
+//! What the softmax mechanisms (Multi-Token, Differential, MLA) and the recommender's
+//! transformer share, written with plain differentiable ops: candle's fused
+//! `softmax_last_dim` drops gradients.
 
 use candle_core::{Device, Result, Tensor, D};
 
@@ -18,7 +19,7 @@ pub(crate) fn visible(
 }
 
 /// `scores` (`[.., n_queries, n_keys]`) with the entries `visible` hides set to `fill`.
-pub(crate) fn hide(scores: &Tensor, visible: &Tensor, fill: f32) -> Result<Tensor> {
+pub fn hide(scores: &Tensor, visible: &Tensor, fill: f32) -> Result<Tensor> {
     let filler = Tensor::full(fill, scores.shape(), scores.device())?.to_dtype(scores.dtype())?;
     visible
         .broadcast_as(scores.shape())?
@@ -26,7 +27,7 @@ pub(crate) fn hide(scores: &Tensor, visible: &Tensor, fill: f32) -> Result<Tenso
 }
 
 /// Softmax over the last axis as exp / sum, with the row maximum subtracted for range.
-pub(crate) fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     // The maximum only shifts every entry of a row alike, which the ratio cancels: no
     // gradient needs to flow through it.
     let max = x.max_keepdim(D::Minus1)?.detach();

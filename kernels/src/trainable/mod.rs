@@ -9,7 +9,7 @@
 //! rope), so mechanisms are written with plain differentiable ops, and every mechanism's
 //! test asserts with `missing_gradients` that each parameter receives one.
 
-mod attention_ops;
+pub mod attention_ops;
 pub mod differential;
 pub mod linear;
 pub mod log_linear;

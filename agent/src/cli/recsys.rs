@@ -1,0 +1,416 @@
+//! `evokernel recsys`: train the sequential recommender, evaluate it against baselines, and
+//! serve it over HTTP.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Context;
+use recsys::data::{Dataset, LoadOptions, Split};
+use recsys::eval::{evaluate, ItemKnn, Popularity, Report};
+use recsys::model::{train, Checkpoint, SasRec, SasRecConfig, TrainConfig, EXACT};
+
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// Train on a dataset and write a checkpoint directory.
+    Train(TrainArgs),
+    /// Full-ranking HR@10 / NDCG@10 / NDCG@20 of a checkpoint and of the baselines.
+    Eval(EvalArgs),
+    /// Serve a checkpoint over HTTP (see GET /openapi.json).
+    Serve(ServeArgs),
+    /// Drive an in-process server on loopback at fixed concurrency: p50, p99, requests/s.
+    BenchServe(BenchServeArgs),
+}
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// A directory written by `recsys train`.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: String,
+    /// Run this AKL kernel instead of the one the checkpoint was trained with.
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// The largest request body accepted, in bytes.
+    #[arg(long, default_value_t = 64 * 1024)]
+    max_body_bytes: usize,
+}
+
+#[derive(clap::Args)]
+pub struct BenchServeArgs {
+    /// A directory written by `recsys train`.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Run this AKL kernel instead of the one the checkpoint was trained with.
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Requests to time (after 100 untimed warm-up requests).
+    #[arg(long, default_value_t = 5000)]
+    requests: usize,
+    /// Stop timing after this many seconds even if requests remain.
+    #[arg(long, default_value_t = 60.0)]
+    max_seconds: f64,
+    /// Items per recommendation.
+    #[arg(long, default_value_t = 10)]
+    k: usize,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct TrainArgs {
+    /// A dataset directory: RecBole atomic files, ML-100K u.data, ML-1M ratings.dat or
+    /// ML-latest ratings.csv (default: the fetched MovieLens-100K).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// An AKL program for attention (default: exact causal attention).
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// The most epochs (training stops earlier once validation NDCG@10 stops improving).
+    #[arg(long, default_value_t = 200)]
+    epochs: usize,
+    /// Epochs without a better validation NDCG@10 before stopping.
+    #[arg(long, default_value_t = 10)]
+    patience: usize,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// The checkpoint directory to write.
+    #[arg(long)]
+    out: PathBuf,
+    /// Longest history the model reads.
+    #[arg(long, default_value_t = 50)]
+    max_len: usize,
+    #[arg(long, default_value_t = 64)]
+    d_model: usize,
+    #[arg(long, default_value_t = 2)]
+    blocks: usize,
+    #[arg(long, default_value_t = 1)]
+    heads: usize,
+    #[arg(long, default_value_t = 0.2)]
+    dropout: f64,
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    #[arg(long, default_value_t = 128)]
+    batch_size: usize,
+    /// Keep only ratings at least this high (default: every rating is an interaction).
+    #[arg(long)]
+    min_rating: Option<f64>,
+    /// Keep only users and items with at least this many interactions.
+    #[arg(long)]
+    k_core: Option<usize>,
+}
+
+#[derive(clap::Args)]
+pub struct EvalArgs {
+    /// A directory written by `recsys train`.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Evaluate the trained weights with this AKL kernel in place of their own (drop-in).
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// Neighbours each item keeps in the item-kNN baseline.
+    #[arg(long, default_value_t = 100)]
+    knn: usize,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Train(a) => run_train(a),
+        Command::Eval(a) => run_eval(a),
+        Command::Serve(a) => run_serve(a),
+        Command::BenchServe(a) => run_bench_serve(a),
+    }
+}
+
+/// The text of `--kernel`, or exact attention.
+pub fn kernel_text(path: Option<&Path>) -> anyhow::Result<String> {
+    match path {
+        Some(path) => super::read_text(path),
+        None => Ok(EXACT.to_string()),
+    }
+}
+
+fn run_train(args: TrainArgs) -> anyhow::Result<()> {
+    let dir = match &args.data {
+        Some(dir) => dir.clone(),
+        None => kernels::assets::MOVIELENS_100K.require()?,
+    };
+    let options = LoadOptions {
+        min_rating: args.min_rating,
+        k_core: args.k_core,
+    };
+    let dataset = Dataset::load(&dir, &options)?;
+    let split = Split::leave_one_out(&dataset);
+    eprintln!(
+        "{}: {} users, {} items, {} interactions; {} validation and test users",
+        dataset.name,
+        dataset.users.len(),
+        dataset.items.len(),
+        dataset.n_interactions(),
+        split.test.len()
+    );
+    let kernel = kernel_text(args.kernel.as_deref())?;
+    let config = SasRecConfig {
+        n_items: dataset.items.len(),
+        max_len: args.max_len,
+        d_model: args.d_model,
+        n_blocks: args.blocks,
+        n_heads: args.heads,
+        d_ff: 4 * args.d_model,
+        dropout: args.dropout,
+    };
+    let model = SasRec::new(config, &kernel, args.seed).with_context(|| match &args.kernel {
+        Some(path) => format!("kernel {}", path.display()),
+        None => "the exact kernel".to_string(),
+    })?;
+    let train_config = TrainConfig {
+        epochs: args.epochs,
+        batch_size: args.batch_size,
+        learning_rate: args.lr,
+        weight_decay: 0.0,
+        patience: args.patience,
+        seed: args.seed,
+    };
+    let report = train(&model, &split, &train_config, |e, model| {
+        if e.best {
+            // Each new best is on disk at once: a killed run keeps it.
+            Checkpoint::write(&args.out, model, &dataset, None)?;
+        }
+        eprintln!(
+            "epoch {:>3}  loss {:.4}  valid HR@10 {:.4}  NDCG@10 {:.4}  {:.1}s{}",
+            e.epoch,
+            e.loss,
+            e.valid.hr_10,
+            e.valid.ndcg_10,
+            e.seconds,
+            if e.best { "  * saved" } else { "" }
+        );
+        Ok(())
+    })?;
+    eprintln!(
+        "best epoch {} (valid NDCG@10 {:.4}); trained in {:.1}s",
+        report.best_epoch, report.best_valid.ndcg_10, report.seconds
+    );
+    let checkpoint = Checkpoint {
+        model,
+        dataset,
+        report: Some(report),
+    };
+    checkpoint.save(&args.out)?;
+    eprintln!("wrote {}", args.out.display());
+    Ok(())
+}
+
+fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut checkpoint = Checkpoint::load(&args.checkpoint)?;
+    if let Some(path) = &args.kernel {
+        checkpoint
+            .model
+            .set_kernel(&super::read_text(path)?)
+            .with_context(|| format!("kernel {}", path.display()))?;
+    }
+    let split = Split::leave_one_out(&checkpoint.dataset);
+    let n_items = split.n_items;
+    let rows: Vec<(&str, Report)> = vec![
+        ("sasrec", evaluate(&checkpoint.model, &split.test)?),
+        (
+            "popularity",
+            evaluate(&Popularity::fit(&split.train, n_items), &split.test)?,
+        ),
+        (
+            "item-knn",
+            evaluate(&ItemKnn::fit(&split.train, n_items, args.knn), &split.test)?,
+        ),
+    ];
+    if args.json {
+        let models: serde_json::Map<String, serde_json::Value> = rows
+            .iter()
+            .map(|(name, report)| Ok(((*name).to_string(), serde_json::to_value(report)?)))
+            .collect::<anyhow::Result<_>>()?;
+        let json = serde_json::json!({
+            "dataset": checkpoint.dataset.name,
+            "test_users": split.test.len(),
+            "kernel": checkpoint.model.kernel.text,
+            "convention": "full ranking over all items; seen_filtered removes the items of the \
+                           user's history (never the target); ties rank against the target",
+            "training_seconds": checkpoint.report.as_ref().map(|r| r.seconds),
+            "best_epoch": checkpoint.report.as_ref().map(|r| r.best_epoch),
+            "models": models,
+        });
+        println!("{}", serde_json::to_string_pretty(&json)?);
+        return Ok(());
+    }
+    let kernel_line = checkpoint
+        .model
+        .kernel
+        .text
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    println!(
+        "{}: {} test users, full ranking over {} items\nkernel: {kernel_line}",
+        checkpoint.dataset.name,
+        split.test.len(),
+        n_items,
+    );
+    println!(
+        "{:<12} {:>8} {:>8} {:>8}   {:>8} {:>8} {:>8}",
+        "", "HR@10", "NDCG@10", "NDCG@20", "HR@10", "NDCG@10", "NDCG@20"
+    );
+    println!("{:<12} {:^26}   {:^26}", "", "seen filtered", "unfiltered");
+    for (name, r) in &rows {
+        let (f, u) = (r.seen_filtered, r.unfiltered);
+        println!(
+            "{name:<12} {:>8.4} {:>8.4} {:>8.4}   {:>8.4} {:>8.4} {:>8.4}",
+            f.hr_10, f.ndcg_10, f.ndcg_20, u.hr_10, u.ndcg_10, u.ndcg_20
+        );
+    }
+    if let Some(report) = &checkpoint.report {
+        println!(
+            "trained {:.1}s, best epoch {} of {}",
+            report.seconds,
+            report.best_epoch,
+            report.epochs.len()
+        );
+    }
+    eprintln!("evaluated in {:.1}s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// The server application for a checkpoint, with `--kernel` in place of its own if given.
+fn load_app(
+    checkpoint: &Path,
+    kernel: Option<&Path>,
+    config: recsys::serve::ServeConfig,
+) -> anyhow::Result<recsys::serve::Router> {
+    let mut checkpoint = Checkpoint::load(checkpoint)?;
+    if let Some(path) = kernel {
+        checkpoint
+            .model
+            .set_kernel(&super::read_text(path)?)
+            .with_context(|| format!("kernel {}", path.display()))?;
+        eprintln!("running {} in place of the trained kernel", path.display());
+    }
+    Ok(recsys::serve::app(checkpoint, config)?)
+}
+
+fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = recsys::serve::ServeConfig {
+        max_body_bytes: args.max_body_bytes,
+        ..Default::default()
+    };
+    let app = load_app(&args.checkpoint, args.kernel.as_deref(), config)?;
+    let runtime = tokio::runtime::Runtime::new().context("could not start the async runtime")?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(&args.addr)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.addr))?;
+        eprintln!(
+            "serving {} on http://{} (GET /openapi.json for the API; Ctrl-C stops)",
+            args.checkpoint.display(),
+            listener.local_addr()?
+        );
+        recsys::serve::run(listener, app).await?;
+        anyhow::Ok(())
+    })
+}
+
+/// Latency quantile `q` of sorted durations, in milliseconds.
+fn quantile_ms(sorted: &[std::time::Duration], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted[i].as_secs_f64() * 1e3
+}
+
+fn run_bench_serve(args: BenchServeArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.concurrency > 0, "--concurrency must be at least 1");
+    let checkpoint_users = Checkpoint::load(&args.checkpoint)?.dataset.users;
+    anyhow::ensure!(!checkpoint_users.is_empty(), "the checkpoint has no users");
+    let app = load_app(&args.checkpoint, args.kernel.as_deref(), Default::default())?;
+    let runtime = tokio::runtime::Runtime::new().context("could not start the async runtime")?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}/v1/recommend", listener.local_addr()?);
+        tokio::spawn(recsys::serve::run(listener, app));
+        let client = reqwest::Client::new();
+        let users = std::sync::Arc::new(checkpoint_users);
+        // The same users in the same order every run: request i asks for user i·7919 mod n.
+        let body = move |i: usize| {
+            serde_json::json!({"user_id": users[(i * 7919) % users.len()], "k": args.k}).to_string()
+        };
+        let send = |client: reqwest::Client, url: String, body: String| async move {
+            let started = Instant::now();
+            let response = client
+                .post(&url)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await?;
+            let ok = response.status().is_success();
+            response.bytes().await?;
+            anyhow::Ok((started.elapsed(), ok))
+        };
+        for i in 0..100 {
+            send(client.clone(), url.clone(), body(i)).await?;
+        }
+        let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let deadline = Instant::now() + std::time::Duration::from_secs_f64(args.max_seconds);
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..args.concurrency {
+            let (client, url, next, body) =
+                (client.clone(), url.clone(), next.clone(), body.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut timings = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= args.requests || Instant::now() >= deadline {
+                        return anyhow::Ok(timings);
+                    }
+                    timings.push(send(client.clone(), url.clone(), body(i)).await?);
+                }
+            }));
+        }
+        let mut timings = Vec::new();
+        for task in tasks {
+            timings.extend(task.await??);
+        }
+        let wall = started.elapsed().as_secs_f64();
+        let failed = timings.iter().filter(|(_, ok)| !ok).count();
+        let mut latencies: Vec<_> = timings.iter().map(|(d, _)| *d).collect();
+        latencies.sort();
+        let (p50, p99) = (quantile_ms(&latencies, 0.5), quantile_ms(&latencies, 0.99));
+        let rps = latencies.len() as f64 / wall;
+        if args.json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "requests": latencies.len(), "failed": failed, "concurrency": args.concurrency,
+                    "seconds": wall, "requests_per_second": rps,
+                    "p50_ms": p50, "p90_ms": quantile_ms(&latencies, 0.9), "p99_ms": p99,
+                    "max_ms": quantile_ms(&latencies, 1.0),
+                })
+            );
+        } else {
+            println!(
+                "{} requests ({failed} failed) at concurrency {} in {wall:.1}s: {rps:.0} req/s, \
+                 p50 {p50:.2} ms, p90 {:.2} ms, p99 {p99:.2} ms, max {:.2} ms",
+                latencies.len(),
+                args.concurrency,
+                quantile_ms(&latencies, 0.9),
+                quantile_ms(&latencies, 1.0),
+            );
+        }
+        anyhow::Ok(())
+    })
+}

@@ -1,0 +1,305 @@
+//! The HTTP server (axum): recommendations for a known user or an ad-hoc history, similar
+//! items, health, Prometheus metrics and the OpenAPI document.
+//!
+//! The model runs on tokio's blocking pool, never on the async workers. Bad input gets a 4xx
+//! `{"error": {"field", "message"}}` naming the field; the request body is capped at
+//! `ServeConfig::max_body_bytes`. `explain` is accepted but no `reason` is produced yet: the
+//! RecGPT explanation stage does not exist.
+
+mod error;
+mod metrics;
+mod openapi;
+mod request;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Json;
+/// The application type, re-exported so that callers need no axum dependency.
+pub use axum::Router;
+use serde::Serialize;
+
+pub use error::ApiError;
+pub use metrics::Metrics;
+pub use request::RecommendRequest;
+
+use crate::data::Dataset;
+use crate::model::{Checkpoint, SasRec};
+
+/// Limits of the server.
+#[derive(Clone, Copy, Debug)]
+pub struct ServeConfig {
+    /// The largest request body accepted.
+    pub max_body_bytes: usize,
+    /// The largest `k` a request may ask for.
+    pub max_k: usize,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            max_body_bytes: 64 * 1024,
+            max_k: 100,
+        }
+    }
+}
+
+/// What every handler shares.
+pub struct AppState {
+    model: SasRec,
+    dataset: Dataset,
+    /// The model's name in responses: `sasrec@` and the kernel hash's first 12 digits.
+    model_name: String,
+    item_index: HashMap<String, u32>,
+    user_index: HashMap<String, usize>,
+    /// Item embeddings scaled to unit length, row-major `[n_items, d_model]`.
+    unit_embeddings: Vec<f32>,
+    config: ServeConfig,
+    metrics: Metrics,
+}
+
+/// One recommended item.
+#[derive(Debug, Serialize)]
+pub struct Recommendation {
+    pub item_id: String,
+    pub title: String,
+    pub score: f32,
+    /// Why, in a sentence (from the RecGPT explanation stage, which is not built yet).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Recommendations {
+    pub items: Vec<Recommendation>,
+    pub model: String,
+}
+
+/// The application for a loaded checkpoint.
+pub fn app(checkpoint: Checkpoint, config: ServeConfig) -> crate::Result<Router> {
+    let Checkpoint { model, dataset, .. } = checkpoint;
+    let embeddings = model.item_embeddings()?;
+    let unit_embeddings = embeddings
+        .iter()
+        .flat_map(|row| {
+            let norm = row.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+            row.iter().map(move |x| x / norm)
+        })
+        .collect();
+    let state = Arc::new(AppState {
+        model_name: format!("sasrec@{}", &model.kernel.hash[..12]),
+        item_index: dataset.item_index(),
+        user_index: dataset
+            .users
+            .iter()
+            .enumerate()
+            .map(|(i, u)| (u.clone(), i))
+            .collect(),
+        unit_embeddings,
+        model,
+        dataset,
+        config,
+        metrics: Metrics::default(),
+    });
+    Ok(Router::new()
+        .route("/v1/recommend", post(recommend))
+        .route("/v1/items/{id}/similar", get(similar))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics_text))
+        .route("/openapi.json", get(openapi_json))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .layer(middleware::from_fn_with_state(state.clone(), record))
+        .with_state(state))
+}
+
+/// Serves `app` on `listener` until Ctrl-C, letting requests in flight finish.
+pub async fn run(listener: tokio::net::TcpListener, app: Router) -> std::io::Result<()> {
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            // If the signal cannot be watched, serve until the process is killed.
+            if tokio::signal::ctrl_c().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        })
+        .await
+}
+
+async fn record(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let route = metrics::route_of(request.uri().path());
+    let started = Instant::now();
+    let response = next.run(request).await;
+    state
+        .metrics
+        .record(route, response.status().as_u16(), started.elapsed());
+    response
+}
+
+/// Runs CPU work on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ApiError::internal(format!("the model task failed: {e}")))?
+}
+
+/// The best `k` items by score, skipping `excluded`, best first (ties by lower id).
+fn top_k(scores: &[f32], k: usize, excluded: &[u32]) -> Vec<(u32, f32)> {
+    let mut hidden = vec![false; scores.len()];
+    for &e in excluded {
+        hidden[e as usize] = true;
+    }
+    let mut ranked: Vec<(u32, f32)> = scores
+        .iter()
+        .enumerate()
+        .filter(|&(i, s)| !hidden[i] && !s.is_nan())
+        .map(|(i, &s)| (i as u32, s))
+        .collect();
+    let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+    if ranked.len() > k {
+        ranked.select_nth_unstable_by(k, order);
+        ranked.truncate(k);
+    }
+    ranked.sort_by(order);
+    ranked
+}
+
+impl AppState {
+    fn describe(&self, picked: Vec<(u32, f32)>) -> Vec<Recommendation> {
+        picked
+            .into_iter()
+            .map(|(i, score)| {
+                let item = &self.dataset.items[i as usize];
+                Recommendation {
+                    item_id: item.raw_id.clone(),
+                    title: item.meta.title.clone(),
+                    score,
+                    reason: None,
+                }
+            })
+            .collect()
+    }
+
+    fn check_k(&self, k: usize) -> Result<(), ApiError> {
+        if (1..=self.config.max_k).contains(&k) {
+            Ok(())
+        } else {
+            Err(ApiError::invalid(
+                "k",
+                format!("k is {k}; it must lie in 1..={}", self.config.max_k),
+            ))
+        }
+    }
+}
+
+async fn recommend(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Recommendations>, ApiError> {
+    let body = body.map_err(|e| {
+        ApiError::new(
+            e.status(),
+            "body",
+            format!(
+                "{} (the limit is {} bytes)",
+                e.body_text(),
+                state.config.max_body_bytes
+            ),
+        )
+    })?;
+    let request = RecommendRequest::parse(&body)?;
+    state.check_k(request.k)?;
+    let history = request.history_ids(&state)?;
+    let worker = state.clone();
+    let items = blocking(move || {
+        let scores = worker
+            .model
+            .score_histories(&[&history])
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        let excluded: &[u32] = if request.exclude_seen { &history } else { &[] };
+        Ok(worker.describe(top_k(&scores[0], request.k, excluded)))
+    })
+    .await?;
+    Ok(Json(Recommendations {
+        items,
+        model: state.model_name.clone(),
+    }))
+}
+
+#[derive(serde::Deserialize)]
+struct SimilarQuery {
+    k: Option<usize>,
+}
+
+async fn similar(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    query: Result<Query<SimilarQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Recommendations>, ApiError> {
+    let k = query
+        .map_err(|e| ApiError::invalid("k", format!("k must be a whole number: {e}")))?
+        .k
+        .unwrap_or(10);
+    state.check_k(k)?;
+    let Some(&item) = state.item_index.get(&id) else {
+        return Err(ApiError::unknown("id", format!("no item has id `{id}`")));
+    };
+    let worker = state.clone();
+    let items = blocking(move || {
+        let d = worker.model.config.d_model;
+        let unit = &worker.unit_embeddings;
+        let own = &unit[item as usize * d..][..d];
+        let cosines: Vec<f32> = unit
+            .chunks_exact(d)
+            .map(|row| row.iter().zip(own).map(|(a, b)| a * b).sum())
+            .collect();
+        Ok(worker.describe(top_k(&cosines, k, &[item])))
+    })
+    .await?;
+    Ok(Json(Recommendations {
+        items,
+        model: state.model_name.clone(),
+    }))
+}
+
+async fn healthz(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({
+        "status": "ok",
+        "model": state.model_name,
+        "items": state.dataset.items.len(),
+        "users": state.dataset.users.len(),
+    }))
+}
+
+async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn openapi_json() -> Json<serde_json::Value> {
+    Json(openapi::document())
+}
+
+async fn not_found(request: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "path",
+        format!(
+            "no route {} {} (see GET /openapi.json)",
+            request.method(),
+            request.uri().path()
+        ),
+    )
+}

@@ -1,0 +1,257 @@
+//! The real server on 127.0.0.1:0, spoken to over HTTP: every route, and every kind of bad
+//! input answered with a 4xx JSON error naming the field while the server keeps serving.
+
+use recsys::data::{Dataset, Item, ItemMeta};
+use recsys::model::{Checkpoint, SasRec, SasRecConfig, EXACT};
+use recsys::serve::{app, run, ServeConfig};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+const MAX_BODY: usize = 2048;
+
+/// A small untrained model over 20 films and 3 users; the routes do not care about quality.
+fn checkpoint() -> Checkpoint {
+    let n_items = 20;
+    let dataset = Dataset {
+        name: "films".into(),
+        items: (0..n_items)
+            .map(|i| Item {
+                raw_id: (100 + i).to_string(),
+                meta: ItemMeta {
+                    title: format!("Film {i}"),
+                    year: Some(1990 + i as i32),
+                    genres: vec!["Drama".into()],
+                },
+            })
+            .collect(),
+        users: vec!["alice".into(), "bob".into(), "7".into()],
+        histories: vec![vec![0, 1, 2, 3], vec![4, 5], vec![6]],
+    };
+    let config = SasRecConfig {
+        n_items,
+        max_len: 8,
+        d_model: 16,
+        n_blocks: 1,
+        n_heads: 2,
+        d_ff: 32,
+        dropout: 0.0,
+    };
+    Checkpoint {
+        model: SasRec::new(config, EXACT, 9).unwrap(),
+        dataset,
+        report: None,
+    }
+}
+
+/// Starts the server and returns its base URL.
+async fn start() -> String {
+    let config = ServeConfig {
+        max_body_bytes: MAX_BODY,
+        max_k: 100,
+    };
+    let router = app(checkpoint(), config).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(run(listener, router));
+    format!("http://{addr}")
+}
+
+async fn post(base: &str, body: impl Into<reqwest::Body>) -> (StatusCode, Value) {
+    let response = reqwest::Client::new()
+        .post(format!("{base}/v1/recommend"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap())
+}
+
+async fn get(base: &str, path: &str) -> (StatusCode, String) {
+    let response = reqwest::get(format!("{base}{path}")).await.unwrap();
+    (response.status(), response.text().await.unwrap())
+}
+
+/// Asserts a JSON error with `status` naming `field`, then that the server still answers.
+async fn assert_error(base: &str, got: (StatusCode, Value), status: StatusCode, field: &str) {
+    assert_eq!(got.0, status, "{}", got.1);
+    assert_eq!(got.1["error"]["field"], field, "{}", got.1);
+    assert!(got.1["error"]["message"]
+        .as_str()
+        .is_some_and(|m| !m.is_empty()));
+    assert_eq!(get(base, "/healthz").await.0, StatusCode::OK);
+}
+
+fn item_ids(body: &Value) -> Vec<String> {
+    body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["item_id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn recommends_for_a_user_without_their_seen_items() {
+    let base = start().await;
+    let (status, body) = post(&base, json!({"user_id": "alice", "k": 5}).to_string()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let ids = item_ids(&body);
+    assert_eq!(ids.len(), 5);
+    assert!(ids
+        .iter()
+        .all(|id| !["100", "101", "102", "103"].contains(&id.as_str())));
+    let scores: Vec<f64> = body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["score"].as_f64().unwrap())
+        .collect();
+    assert!(
+        scores.windows(2).all(|w| w[0] >= w[1]),
+        "best first: {scores:?}"
+    );
+    assert!(body["model"].as_str().unwrap().starts_with("sasrec@"));
+    assert!(body["items"][0]["title"]
+        .as_str()
+        .unwrap()
+        .starts_with("Film "));
+    // A numeric user id is the same as its string.
+    let (status, _) = post(&base, json!({"user_id": 7}).to_string()).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn recommends_for_a_history_and_keeps_seen_items_when_asked() {
+    let base = start().await;
+    let request = json!({"history": ["105", 106], "k": 20, "exclude_seen": false, "explain": true});
+    let (status, body) = post(&base, request.to_string()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let ids = item_ids(&body);
+    assert_eq!(ids.len(), 20, "every item, seen ones included");
+    assert!(
+        body["items"][0].get("reason").is_none(),
+        "no explanation stage yet"
+    );
+    let (_, filtered) = post(&base, json!({"history": ["105", 106], "k": 20}).to_string()).await;
+    assert_eq!(item_ids(&filtered).len(), 18);
+}
+
+#[tokio::test]
+async fn similar_items_exclude_the_item_itself() {
+    let base = start().await;
+    let (status, text) = get(&base, "/v1/items/104/similar?k=3").await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let body: Value = serde_json::from_str(&text).unwrap();
+    let ids = item_ids(&body);
+    assert_eq!(ids.len(), 3);
+    assert!(!ids.contains(&"104".to_string()));
+}
+
+#[tokio::test]
+async fn unknown_user_is_a_404_naming_user_id() {
+    let base = start().await;
+    let got = post(&base, json!({"user_id": "mallory"}).to_string()).await;
+    assert_error(&base, got, StatusCode::NOT_FOUND, "user_id").await;
+}
+
+#[tokio::test]
+async fn unknown_item_is_a_404_naming_its_place() {
+    let base = start().await;
+    let got = post(&base, json!({"history": ["100", "999"]}).to_string()).await;
+    assert_error(&base, got, StatusCode::NOT_FOUND, "history[1]").await;
+    let (status, text) = get(&base, "/v1/items/999/similar").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        serde_json::from_str::<Value>(&text).unwrap()["error"]["field"],
+        "id"
+    );
+}
+
+#[tokio::test]
+async fn k_out_of_range_is_a_422_naming_k() {
+    let base = start().await;
+    for k in [json!(0), json!(101), json!(-1), json!("ten")] {
+        let got = post(&base, json!({"user_id": "bob", "k": k}).to_string()).await;
+        assert_error(&base, got, StatusCode::UNPROCESSABLE_ENTITY, "k").await;
+    }
+    let (status, _) = get(&base, "/v1/items/100/similar?k=0").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+}
+
+#[tokio::test]
+async fn empty_history_is_a_422_naming_history() {
+    let base = start().await;
+    let got = post(&base, json!({"history": []}).to_string()).await;
+    assert_error(&base, got, StatusCode::UNPROCESSABLE_ENTITY, "history").await;
+    let got = post(&base, json!({"k": 3}).to_string()).await;
+    assert_error(&base, got, StatusCode::UNPROCESSABLE_ENTITY, "user_id").await;
+    let got = post(
+        &base,
+        json!({"user_id": "bob", "histroy": ["100"]}).to_string(),
+    )
+    .await;
+    assert_error(&base, got, StatusCode::UNPROCESSABLE_ENTITY, "histroy").await;
+}
+
+#[tokio::test]
+async fn malformed_json_is_a_400_naming_the_body() {
+    let base = start().await;
+    let got = post(&base, "{\"user_id\": \"bob\"").await;
+    assert_error(&base, got, StatusCode::BAD_REQUEST, "body").await;
+}
+
+#[tokio::test]
+async fn an_oversized_body_is_a_413_naming_the_body() {
+    let base = start().await;
+    let history: Vec<String> = (0..MAX_BODY).map(|_| "100".to_string()).collect();
+    let got = post(&base, json!({"history": history}).to_string()).await;
+    assert_error(&base, got, StatusCode::PAYLOAD_TOO_LARGE, "body").await;
+}
+
+#[tokio::test]
+async fn metrics_count_requests_by_route_and_status() {
+    let base = start().await;
+    post(&base, json!({"user_id": "bob"}).to_string()).await;
+    post(&base, json!({"user_id": "nobody"}).to_string()).await;
+    let (status, text) = get(&base, "/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        text.contains("recsys_requests_total{route=\"/v1/recommend\",status=\"200\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("recsys_requests_total{route=\"/v1/recommend\",status=\"404\"} 1"));
+    assert!(text.contains("recsys_request_duration_seconds_count{route=\"/v1/recommend\"} 2"));
+    assert!(text.contains("le=\"+Inf\""));
+}
+
+#[tokio::test]
+async fn the_openapi_document_lists_every_route() {
+    let base = start().await;
+    let (status, text) = get(&base, "/openapi.json").await;
+    assert_eq!(status, StatusCode::OK);
+    let doc: Value = serde_json::from_str(&text).unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    for route in [
+        "/v1/recommend",
+        "/v1/items/{id}/similar",
+        "/healthz",
+        "/metrics",
+        "/openapi.json",
+    ] {
+        assert!(doc["paths"].get(route).is_some(), "{route} is missing");
+    }
+    // Every route the document lists answers (not the fallback's 404).
+    for path in [
+        "/healthz",
+        "/metrics",
+        "/openapi.json",
+        "/v1/items/100/similar",
+    ] {
+        assert_eq!(get(&base, path).await.0, StatusCode::OK, "{path}");
+    }
+    let (status, text) = get(&base, "/v2/nothing").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(text.contains("\"field\":\"path\""));
+}
