@@ -2,6 +2,7 @@
 
 mod cli;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -16,6 +17,9 @@ struct Cli {
     /// Compute threads (default: every core).
     #[arg(long, global = true)]
     threads: Option<usize>,
+    /// The discovered-kernel database.
+    #[arg(long, global = true, default_value = agent::db::DEFAULT_PATH)]
+    db: PathBuf,
     #[command(subcommand)]
     command: Command,
 }
@@ -26,6 +30,16 @@ enum Command {
     Generate(cli::generate::Args),
     /// Perplexity of a model on a text file.
     Perplexity(cli::perplexity::Args),
+    /// Query the discovered kernels in the database.
+    Kernels {
+        #[command(subcommand)]
+        which: cli::kernels::Command,
+    },
+    /// Campaigns: their progress.
+    Campaign {
+        #[command(subcommand)]
+        which: cli::campaign::Command,
+    },
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -51,6 +65,8 @@ fn main() -> ExitCode {
     let result = match args.command {
         Command::Generate(a) => cli::generate::run(a),
         Command::Perplexity(a) => cli::perplexity::run(a),
+        Command::Kernels { which } => cli::kernels::run(&args.db, which),
+        Command::Campaign { which } => cli::campaign::run(&args.db, which),
         Command::Bench {
             which: BenchCommand::Core(a),
         } => cli::bench::core::run_core(a),
