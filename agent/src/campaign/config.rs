@@ -42,6 +42,7 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use toml::de::{DeTable, DeValue};
 
 /// What can be wrong with a campaign config; each error names the file, and the field
 /// or seed at fault.
@@ -52,8 +53,17 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("campaign config {}: {message}", path.display())]
-    Parse { path: PathBuf, message: String },
+    #[error(
+        "campaign config {}: {}{message}",
+        path.display(),
+        field.as_ref().map(|f| format!("in `{f}`: ")).unwrap_or_default()
+    )]
+    Parse {
+        path: PathBuf,
+        /// The dotted path of the field at fault, where the error points at one.
+        field: Option<String>,
+        message: String,
+    },
     #[error("campaign config {}: `{field}` {why}", path.display())]
     Invalid {
         path: PathBuf,
@@ -322,6 +332,7 @@ impl CampaignConfig {
     pub fn from_toml(text: &str, path: &Path) -> Result<CampaignConfig, ConfigError> {
         let mut config: CampaignConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
+            field: e.span().and_then(|span| field_at(text, span.start)),
             message: e.to_string().trim_end().to_string(),
         })?;
         config.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -480,5 +491,40 @@ impl CampaignConfig {
                 Ok(Seed { origin, text })
             })
             .collect()
+    }
+}
+
+/// The dotted path (`budget.evaluations`, `seeds[1].path`) of the deepest field whose key
+/// or value covers byte `offset` of `text`: serde's errors name only the last key.
+fn field_at(text: &str, offset: usize) -> Option<String> {
+    let document = DeTable::parse(text).ok()?;
+    field_in_table(document.get_ref(), offset)
+}
+
+fn field_in_table(table: &DeTable<'_>, offset: usize) -> Option<String> {
+    // A table's span covers only its `[header]`, so every subtable is searched.
+    table.iter().find_map(|(key, value)| {
+        let covers = key.span().contains(&offset) || value.span().contains(&offset);
+        let key = key.get_ref();
+        match field_in_value(value.get_ref(), offset) {
+            Some(inner) if inner.starts_with('[') => Some(format!("{key}{inner}")),
+            Some(inner) => Some(format!("{key}.{inner}")),
+            None => covers.then(|| key.to_string()),
+        }
+    })
+}
+
+fn field_in_value(value: &DeValue<'_>, offset: usize) -> Option<String> {
+    match value {
+        DeValue::Table(table) => field_in_table(table, offset),
+        DeValue::Array(items) => {
+            items.iter().enumerate().find_map(|(i, item)| {
+                match field_in_value(item.get_ref(), offset) {
+                    Some(inner) => Some(format!("[{i}].{inner}")),
+                    None => item.span().contains(&offset).then(|| format!("[{i}]")),
+                }
+            })
+        }
+        _ => None,
     }
 }
