@@ -31,12 +31,13 @@ pub fn line_edits<'a>(old: &'a str, new: &'a str) -> Vec<Edit<'a>> {
             edits.push(Edit::Same(a[i]));
             i += 1;
             j += 1;
-        } else if j < b.len() && (i == a.len() || lcs[i][j + 1] >= lcs[i + 1][j]) {
-            edits.push(Edit::Added(b[j]));
-            j += 1;
-        } else {
+        } else if i < a.len() && (j == b.len() || lcs[i + 1][j] >= lcs[i][j + 1]) {
+            // Removals before additions, as diff -u writes a changed line.
             edits.push(Edit::Removed(a[i]));
             i += 1;
+        } else {
+            edits.push(Edit::Added(b[j]));
+            j += 1;
         }
     }
     edits
