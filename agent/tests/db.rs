@@ -51,14 +51,25 @@ async fn a_new_database_is_migrated_in_wal_mode_with_foreign_keys() {
         Db::known_schema_version()
     );
     assert!(Db::known_schema_version() >= 1);
+    db.create_campaign(&campaign("c")).await.unwrap();
     // Foreign keys are enforced: a program of no campaign is refused.
     let orphan = db
         .insert_program(&program(42, &hash("a"), "(kernel a)"))
         .await;
     assert!(matches!(orphan, Err(Error::Sql(_))), "{orphan:?}");
-    db.close().await;
+    db.close().await.unwrap();
 
     let mut raw = raw_connection(&dir.db()).await;
+    // Closing folded the log into the file: a copy of the file alone has the rows.
+    let copy = dir.path().join("copy.db");
+    std::fs::copy(dir.db(), &copy).unwrap();
+    let mut copied = raw_connection(&copy).await;
+    let campaigns: i64 = sqlx::query_scalar("SELECT count(*) FROM campaigns")
+        .fetch_one(&mut copied)
+        .await
+        .unwrap();
+    assert_eq!(campaigns, 1);
+    copied.close().await.unwrap();
     let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
         .fetch_one(&mut raw)
         .await
@@ -72,13 +83,13 @@ async fn a_new_database_is_migrated_in_wal_mode_with_foreign_keys() {
         again.schema_version().await.unwrap(),
         Db::known_schema_version()
     );
-    again.close().await;
+    again.close().await.unwrap();
 }
 
 #[tokio::test]
 async fn a_database_from_a_newer_schema_is_refused_naming_file_and_versions() {
     let dir = ScratchDir::new("db-newer");
-    Db::open(&dir.db()).await.unwrap().close().await;
+    Db::open(&dir.db()).await.unwrap().close().await.unwrap();
     let mut raw = raw_connection(&dir.db()).await;
     sqlx::query(
         "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \

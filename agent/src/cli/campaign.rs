@@ -37,7 +37,7 @@ pub fn run(db_path: &Path, command: Command) -> anyhow::Result<()> {
     block_on(async {
         let db = Db::open_existing(db_path).await?;
         let result = status(&db, campaign.as_deref(), json).await;
-        db.close().await;
+        db.close().await?;
         result
     })
 }

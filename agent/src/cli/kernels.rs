@@ -100,7 +100,7 @@ pub fn run(db_path: &Path, command: Command) -> anyhow::Result<()> {
     block_on(async {
         let db = Db::open_existing(db_path).await?;
         let result = dispatch(&db, command).await;
-        db.close().await;
+        db.close().await?;
         result
     })
 }

@@ -132,8 +132,13 @@ impl Db {
         &self.path
     }
 
-    /// Closes every connection, checkpointing the WAL.
-    pub async fn close(self) {
+    /// Folds what it can of the write-ahead log into the database file, without waiting
+    /// for other readers or writers, and closes every connection.
+    pub async fn close(self) -> Result<()> {
+        sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&self.pool)
+            .await?;
         self.pool.close().await;
+        Ok(())
     }
 }
