@@ -622,3 +622,36 @@ async fn archive_cells_insights_and_mutator_statistics_persist() {
         vec![("local_llm", 1, 1, 1.25), ("perturb", 2, 1, 0.5)]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_on_two_handles_all_commit() {
+    let dir = ScratchDir::new("db-concurrent");
+    let db = Db::open(&dir.db()).await.unwrap();
+    let other = Db::open(&dir.db()).await.unwrap();
+    let c = db.create_campaign(&campaign("c")).await.unwrap();
+    let mut tasks = Vec::new();
+    for k in 0..24 {
+        let handle = if k % 2 == 0 {
+            db.clone()
+        } else {
+            other.clone()
+        };
+        tasks.push(tokio::spawn(async move {
+            let h = hash(&format!("{k:02x}"));
+            let text = format!("(kernel k{k})");
+            let id = handle.insert_program(&program(c, &h, &text)).await?.id();
+            handle
+                .insert_evaluation(id, &evaluation(&h, 0, Some(k as f64), &[("speedup", 1.0)]))
+                .await?;
+            handle
+                .record_mutator_outcome(c, "perturb", k % 3 == 0, 1.0)
+                .await
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    assert_eq!(db.campaign_evaluations(c).await.unwrap().len(), 24);
+    let stats = other.mutator_stats(c).await.unwrap();
+    assert_eq!((stats[0].uses, stats[0].improvements), (24, 8));
+}

@@ -154,7 +154,9 @@ impl Db {
     /// before this returns. The evaluation's hash must be the program's.
     pub async fn insert_evaluation(&self, program_id: i64, evaluation: &Evaluation) -> Result<i64> {
         check_finite(evaluation)?;
-        let mut tx = self.pool.begin().await?;
+        // IMMEDIATE takes the write lock up front: a deferred transaction that reads first
+        // cannot wait for another writer and fails with SQLITE_BUSY instead.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let stored: Option<String> = sqlx::query_scalar("SELECT hash FROM programs WHERE id = ?")
             .bind(program_id)
             .fetch_optional(&mut *tx)

@@ -59,7 +59,9 @@ pub(super) const PROGRAM_COLUMNS: &str = "p.id, p.campaign_id, p.hash, p.canonic
 impl Db {
     /// Stores a program unless its campaign already has one with the same hash.
     pub async fn insert_program(&self, program: &NewProgram<'_>) -> Result<ProgramInsert> {
-        let mut tx = self.pool.begin().await?;
+        // IMMEDIATE takes the write lock up front: a deferred transaction that reads first
+        // cannot wait for another writer and fails with SQLITE_BUSY instead.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let inserted: Option<i64> = sqlx::query_scalar(
             "INSERT INTO programs (campaign_id, hash, canonical_text, parent_id, \
              second_parent_id, island, generation, mutator, proposal) \
