@@ -451,6 +451,22 @@ fn bad_references_and_bad_databases_get_clear_errors() {
         "{missing}"
     );
     assert!(!db.exists(), "a query must not create a database");
+    let text = dir.path().join("notes.txt");
+    std::fs::write(
+        &text,
+        "these are notes, not a database, and long enough to fill a header",
+    )
+    .unwrap();
+    let not_sqlite = fails(&text, &["kernels", "list"]);
+    assert!(
+        not_sqlite.contains(&text.display().to_string()),
+        "{not_sqlite}"
+    );
+    assert_eq!(
+        not_sqlite.matches("file is not a database").count(),
+        1,
+        "said once: {not_sqlite}"
+    );
 
     let f = fill(&db);
     // The sink-window program is in both campaigns: any prefix of its hash is ambiguous.

@@ -48,10 +48,10 @@ use toml::de::{DeTable, DeValue};
 /// or seed at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read the campaign config {}: {source}", path.display())]
+    #[error("cannot read the campaign config {}: {error}", path.display())]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error(
         "campaign config {}: {}{message}",
@@ -320,9 +320,9 @@ pub struct Budget {
 impl CampaignConfig {
     /// Reads and checks a config file.
     pub fn load(path: &Path) -> Result<CampaignConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         Self::from_toml(&text, path)
     }

@@ -3,17 +3,17 @@ use std::path::PathBuf;
 /// What can go wrong with the database; each error names the file or the row at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot open the database {}: {source}", path.display())]
-    Open { path: PathBuf, source: sqlx::Error },
+    #[error("cannot open the database {}: {error}", path.display())]
+    Open { path: PathBuf, error: sqlx::Error },
     #[error(
         "no database at {} (run a campaign first, or pass --db PATH)",
         path.display()
     )]
     Missing { path: PathBuf },
-    #[error("cannot bring the schema of {} up to date: {source}", path.display())]
+    #[error("cannot bring the schema of {} up to date: {error}", path.display())]
     Migrate {
         path: PathBuf,
-        source: sqlx::migrate::MigrateError,
+        error: sqlx::migrate::MigrateError,
     },
     #[error(
         "the database {} has schema version {found}, newer than this evokernel knows \
@@ -61,7 +61,15 @@ pub enum Error {
         detail: String,
     },
     #[error("database error: {0}")]
-    Sql(#[from] sqlx::Error),
+    Sql(sqlx::Error),
+}
+
+// Written out rather than `#[from]`, which would also make the sqlx error this one's
+// `source` and print its text twice in an error chain.
+impl From<sqlx::Error> for Error {
+    fn from(error: sqlx::Error) -> Error {
+        Error::Sql(error)
+    }
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -61,9 +61,9 @@ impl Db {
     }
 
     async fn connect(path: &Path, create: bool) -> Result<Db> {
-        let open_error = |source| Error::Open {
+        let open_error = |error| Error::Open {
             path: path.to_path_buf(),
-            source,
+            error,
         };
         let options = SqliteConnectOptions::from_str("sqlite:")
             .map_err(open_error)?
@@ -85,9 +85,9 @@ impl Db {
         MIGRATOR
             .run(&db.pool)
             .await
-            .map_err(|source| Error::Migrate {
+            .map_err(|error| Error::Migrate {
                 path: path.to_path_buf(),
-                source,
+                error,
             })?;
         Ok(db)
     }
