@@ -164,6 +164,13 @@ fn values_out_of_range_are_named() {
         ),
         (
             format!(
+                "{MINIMAL}\n[[archive.descriptors]]\nname = \"x\"\nrange = [0.0, 1.0]\nbins = 3\n\
+                 [[archive.descriptors]]\nname = \"x\"\nrange = [0.0, 2.0]\nbins = 3\n"
+            ),
+            "archive.descriptors[1].name",
+        ),
+        (
+            format!(
                 "{MINIMAL}\n[mutators.remote_llm]\nweight = 1.0\nbase_url = \"localhost:8080\"\n\
                  model = \"m\"\n"
             ),

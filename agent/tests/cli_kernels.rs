@@ -6,6 +6,7 @@ mod db_common;
 use std::path::Path;
 use std::process::{Command, Output};
 
+use agent::campaign::Strategy;
 use agent::db::{Db, NewCampaign, NewProgram};
 use db_common::{evaluation, library_program, ScratchDir};
 use serde_json::Value;
@@ -58,7 +59,7 @@ fn fill(path: &Path) -> Filled {
             name: "cli",
             config_toml: CONFIG,
             seed: 3,
-            strategy: "evolve",
+            strategy: Strategy::Evolve,
         };
         let c = db.create_campaign(&campaign).await.unwrap();
         let other = db

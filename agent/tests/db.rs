@@ -3,6 +3,7 @@
 
 mod db_common;
 
+use agent::campaign::Strategy;
 use agent::db::{CampaignStatus, Db, Error, NewCampaign, NewLlmCall, NewProgram, ProgramInsert};
 use agent::pareto::Direction;
 use db_common::{evaluation, ScratchDir};
@@ -13,7 +14,7 @@ fn campaign<'a>(name: &'a str) -> NewCampaign<'a> {
         name,
         config_toml: "name = \"x\"",
         seed: 7,
-        strategy: "evolve",
+        strategy: Strategy::Evolve,
     }
 }
 

@@ -96,6 +96,13 @@ impl Strategy {
             Strategy::Random => "random",
         }
     }
+
+    /// The strategy a name spells.
+    pub fn parse(name: &str) -> Option<Strategy> {
+        [Strategy::Evolve, Strategy::Random]
+            .into_iter()
+            .find(|s| s.name() == name)
+    }
 }
 
 /// A campaign, as its TOML file describes it.
@@ -373,6 +380,15 @@ impl CampaignConfig {
             return invalid("islands.migration_interval", "must be at least 1");
         }
         for (i, d) in self.archive.descriptors.iter().enumerate() {
+            if self.archive.descriptors[..i]
+                .iter()
+                .any(|e| e.name == d.name)
+            {
+                return invalid(
+                    &format!("archive.descriptors[{i}].name"),
+                    &format!("repeats the descriptor `{}`", d.name),
+                );
+            }
             let [lo, hi] = d.range;
             if !(lo.is_finite() && hi.is_finite() && lo < hi) {
                 return invalid(

@@ -78,7 +78,7 @@ async fn status(db: &Db, campaign: Option<&str>, json: bool) -> anyhow::Result<(
             vec![
                 p.campaign.id.to_string(),
                 p.campaign.name.clone(),
-                p.campaign.strategy.clone(),
+                p.campaign.strategy.name().to_string(),
                 p.campaign.status.name().to_string(),
                 p.programs.to_string(),
                 of(p.evaluations.to_string(), budget.map(|b| b.evaluations)),

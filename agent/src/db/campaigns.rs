@@ -3,6 +3,7 @@
 use serde::Serialize;
 
 use super::{Db, Error, Result};
+use crate::campaign::Strategy;
 
 /// How a campaign ended, or that it has not.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -45,8 +46,7 @@ pub struct NewCampaign<'a> {
     /// The TOML text the campaign was started from.
     pub config_toml: &'a str,
     pub seed: u64,
-    /// `evolve` or `random`.
-    pub strategy: &'a str,
+    pub strategy: Strategy,
 }
 
 /// A stored campaign.
@@ -57,7 +57,7 @@ pub struct Campaign {
     #[serde(skip)]
     pub config_toml: String,
     pub seed: u64,
-    pub strategy: String,
+    pub strategy: Strategy,
     pub status: CampaignStatus,
     pub elapsed_seconds: f64,
     pub created_at: String,
@@ -86,13 +86,18 @@ impl TryFrom<CampaignRow> for Campaign {
             row: row.id,
             detail: format!("unknown status `{}`", row.status),
         })?;
+        let strategy = Strategy::parse(&row.strategy).ok_or_else(|| Error::Corrupt {
+            table: "campaigns",
+            row: row.id,
+            detail: format!("unknown strategy `{}`", row.strategy),
+        })?;
         Ok(Campaign {
             id: row.id,
             name: row.name,
             config_toml: row.config_toml,
             // Stored bit for bit: SQLite integers are signed.
             seed: row.seed as u64,
-            strategy: row.strategy,
+            strategy,
             status,
             elapsed_seconds: row.elapsed_seconds,
             created_at: row.created_at,
@@ -114,7 +119,7 @@ impl Db {
         .bind(campaign.name)
         .bind(campaign.config_toml)
         .bind(campaign.seed as i64)
-        .bind(campaign.strategy)
+        .bind(campaign.strategy.name())
         .fetch_optional(&self.pool)
         .await?;
         inserted.ok_or_else(|| Error::CampaignExists(campaign.name.to_string()))
