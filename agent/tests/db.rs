@@ -656,3 +656,34 @@ async fn concurrent_writers_on_two_handles_all_commit() {
     let stats = other.mutator_stats(c).await.unwrap();
     assert_eq!((stats[0].uses, stats[0].improvements), (24, 8));
 }
+
+#[tokio::test]
+async fn every_indexed_metric_lands_in_its_column() {
+    let dir = ScratchDir::new("db-indexed");
+    let db = Db::open(&dir.db()).await.unwrap();
+    let c = db.create_campaign(&campaign("c")).await.unwrap();
+    // Program k has value k + 1 of every metric; a column left empty would drop it from
+    // `best_programs`, and a swapped one would give another program's value.
+    let metrics: Vec<&str> = agent::db::INDEXED_METRICS.iter().map(|m| m.name).collect();
+    for k in 0..3 {
+        let h = hash(&k.to_string());
+        let id = db
+            .insert_program(&program(c, &h, "(kernel k)"))
+            .await
+            .unwrap()
+            .id();
+        let value = f64::from(k + 1);
+        let named: Vec<(&str, f64)> = metrics.iter().map(|&m| (m, value)).collect();
+        db.insert_evaluation(id, &evaluation(&h, 0, Some(value), &named))
+            .await
+            .unwrap();
+    }
+    for m in agent::db::INDEXED_METRICS {
+        let best = db
+            .best_programs(m.name, Direction::Max, Some(c), 3)
+            .await
+            .unwrap();
+        let values: Vec<f64> = best.iter().map(|b| b.value).collect();
+        assert_eq!(values, vec![3.0, 2.0, 1.0], "{}", m.name);
+    }
+}

@@ -26,7 +26,8 @@ const fn indexed(name: &'static str, column: &'static str, direction: Direction)
     }
 }
 
-/// The metrics copied into columns of their own; `score` is the search's scalar.
+/// The metrics copied into columns of their own (each has one in `migrations/`); `score`
+/// is the search's scalar, the rest are keys of `Evaluation::metrics`.
 pub const INDEXED_METRICS: &[IndexedMetric] = &[
     indexed("score", "score", Direction::Max),
     indexed("kl_vs_exact", "kl_vs_exact", Direction::Min),
@@ -169,37 +170,39 @@ impl Db {
                 evaluated: evaluation.candidate_hash.clone(),
             });
         }
-        let metric = |name: &str| evaluation.metrics.get(name).copied();
         let trial = evaluation.provenance.trial;
-        let id: Option<i64> = sqlx::query_scalar(
-            "INSERT INTO evaluations (program_id, trial, task, passed, stage_reached, score, \
-             kl_vs_exact, kl_max_mean, speedup, attention_speedup, attn_flops_ratio, \
-             kv_bytes_held_ratio, ndcg_at_10, metrics_json, descriptors_json, feedback, \
-             timings_json, provenance_json, seconds) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+        // The indexed columns come from the one list, so a new one needs only a migration
+        // and an entry there.
+        let indexed_columns: Vec<&str> = INDEXED_METRICS.iter().map(|m| m.column).collect();
+        let sql = format!(
+            "INSERT INTO evaluations (program_id, trial, task, passed, stage_reached, {}, \
+             metrics_json, descriptors_json, feedback, timings_json, provenance_json, seconds) \
+             VALUES (?, ?, ?, ?, ?, {}?, ?, ?, ?, ?, ?) \
              ON CONFLICT (program_id, trial) DO NOTHING RETURNING id",
-        )
-        .bind(program_id)
-        .bind(trial)
-        .bind(&evaluation.task)
-        .bind(evaluation.passed)
-        .bind(evaluation.stage_reached.name())
-        .bind(evaluation.score)
-        .bind(metric("kl_vs_exact"))
-        .bind(metric("kl_max_mean"))
-        .bind(metric("speedup"))
-        .bind(metric("attention_speedup"))
-        .bind(metric("attn_flops_ratio"))
-        .bind(metric("kv_bytes_held_ratio"))
-        .bind(metric("ndcg@10"))
-        .bind(to_json(&evaluation.metrics))
-        .bind(to_json(&evaluation.descriptors))
-        .bind(&evaluation.feedback)
-        .bind(to_json(&evaluation.timings))
-        .bind(to_json(&evaluation.provenance))
-        .bind(evaluation.seconds())
-        .fetch_optional(&mut *tx)
-        .await?;
+            indexed_columns.join(", "),
+            "?, ".repeat(indexed_columns.len())
+        );
+        let mut insert = sqlx::query_scalar(&sql)
+            .bind(program_id)
+            .bind(trial)
+            .bind(&evaluation.task)
+            .bind(evaluation.passed)
+            .bind(evaluation.stage_reached.name());
+        for m in INDEXED_METRICS {
+            insert = insert.bind(match m.name {
+                "score" => evaluation.score,
+                name => evaluation.metrics.get(name).copied(),
+            });
+        }
+        let id: Option<i64> = insert
+            .bind(to_json(&evaluation.metrics))
+            .bind(to_json(&evaluation.descriptors))
+            .bind(&evaluation.feedback)
+            .bind(to_json(&evaluation.timings))
+            .bind(to_json(&evaluation.provenance))
+            .bind(evaluation.seconds())
+            .fetch_optional(&mut *tx)
+            .await?;
         let id = id.ok_or(Error::DuplicateTrial { program_id, trial })?;
         tx.commit().await?;
         Ok(id)
