@@ -687,3 +687,98 @@ async fn every_indexed_metric_lands_in_its_column() {
         assert_eq!(values, vec![3.0, 2.0, 1.0], "{}", m.name);
     }
 }
+
+/// Set in the child process of the kill test: the database it writes to.
+const WRITER_ENV: &str = "EVOKERNEL_TEST_WRITER_DB";
+
+/// The writer half of the kill test: does nothing unless started by it. Stores programs
+/// and evaluations until killed, printing each evaluation's id once `insert_evaluation` returns.
+#[tokio::test]
+async fn writer_child() {
+    use std::io::Write;
+    let Some(path) = std::env::var_os(WRITER_ENV) else {
+        return;
+    };
+    let db = Db::open(std::path::Path::new(&path)).await.unwrap();
+    let c = db.create_campaign(&campaign("killed")).await.unwrap();
+    // Bounded, so that a child whose parent died does not write forever.
+    for k in 0u64..10_000 {
+        let h = hash(&format!("{k:016x}"));
+        let id = db
+            .insert_program(&program(c, &h, "(kernel k)"))
+            .await
+            .unwrap()
+            .id();
+        let e = db
+            .insert_evaluation(id, &evaluation(&h, 0, Some(1.0), &[("speedup", 1.0)]))
+            .await
+            .unwrap();
+        println!("committed {e}");
+        std::io::stdout().flush().unwrap();
+    }
+}
+
+#[test]
+fn kill_9_loses_nothing_that_was_committed() {
+    use std::io::{BufRead, BufReader};
+    let dir = ScratchDir::new("db-kill");
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "writer_child",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env(WRITER_ENV, dir.db())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut committed = Vec::new();
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        if let Some(id) = line.unwrap().strip_prefix("committed ") {
+            committed.push(id.parse::<i64>().unwrap());
+        }
+        if committed.len() == 40 {
+            break;
+        }
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert_eq!(committed.len(), 40, "the writer stopped early");
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let db = Db::open_existing(&dir.db()).await.unwrap();
+        let c = db.campaign_by_name("killed").await.unwrap().id;
+        let stored: Vec<i64> = db
+            .campaign_evaluations(c)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.id)
+            .collect();
+        for id in &committed {
+            assert!(stored.contains(id), "committed evaluation {id} was lost");
+        }
+        // At most the one in flight beyond what was reported, and every program whole.
+        assert!(
+            stored.len() <= committed.len() + 1,
+            "{} stored",
+            stored.len()
+        );
+        let programs = db.campaign_programs(c).await.unwrap();
+        assert!(programs.len() <= stored.len() + 1);
+        db.close().await.unwrap();
+        let mut raw = raw_connection(&dir.db()).await;
+        let check: String = sqlx::query_scalar("PRAGMA integrity_check")
+            .fetch_one(&mut raw)
+            .await
+            .unwrap();
+        assert_eq!(check, "ok");
+        raw.close().await.unwrap();
+    });
+}
