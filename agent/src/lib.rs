@@ -1,8 +1,13 @@
-//! The evolution engine and the discovered-kernel database (filled by the agent issue),
-//! and the peer engine the `bench` command measures our core against.
+//! The evolution engine and the discovered-kernel database, and the peer engine the
+//! `bench` command measures our core against.
 
+pub mod campaign;
+pub mod db;
+pub mod diff;
 pub mod engine;
 pub mod knowledge;
+pub mod lineage;
 pub mod llm;
 pub mod mutate;
+pub mod pareto;
 pub mod peer;

@@ -2,6 +2,7 @@
 
 mod cli;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -16,6 +17,9 @@ struct Cli {
     /// Compute threads (default: every core).
     #[arg(long, global = true)]
     threads: Option<usize>,
+    /// The discovered-kernel database.
+    #[arg(long, global = true, default_value = agent::db::DEFAULT_PATH)]
+    db: PathBuf,
     #[command(subcommand)]
     command: Command,
 }
@@ -30,6 +34,16 @@ enum Command {
     Recsys {
         #[command(subcommand)]
         which: cli::recsys::Command,
+    },
+    /// Query the discovered kernels in the database.
+    Kernels {
+        #[command(subcommand)]
+        which: cli::kernels::Command,
+    },
+    /// Campaigns: their progress.
+    Campaign {
+        #[command(subcommand)]
+        which: cli::campaign::Command,
     },
     /// Benchmarks.
     Bench {
@@ -57,6 +71,8 @@ fn main() -> ExitCode {
         Command::Generate(a) => cli::generate::run(a),
         Command::Perplexity(a) => cli::perplexity::run(a),
         Command::Recsys { which } => cli::recsys::run(which),
+        Command::Kernels { which } => cli::kernels::run(&args.db, which),
+        Command::Campaign { which } => cli::campaign::run(&args.db, which),
         Command::Bench {
             which: BenchCommand::Core(a),
         } => cli::bench::core::run_core(a),
