@@ -59,7 +59,11 @@ impl Checkpoint {
             .iter()
             .map(|(name, var)| (name.clone(), var.as_tensor().clone()))
             .collect();
-        candle_core::safetensors::save(&tensors, dir.join(WEIGHTS))?;
+        // Each file is written aside and renamed into place, so a run killed mid-write
+        // leaves the previous best whole.
+        let weights_tmp = dir.join(format!("{WEIGHTS}.tmp"));
+        candle_core::safetensors::save(&tensors, &weights_tmp)?;
+        std::fs::rename(&weights_tmp, dir.join(WEIGHTS)).map_err(io(dir.join(WEIGHTS)))?;
         let meta = Meta {
             config: model.config.clone(),
             kernel: model.kernel.text.clone(),
@@ -67,7 +71,9 @@ impl Checkpoint {
             report: report.cloned(),
         };
         let json = serde_json::to_string(&meta).map_err(|e| bad(dir, e.to_string()))?;
-        std::fs::write(dir.join(META), json).map_err(io(dir.join(META)))
+        let meta_tmp = dir.join(format!("{META}.tmp"));
+        std::fs::write(&meta_tmp, json).map_err(io(meta_tmp.clone()))?;
+        std::fs::rename(&meta_tmp, dir.join(META)).map_err(io(dir.join(META)))
     }
 
     /// Reads a checkpoint written by `save`, checking the weights against the config.
