@@ -229,3 +229,19 @@ fn set_kernel_swaps_the_attention_rule_and_keeps_the_weights() {
     assert_eq!(model.score_histories(&[&[3]]).unwrap(), short);
     assert!(model.set_kernel("(kernel nope (mask (< kv q)").is_err());
 }
+
+#[test]
+fn a_time_budget_stops_training_after_the_epoch_it_runs_out_in() {
+    let data = walking_users(24, 16, 8);
+    let split = Split::leave_one_out(&data);
+    let model = SasRec::new(config(24), EXACT, 3).unwrap();
+    let budget = TrainConfig {
+        epochs: 50,
+        batch_size: 16,
+        patience: 50,
+        max_seconds: Some(0.0),
+        ..TrainConfig::default()
+    };
+    let report = train(&model, &split, &budget, |_, _| Ok(())).unwrap();
+    assert_eq!(report.epochs.len(), 1);
+}

@@ -76,6 +76,9 @@ pub struct TrainArgs {
     /// Epochs without a better validation NDCG@10 before stopping.
     #[arg(long, default_value_t = 10)]
     patience: usize,
+    /// Stop after the epoch during which this much wall time passed.
+    #[arg(long)]
+    max_seconds: Option<f64>,
     #[arg(long, default_value_t = 42)]
     seed: u64,
     /// The checkpoint directory to write.
@@ -177,6 +180,7 @@ fn run_train(args: TrainArgs) -> anyhow::Result<()> {
         weight_decay: 0.0,
         patience: args.patience,
         seed: args.seed,
+        max_seconds: args.max_seconds,
     };
     let report = train(&model, &split, &train_config, |e, model| {
         if e.best {

@@ -29,6 +29,10 @@ pub struct TrainConfig {
     pub patience: usize,
     /// Seeds the shuffling and the dropout (the weights take the model's seed).
     pub seed: u64,
+    /// Stop after the epoch during which this much wall time passed (a budget, as the
+    /// evaluator's recsys task sets one); `None`: no limit.
+    #[serde(default)]
+    pub max_seconds: Option<f64>,
 }
 
 impl Default for TrainConfig {
@@ -40,6 +44,7 @@ impl Default for TrainConfig {
             weight_decay: 0.0,
             patience: 10,
             seed: 42,
+            max_seconds: None,
         }
     }
 }
@@ -188,7 +193,10 @@ pub fn train(
         on_epoch(&report, model)?;
         epochs.push(report);
         let best_epoch = best.as_ref().map_or(epoch, |b| b.0);
-        if epoch - best_epoch >= config.patience {
+        let out_of_time = config
+            .max_seconds
+            .is_some_and(|limit| started.elapsed().as_secs_f64() >= limit);
+        if epoch - best_epoch >= config.patience || out_of_time {
             break;
         }
     }
