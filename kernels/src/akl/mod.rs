@@ -20,7 +20,7 @@ pub mod mask;
 pub mod mechanism;
 pub mod parse;
 pub mod print;
-mod sha256;
+pub mod sha256;
 
 pub use ast::Program;
 pub use check::{check, CheckedProgram};
