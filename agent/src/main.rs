@@ -26,6 +26,8 @@ enum Command {
     Generate(cli::generate::Args),
     /// Perplexity of a model on a text file.
     Perplexity(cli::perplexity::Args),
+    /// Evaluate a candidate kernel through the evaluator's cascade of checks.
+    Eval(cli::eval::Args),
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -51,6 +53,7 @@ fn main() -> ExitCode {
     let result = match args.command {
         Command::Generate(a) => cli::generate::run(a),
         Command::Perplexity(a) => cli::perplexity::run(a),
+        Command::Eval(a) => cli::eval::run(a),
         Command::Bench {
             which: BenchCommand::Core(a),
         } => cli::bench::core::run_core(a),

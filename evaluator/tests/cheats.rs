@@ -90,15 +90,26 @@ fn a_peek_in_one_head_only_fails_the_static_checks() {
 
 #[test]
 fn a_score_that_overflows_to_nan_fails_the_finite_check() {
-    // Each factor is within the checker's ±1e9, their product overflows f32.
-    let e = evaluate("(kernel overflow (score (* (* (* (* (* s scale) 1e9) 1e9) 1e9) 1e9)))");
+    // Each factor is within the checker's ±1e9, but the product sends every score to
+    // ±infinity; with several key tiles per row the running maximum is infinite twice, and
+    // the softmax's rescaling by exp(inf - inf) is NaN.
+    let e = evaluate(
+        "(kernel overflow
+           (score (* (* (* (* (* (* s scale) 1e9) 1e9) 1e9) 1e9) 1e9))
+           (tile q 32 kv 16))",
+    );
     assert_rejected(&e, Stage::Finite, "is NaN");
+    assert!(
+        e.feedback.contains("layer 0's attention output"),
+        "{}",
+        e.feedback
+    );
 }
 
 #[test]
 fn malformed_text_fails_parsing_with_line_and_column() {
     let e = evaluate("(kernel broken\n  (mask (and causal foo)))");
-    assert_rejected(&e, Stage::Parse, "2:20: expected a mask expression");
+    assert_rejected(&e, Stage::Parse, "2:21: expected a mask expression");
 }
 
 /// Exact attention plus a little of the next position's value: a look into the future
@@ -159,6 +170,35 @@ impl AttentionKernel for Nondeterministic {
     }
 }
 
+/// Exact attention, except that query head 3 writes NaN from position `from` on.
+#[derive(Debug)]
+struct NanFrom {
+    from: usize,
+}
+
+impl AttentionKernel for NanFrom {
+    fn name(&self) -> &str {
+        "nan_from"
+    }
+
+    fn forward(
+        &self,
+        input: &AttentionInput,
+        layer: &LayerAttention,
+        out: &mut [f32],
+    ) -> kernels::Result<()> {
+        TiledAttention::default().forward(input, layer, out)?;
+        let d = input.head_dim;
+        for row in 0..input.n_queries {
+            if input.query_position(row) >= self.from {
+                let at = (3 * input.n_queries + row) * d;
+                out[at..at + d].fill(f32::NAN);
+            }
+        }
+        Ok(())
+    }
+}
+
 fn everywhere(kernel: Arc<dyn AttentionKernel>) -> Vec<Arc<dyn AttentionKernel>> {
     vec![kernel; task().model().config.n_layers()]
 }
@@ -178,6 +218,26 @@ fn a_run_time_peek_fails_the_causality_probe() {
         "{}",
         e.feedback
     );
+}
+
+#[test]
+fn a_kernel_that_produces_nan_fails_the_finite_check() {
+    let kernel = Arc::new(NanFrom { from: 100 });
+    let e = task()
+        .evaluate_kernels("nan", &everywhere(kernel), 0)
+        .unwrap();
+    assert_rejected(&e, Stage::Finite, "(query head 3) at position 100 is NaN");
+}
+
+#[test]
+fn nan_past_the_probe_is_caught_when_fidelity_runs_longer_slices() {
+    // The probe runs 128 tokens, the fidelity slices 256.
+    let kernel = Arc::new(NanFrom { from: 200 });
+    let e = task()
+        .evaluate_kernels("late_nan", &everywhere(kernel), 0)
+        .unwrap();
+    assert_rejected(&e, Stage::Finite, "at position 200 of");
+    assert!(e.feedback.contains("are not finite"), "{}", e.feedback);
 }
 
 #[test]
@@ -270,6 +330,8 @@ fn the_reference_cache_is_reused_and_a_corrupt_file_is_recomputed() {
     let dir = temp_dir("cache");
     let mut config = test_config(dir.clone());
     config.sources = vec![evaluator::drop_in::Source::Austen];
+    config.contexts = vec![128];
+    config.probe_tokens = Some(64);
     let task = DropInTask::new(config).unwrap_or_else(|e| panic!("{e}"));
     let source = "(kernel w64 (mask (and causal (> kv (- q 64)))))";
     let metric = |e: &Evaluation, name: &str| e.metrics[name];
@@ -285,29 +347,27 @@ fn the_reference_cache_is_reused_and_a_corrupt_file_is_recomputed() {
         .provenance
         .slices
         .iter()
-        .find(|s| s.ends_with("+256"))
+        .find(|s| s.ends_with("+128"))
         .unwrap();
     let slice = evaluator::drop_in::Slice {
         id: slice_id.clone(),
         tokens: Vec::new(),
     };
     let path = task.references().path(task.model_sha256(), &slice);
-    let mut bytes = std::fs::read(&path).unwrap();
-    let middle = bytes.len() / 2;
-    bytes[middle] ^= 0x40;
+    let original = std::fs::read(&path).unwrap();
+    let mut bytes = original.clone();
+    bytes[original.len() / 2] ^= 0x40;
     std::fs::write(&path, &bytes).unwrap();
-
     let third = task.evaluate(source, 0).unwrap();
     assert_eq!(metric(&third, "reference_cache_rejected"), 1.0);
     assert_eq!(first.metrics["kl_mean"], third.metrics["kl_mean"]);
-    // The rewritten file is whole again.
-    let fourth = task.evaluate(source, 0).unwrap();
-    assert_eq!(metric(&fourth, "reference_cache_hits"), 1.0);
+    // Recomputed and rewritten whole, bit for bit as before.
+    assert_eq!(std::fs::read(&path).unwrap(), original);
 
-    // A truncated file too.
-    let bytes = std::fs::read(&path).unwrap();
-    std::fs::write(&path, &bytes[..bytes.len() / 3]).unwrap();
-    let fifth = task.evaluate(source, 0).unwrap();
-    assert_eq!(metric(&fifth, "reference_cache_rejected"), 1.0);
+    // A truncated file is refused too.
+    std::fs::write(&path, &original[..original.len() / 3]).unwrap();
+    let fourth = task.evaluate(source, 0).unwrap();
+    assert_eq!(metric(&fourth, "reference_cache_rejected"), 1.0);
+    assert_eq!(std::fs::read(&path).unwrap(), original);
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -1,6 +1,7 @@
 //! One module per subcommand; each parses its arguments and prints its results.
 
 pub mod bench;
+pub mod eval;
 pub mod generate;
 pub mod perplexity;
 

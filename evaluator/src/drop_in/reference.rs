@@ -10,6 +10,7 @@
 //! is short, long, for other tokens or fails its checksum is recomputed, never trusted.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
@@ -150,7 +151,10 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io)?;
     }
-    let temp = path.with_extension(format!("tmp{}", std::process::id()));
+    // A name no other writer uses, in this process or another.
+    static WRITES: AtomicU64 = AtomicU64::new(0);
+    let unique = WRITES.fetch_add(1, Ordering::Relaxed);
+    let temp = path.with_extension(format!("tmp{}-{unique}", std::process::id()));
     std::fs::write(&temp, bytes).map_err(io)?;
     std::fs::rename(&temp, path).map_err(io)
 }
@@ -222,7 +226,6 @@ mod tests {
             sha,
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
-        // The memo answers now, even though it is the only place the hash is written.
         let memo = std::fs::read_dir(dir.join("model-sha256")).unwrap().count();
         assert_eq!(memo, 1);
         std::fs::write(&file, b"abcd").unwrap();
