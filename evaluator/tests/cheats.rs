@@ -12,11 +12,12 @@ use evaluator::drop_in::{DropInConfig, DropInTask, Objective};
 use evaluator::{confirm, ConfirmOptions, Evaluation, Stage, Task};
 use kernels::attention::{AttentionInput, AttentionKernel, LayerAttention, TiledAttention};
 
-/// Settings small enough for tests: one 256-token slice of prose and one of code.
+/// Settings small enough for tests: one 192-token slice of prose and one of code, a probe
+/// of 96 tokens.
 fn test_config(cache_dir: PathBuf) -> DropInConfig {
     let mut config = DropInConfig {
-        contexts: vec![256],
-        probe_tokens: Some(128),
+        contexts: vec![192],
+        probe_tokens: Some(96),
         timing_repeats: 1,
         cache_dir: Some(cache_dir),
         ..DropInConfig::default()
@@ -222,21 +223,21 @@ fn a_run_time_peek_fails_the_causality_probe() {
 
 #[test]
 fn a_kernel_that_produces_nan_fails_the_finite_check() {
-    let kernel = Arc::new(NanFrom { from: 100 });
+    let kernel = Arc::new(NanFrom { from: 60 });
     let e = task()
         .evaluate_kernels("nan", &everywhere(kernel), 0)
         .unwrap();
-    assert_rejected(&e, Stage::Finite, "(query head 3) at position 100 is NaN");
+    assert_rejected(&e, Stage::Finite, "(query head 3) at position 60 is NaN");
 }
 
 #[test]
 fn nan_past_the_probe_is_caught_when_fidelity_runs_longer_slices() {
-    // The probe runs 128 tokens, the fidelity slices 256.
-    let kernel = Arc::new(NanFrom { from: 200 });
+    // The probe runs 96 tokens, the fidelity slices 192.
+    let kernel = Arc::new(NanFrom { from: 150 });
     let e = task()
         .evaluate_kernels("late_nan", &everywhere(kernel), 0)
         .unwrap();
-    assert_rejected(&e, Stage::Finite, "at position 200 of");
+    assert_rejected(&e, Stage::Finite, "at position 150 of");
     assert!(e.feedback.contains("are not finite"), "{}", e.feedback);
 }
 
@@ -280,7 +281,7 @@ fn an_honest_library_program_passes_every_stage_and_is_confirmed() {
             Stage::Score
         ]
     );
-    // At 256 tokens the 1024-key window sees everything: as much work as exact attention.
+    // At 192 tokens the 1024-key window sees everything: as much work as exact attention.
     assert_eq!(e.score, Some(1.0));
     assert!(e.metrics["kl_max_mean"] < 1e-3, "{:?}", e.metrics);
     assert!(e.metrics["attention_seconds"] > 0.0);
