@@ -237,8 +237,14 @@ fn nan_past_the_probe_is_caught_when_fidelity_runs_longer_slices() {
     let e = task()
         .evaluate_kernels("late_nan", &everywhere(kernel), 0)
         .unwrap();
-    assert_rejected(&e, Stage::Finite, "at position 150 of");
-    assert!(e.feedback.contains("are not finite"), "{}", e.feedback);
+    // Exact attention multiplies hidden future values by a zero weight inside a tile, and
+    // 0 · NaN is NaN, so the NaN may surface a few rows before 150: still past the probe.
+    assert_rejected(&e, Stage::Finite, "(context 192) are not finite");
+    assert!(
+        e.feedback.contains("though the short probe's were"),
+        "{}",
+        e.feedback
+    );
 }
 
 #[test]
