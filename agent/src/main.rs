@@ -45,6 +45,8 @@ enum Command {
         #[command(subcommand)]
         which: cli::campaign::Command,
     },
+    /// Evaluate a candidate kernel through the evaluator's cascade of checks.
+    Eval(cli::eval::Args),
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -73,6 +75,7 @@ fn main() -> ExitCode {
         Command::Recsys { which } => cli::recsys::run(which),
         Command::Kernels { which } => cli::kernels::run(&args.db, which),
         Command::Campaign { which } => cli::campaign::run(&args.db, which),
+        Command::Eval(a) => cli::eval::run(a),
         Command::Bench {
             which: BenchCommand::Core(a),
         } => cli::bench::core::run_core(a),

@@ -6,12 +6,25 @@
 //! result (`passed: false` with feedback for the mutator), while an [`Error`] means the
 //! evaluation itself could not run (a missing model, a bad config) and says nothing of the
 //! candidate.
+//!
+//! - [`drop_in`]: an AKL program in place of a pretrained model's attention;
+//! - `command` (Linux): any program scored by an external command in a sandbox;
+//! - [`probe`]: the run-time probes (causality, finite, determinism) on any kernels;
+//! - [`confirm()`]: elite confirmation on fresh slices and seeds;
+//! - [`config`]: the evaluator's TOML file.
 
+mod cascade;
 #[cfg(target_os = "linux")]
 pub mod command;
+pub mod config;
+mod confirm;
+pub mod drop_in;
 mod error;
 mod evaluation;
+pub mod probe;
+pub mod seeds;
 
+pub use confirm::{confirm, ConfirmOptions, Confirmation};
 pub use error::{Error, Result};
 pub use evaluation::{Evaluation, Provenance, Stage, StageTiming};
 

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod campaign;
+pub mod eval;
 pub mod generate;
 pub mod kernels;
 pub mod perplexity;

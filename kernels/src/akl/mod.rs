@@ -21,7 +21,7 @@ pub mod mechanism;
 pub mod parse;
 pub mod prefix;
 pub mod print;
-mod sha256;
+pub mod sha256;
 
 pub use ast::Program;
 pub use check::{check, CheckedProgram};

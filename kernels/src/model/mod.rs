@@ -326,6 +326,49 @@ impl Model {
         logits: Logits,
         kernels: &[Arc<dyn AttentionKernel>],
     ) -> Result<Vec<f32>> {
+        let first_row = match logits {
+            Logits::Last => tokens.len().saturating_sub(1),
+            Logits::All => 0,
+            Logits::From(row) => row.min(tokens.len().saturating_sub(1)),
+        };
+        let hidden = self.hidden_rows(cache, tokens, first_row, kernels)?;
+        self.output_head(&hidden)
+    }
+
+    /// Like `forward_with`, but returns the final hidden states of every position of the call
+    /// (after the final norm), `[n_tokens, d_model]`, instead of logits. `output_head` turns
+    /// them into the logits `forward_with` gives, row by row and bit for bit; a caller that
+    /// needs many positions' logits later keeps `d_model` floats a row rather than `vocab`.
+    pub fn forward_hidden_with(
+        &self,
+        cache: &mut KvCache,
+        tokens: &[u32],
+        kernels: &[Arc<dyn AttentionKernel>],
+    ) -> Result<Vec<f32>> {
+        self.hidden_rows(cache, tokens, 0, kernels)
+    }
+
+    /// Logits `[rows, vocab]` from final hidden states `[rows, d_model]` (as
+    /// `forward_hidden_with` returns them): the output projection, applied to each row alone.
+    pub fn output_head(&self, hidden: &[f32]) -> Result<Vec<f32>> {
+        if !hidden.len().is_multiple_of(self.config.d_model) {
+            return Err(Error::InvalidRequest(format!(
+                "output head: {} values are not whole rows of d_model {}",
+                hidden.len(),
+                self.config.d_model
+            )));
+        }
+        self.output.forward(hidden)
+    }
+
+    /// Runs the blocks and returns the final-normed hidden states of rows `first_row..`.
+    fn hidden_rows(
+        &self,
+        cache: &mut KvCache,
+        tokens: &[u32],
+        first_row: usize,
+        kernels: &[Arc<dyn AttentionKernel>],
+    ) -> Result<Vec<f32>> {
         if kernels.len() != self.kernels.len() {
             return Err(Error::InvalidRequest(format!(
                 "forward: {} attention kernels given for {} layers",
@@ -333,23 +376,23 @@ impl Model {
                 self.kernels.len()
             )));
         }
+        if tokens.is_empty() {
+            return Err(Error::InvalidRequest("forward: no tokens given".into()));
+        }
         // Run on a worker of the compute pool: each parallel matmul and attention call then
         // starts its tasks from inside the pool, which costs far less than handing them over
         // from an outside thread at every call.
-        rayon::scope(|_| self.forward_in_pool(cache, tokens, logits, kernels))
+        rayon::scope(|_| self.forward_in_pool(cache, tokens, first_row, kernels))
     }
 
     fn forward_in_pool(
         &self,
         cache: &mut KvCache,
         tokens: &[u32],
-        logits: Logits,
+        first_row: usize,
         kernels: &[Arc<dyn AttentionKernel>],
     ) -> Result<Vec<f32>> {
         let c = &self.config;
-        if tokens.is_empty() {
-            return Err(Error::InvalidRequest("forward: no tokens given".into()));
-        }
         if let Some(bad) = tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
             return Err(Error::InvalidRequest(format!(
                 "token id {bad} is outside the vocabulary of {} tokens",
@@ -386,15 +429,9 @@ impl Model {
         }
         cache.set_len(end);
 
-        let d = c.d_model;
-        let first_row = match logits {
-            Logits::Last => tokens.len() - 1,
-            Logits::All => 0,
-            Logits::From(row) => row.min(tokens.len() - 1),
-        };
-        let mut rows = x.split_off(first_row * d);
+        let mut rows = x.split_off(first_row * c.d_model);
         rms_norm(&mut rows, &self.final_norm, c.rms_eps);
-        self.output.forward(&rows)
+        Ok(rows)
     }
 
     fn block_forward(

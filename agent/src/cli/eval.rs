@@ -1,0 +1,103 @@
+use std::path::PathBuf;
+
+use evaluator::command::CommandTask;
+use evaluator::config::EvaluatorConfig;
+use evaluator::drop_in::DropInTask;
+use evaluator::{Evaluation, Task};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The candidate: an AKL program for `--task drop-in`, any file for `--task command`.
+    program: PathBuf,
+    /// Which evaluation to run.
+    #[arg(long, value_enum, default_value_t = TaskName::DropIn)]
+    task: TaskName,
+    /// The evaluator's TOML settings (sections `[drop_in]`, `[command]`); defaults without
+    /// one, but `--task command` needs its `[command]` section.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// 0 for the standard slices and seeds; later trials draw fresh ones (confirmation).
+    #[arg(long, default_value_t = 0)]
+    trial: u32,
+    /// Print the evaluation as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum TaskName {
+    DropIn,
+    Command,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let source = super::read_text(&args.program)?;
+    let config = match &args.config {
+        Some(path) => EvaluatorConfig::load(path)?,
+        None => EvaluatorConfig::default(),
+    };
+    let task: Box<dyn Task> = match args.task {
+        TaskName::DropIn => Box::new(DropInTask::new(config.drop_in)?),
+        TaskName::Command => {
+            let (Some(path), Some(command)) = (&args.config, config.command) else {
+                anyhow::bail!("--task command needs --config FILE with a [command] section");
+            };
+            // `eval.toml` has the parent "", which means the current directory.
+            let dir = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new("."));
+            Box::new(CommandTask::new(command, dir)?)
+        }
+    };
+    let evaluation = task.evaluate(&source, args.trial)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&evaluation)?);
+    } else {
+        print_report(&args.program, &evaluation);
+    }
+    Ok(())
+}
+
+/// The stage table, the headline numbers and the feedback.
+fn print_report(program: &std::path::Path, e: &Evaluation) {
+    println!(
+        "{} on {} (trial {}): {}",
+        program.display(),
+        e.task,
+        e.provenance.trial,
+        match e.score {
+            Some(score) if e.passed => format!("passed, score {score:.4}"),
+            _ => format!("failed at {}", e.stage_reached.name()),
+        }
+    );
+    println!("{:<12} {:>8}  result", "stage", "seconds");
+    for timing in &e.timings {
+        let failed = !e.passed && timing.stage == e.stage_reached;
+        println!(
+            "{:<12} {:>8.2}  {}",
+            timing.stage.name(),
+            timing.seconds,
+            if failed { "FAILED" } else { "ok" }
+        );
+    }
+    if !e.passed && e.timings.last().is_some_and(|t| t.stage != e.stage_reached) {
+        println!("{:<12} {:>8}  FAILED", e.stage_reached.name(), "");
+    }
+    println!("{:<12} {:>8.2}", "total", e.seconds());
+    let headline = [
+        "kl_mean",
+        "kl_max_mean",
+        "ppl_ratio_max",
+        "attn_flops_ratio",
+        "kv_bytes_held_ratio",
+        "attention_speedup",
+        "forward_speedup",
+    ];
+    for name in headline {
+        if let Some(value) = e.metrics.get(name) {
+            println!("  {name:<20} {value:.4}");
+        }
+    }
+    println!("{}", e.feedback);
+}

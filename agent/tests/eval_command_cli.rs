@@ -1,0 +1,53 @@
+//! `evokernel eval --task command` end to end: the real binary, a config with a `[command]`
+//! section, and a scoring script in Python.
+
+use std::process::Command;
+
+#[test]
+fn a_command_task_scores_a_program_from_the_cli() {
+    let dir = std::env::temp_dir().join(format!("evokernel-eval-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("eval.toml"),
+        "[command]\ncommand = [\"python3\", \"{config_dir}/evaluate.py\", \"{program}\"]\n\
+         timeout_seconds = 20\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("evaluate.py"),
+        "import json, sys\nsrc = open(sys.argv[1]).read()\n\
+         print(json.dumps({'combined_score': len(src), 'lines': src.count('\\n')}))\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("program.py"), "print('hello')\n").unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_evokernel"))
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .unwrap()
+    };
+    let out = run(&[
+        "eval",
+        "program.py",
+        "--task",
+        "command",
+        "--config",
+        "eval.toml",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let evaluation: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(evaluation["passed"], true);
+    assert_eq!(evaluation["score"], 15.0);
+    assert_eq!(evaluation["metrics"]["lines"], 1.0);
+
+    let missing = run(&["eval", "program.py", "--task", "command"]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("[command] section"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
