@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use agent::campaign::config::ConfigError;
 use agent::campaign::{CampaignConfig, Strategy, TaskName};
 use db_common::ScratchDir;
+use evaluator::config::EvaluatorConfig;
 
 fn quickstart_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../campaigns/quickstart.toml")
@@ -48,10 +49,13 @@ fn the_quickstart_parses_and_its_seeds_are_valid_akl() {
     assert_eq!(config.name, "quickstart");
     assert_eq!(config.task.name, TaskName::DropIn);
     assert_eq!(config.strategy, Strategy::Evolve);
-    let drop_in = config.task.evaluator["drop_in"]
-        .as_table()
-        .expect("[task.evaluator.drop_in]");
-    assert_eq!(drop_in["model"].as_str(), Some("smollm2"));
+    let drop_in = &config.task.evaluator.drop_in;
+    assert_eq!(drop_in.model, "smollm2");
+    assert_eq!(
+        drop_in.contexts,
+        vec![512, 1024],
+        "short contexts keep it quick"
+    );
     assert_eq!(config.islands.count, 2);
     assert_eq!(config.archive.descriptors.len(), 2);
     let local = config
@@ -77,7 +81,7 @@ fn defaults_fill_what_a_minimal_config_leaves_out() {
     assert_eq!(config.seed, 0);
     assert_eq!(config.concurrency, 1);
     assert_eq!(config.islands.count, 1);
-    assert!(config.task.evaluator.is_empty());
+    assert_eq!(config.task.evaluator, EvaluatorConfig::default());
     assert!(config.archive.descriptors.is_empty());
     assert_eq!(config.budget.wall_seconds, None);
     assert_eq!(config.base_dir, Path::new("campaigns"));
@@ -244,4 +248,18 @@ fn a_missing_config_file_is_named() {
         .unwrap_err()
         .to_string();
     assert!(message.contains("/nonexistent/campaign.toml"), "{message}");
+}
+
+#[test]
+fn the_evaluator_section_is_the_evaluator_config_with_its_checks() {
+    let unknown = error(&MINIMAL.replace(
+        "name = \"command\"",
+        "name = \"command\"\n[task.evaluator.drop_in]\ncontxts = [512]",
+    ));
+    assert!(unknown.contains("unknown field `contxts`"), "{unknown}");
+    let empty = error(&MINIMAL.replace(
+        "name = \"command\"",
+        "name = \"command\"\n[task.evaluator.command]\ncommand = []",
+    ));
+    assert!(empty.contains("task.evaluator"), "{empty}");
 }

@@ -50,14 +50,21 @@ impl EvaluatorConfig {
     pub fn parse(text: &str) -> Result<EvaluatorConfig> {
         let config: EvaluatorConfig =
             toml::from_str(text).map_err(|e| Error::Invalid(e.to_string()))?;
-        config.drop_in.validate()?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what types cannot, section by section (for configs read as part of another
+    /// file, such as a campaign's).
+    pub fn validate(&self) -> Result<()> {
+        self.drop_in.validate()?;
         #[cfg(target_os = "linux")]
-        if let Some(command) = &config.command {
+        if let Some(command) = &self.command {
             command
                 .validate()
                 .map_err(|e| Error::Invalid(format!("[command]: {e}")))?;
         }
-        Ok(config)
+        Ok(())
     }
 }
 

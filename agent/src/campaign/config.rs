@@ -9,7 +9,7 @@
 //!
 //! [task]
 //! name = "drop-in"             # drop-in | recsys | command
-//! [task.evaluator]             # the evaluator's own settings, passed through
+//! [task.evaluator]             # the evaluator's own settings (evaluator::config)
 //! model = "smollm2"
 //!
 //! [[seeds]]
@@ -143,9 +143,9 @@ fn default_concurrency() -> u32 {
 #[serde(deny_unknown_fields)]
 pub struct TaskConfig {
     pub name: TaskName,
-    /// The evaluator's own settings for the task, checked by the evaluator.
+    /// The evaluator's own settings (its `[drop_in]`, `[command]` sections).
     #[serde(default)]
-    pub evaluator: toml::Table,
+    pub evaluator: evaluator::config::EvaluatorConfig,
 }
 
 /// The evaluator's tasks.
@@ -361,6 +361,9 @@ impl CampaignConfig {
         }
         if self.concurrency == 0 {
             return invalid("concurrency", "must be at least 1");
+        }
+        if let Err(e) = self.task.evaluator.validate() {
+            return invalid("task.evaluator", &e.to_string());
         }
         if self.seeds.is_empty() {
             return invalid("seeds", "must list at least one seed program");
