@@ -11,6 +11,7 @@ pub mod generate;
 pub mod gguf;
 pub mod model;
 pub mod perplexity;
+pub mod profile;
 pub mod quant;
 pub mod tokenizer;
 pub mod trainable;

@@ -67,6 +67,19 @@ impl BlockFormat {
     }
 
     /// Elements per block; a row's length must be a multiple of it.
+    /// The format's name as ggml spells it, e.g. `Q4_K`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "F32",
+            Self::Q4_0 => "Q4_0",
+            Self::Q4_1 => "Q4_1",
+            Self::Q5_0 => "Q5_0",
+            Self::Q8_0 => "Q8_0",
+            Self::Q4K => "Q4_K",
+            Self::Q6K => "Q6_K",
+        }
+    }
+
     pub fn block_elems(self) -> usize {
         match self {
             Self::F32 => 1,
