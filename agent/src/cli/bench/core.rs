@@ -468,10 +468,11 @@ impl Profile {
     fn print(&self) {
         for (name, per_token, ops) in &self.tests {
             println!(
-                "\nprofile, {name}: {:.3} ms per token (tokenizer {:.3} ms, sampling {:.3} ms per token outside it)",
+                "\nprofile, {name}: {:.3} ms per token in the forward pass; outside it, per token: \
+                 tokenizer {:.1} µs, sampling {:.1} µs",
                 per_token * 1e3,
-                self.tokenizer_s_per_token * 1e3,
-                self.sampling_s_per_token * 1e3
+                self.tokenizer_s_per_token * 1e6,
+                self.sampling_s_per_token * 1e6
             );
             let total: f64 = ops.iter().map(|o| o.time.as_secs_f64()).sum();
             println!("| step | share | ms per token |");
