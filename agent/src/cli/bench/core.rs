@@ -479,7 +479,7 @@ impl Profile {
             println!("|---|---|---|");
             let tokens = total / per_token;
             let mut ops = ops.clone();
-            ops.sort_by(|a, b| b.time.cmp(&a.time));
+            ops.sort_by_key(|o| std::cmp::Reverse(o.time));
             for o in &ops {
                 let s = o.time.as_secs_f64();
                 println!(
