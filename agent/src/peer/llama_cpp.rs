@@ -70,6 +70,16 @@ pub fn parse_json(text: &str) -> anyhow::Result<Vec<BenchResult>> {
     Ok(results)
 }
 
+/// How llama.cpp's OpenMP threads wait for each other between ops. Spinning (the default) is
+/// fastest on an idle machine; when other processes keep the cores busy, a spinning thread
+/// holds a core its partner needs, and decode with 2 threads on 2 busy cores fell from about
+/// 50 to 1 token per second here. Sleeping (`OMP_WAIT_POLICY=PASSIVE`) avoids that.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OmpWait {
+    Default,
+    Passive,
+}
+
 /// A `llama-bench` binary.
 #[derive(Clone, Debug)]
 pub struct LlamaBench {
@@ -113,15 +123,20 @@ impl LlamaBench {
     }
 
     /// Runs llama-bench on `model` with `threads` threads, `repeats` repetitions per test, and
-    /// `args` choosing the tests (e.g. `-p 512 -n 128`), and returns its tests.
+    /// `args` choosing the tests (e.g. `-p 512 -n 128`), and returns its tests. `wait` sets how
+    /// its OpenMP threads wait at the barrier between ops.
     pub fn run(
         &self,
         model: &Path,
         threads: usize,
         repeats: usize,
+        wait: OmpWait,
         args: &[String],
     ) -> anyhow::Result<Vec<BenchResult>> {
         let mut command = Command::new(&self.binary);
+        if let OmpWait::Passive = wait {
+            command.env("OMP_WAIT_POLICY", "PASSIVE");
+        }
         command
             .arg("-m")
             .arg(model)
