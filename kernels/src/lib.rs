@@ -12,6 +12,7 @@ pub mod generate;
 pub mod gguf;
 pub mod model;
 pub mod perplexity;
+pub mod profile;
 pub mod quant;
 pub mod tokenizer;
 pub mod trainable;

@@ -316,3 +316,23 @@ fn linear_runs_our_kernels_and_candles_alike() {
         );
     }
 }
+
+#[test]
+fn every_format_gives_back_the_bytes_it_was_loaded_from() {
+    // Q5_0 is held in a wider layout than GGUF's; the round trip must still be exact.
+    for format in BlockFormat::ALL {
+        let in_dim = if format.block_elems() == 256 {
+            768
+        } else {
+            576
+        };
+        let case = Case::random(format, 5, in_dim, 1, 77);
+        let back = case.matrix().to_qtensor().unwrap();
+        assert_eq!(back.dtype(), case.qtensor.dtype(), "{format:?}");
+        assert_eq!(
+            back.data().unwrap(),
+            case.qtensor.data().unwrap(),
+            "{format:?}"
+        );
+    }
+}

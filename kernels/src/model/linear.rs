@@ -108,6 +108,19 @@ impl Linear {
         }
     }
 
+    /// The profiler's name for this layer's matmul: its weight format.
+    pub fn profile_op(&self) -> crate::profile::Op {
+        crate::profile::Op::Matmul(match &self.weight {
+            Weight::Own(matrix) => Some(matrix.format()),
+            Weight::Candle(_) => None,
+        })
+    }
+
+    /// `forward`, timed under its weight format when the profiler is on.
+    pub fn forward_timed(&self, x: &[f32]) -> Result<Vec<f32>> {
+        crate::profile::timed(self.profile_op(), || self.forward(x))
+    }
+
     /// Whether this layer runs on our own kernels rather than candle's.
     pub fn uses_own_kernels(&self) -> bool {
         matches!(self.weight, Weight::Own(_))

@@ -20,6 +20,7 @@ use candle_core::{Device, Tensor};
 
 use crate::attention::{AttentionInput, AttentionKernel, LayerAttention, Mask, TiledAttention};
 use crate::gguf::GgufFile;
+use crate::profile::{timed, Op};
 use crate::tokenizer::{ChatTemplate, Tokenizer};
 use crate::{Error, Result};
 use blocks::{add_assign, gated, l2_norm, rms_norm, softmax, to_head_major, to_row_major};
@@ -358,7 +359,7 @@ impl Model {
                 self.config.d_model
             )));
         }
-        self.output.forward(hidden)
+        timed(Op::LmHead, || self.output.forward(hidden))
     }
 
     /// Runs the blocks and returns the final-normed hidden states of rows `first_row..`.
@@ -415,22 +416,27 @@ impl Model {
         }
         cache.reserve(end);
 
-        let ids = Tensor::new(tokens, &Device::Cpu)?;
-        let mut x = self
-            .token_embedding
-            .embedding(&ids)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        if let Some(scale) = c.embedding_scale {
-            x.iter_mut().for_each(|v| *v *= scale);
-        }
+        let mut x = timed(Op::Embedding, || -> Result<Vec<f32>> {
+            let ids = Tensor::new(tokens, &Device::Cpu)?;
+            let mut x = self
+                .token_embedding
+                .embedding(&ids)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            if let Some(scale) = c.embedding_scale {
+                x.iter_mut().for_each(|v| *v *= scale);
+            }
+            Ok(x)
+        })?;
         for (i, (block, kernel)) in self.blocks.iter().zip(kernels).enumerate() {
             self.block_forward(i, block, kernel.as_ref(), &mut x, cache, start)?;
         }
         cache.set_len(end);
 
         let mut rows = x.split_off(first_row * c.d_model);
-        rms_norm(&mut rows, &self.final_norm, c.rms_eps);
+        timed(Op::Norm, || {
+            rms_norm(&mut rows, &self.final_norm, c.rms_eps)
+        });
         Ok(rows)
     }
 
@@ -448,32 +454,39 @@ impl Model {
         let n = x.len() / c.d_model;
         let (hd, nh, nkv) = (c.head_dim, c.n_heads, c.n_kv_heads);
 
-        let mut h = x.to_vec();
-        rms_norm(&mut h, &block.attn_norm, c.rms_eps);
-        let mut q = block.q.forward(&h)?;
-        let mut k = block.k.forward(&h)?;
-        let mut v = block.v.forward(&h)?;
-        for (t, bias) in [
-            (&mut q, &block.q_bias),
-            (&mut k, &block.k_bias),
-            (&mut v, &block.v_bias),
-        ] {
-            if let Some(bias) = bias {
-                t.chunks_exact_mut(bias.len())
-                    .for_each(|row| add_assign(row, bias));
+        let h = timed(Op::Norm, || {
+            let mut h = x.to_vec();
+            rms_norm(&mut h, &block.attn_norm, c.rms_eps);
+            h
+        });
+        let mut q = block.q.forward_timed(&h)?;
+        let mut k = block.k.forward_timed(&h)?;
+        let mut v = block.v.forward_timed(&h)?;
+        timed(Op::Norm, || {
+            for (t, bias) in [
+                (&mut q, &block.q_bias),
+                (&mut k, &block.k_bias),
+                (&mut v, &block.v_bias),
+            ] {
+                if let Some(bias) = bias {
+                    t.chunks_exact_mut(bias.len())
+                        .for_each(|row| add_assign(row, bias));
+                }
             }
-        }
-        if let (Some(qn), Some(kn)) = (&block.q_norm, &block.k_norm) {
-            rms_norm(&mut q, qn, c.rms_eps);
-            rms_norm(&mut k, kn, c.rms_eps);
-        }
+            if let (Some(qn), Some(kn)) = (&block.q_norm, &block.k_norm) {
+                rms_norm(&mut q, qn, c.rms_eps);
+                rms_norm(&mut k, kn, c.rms_eps);
+            }
+        });
         if let Some(rope) = &lc.rope {
-            rope.apply(&mut q, nh, hd, start);
-            rope.apply(&mut k, nkv, hd, start);
-            if c.qk_norm == QkNorm::L2 {
-                l2_norm(&mut q, hd, c.rms_eps);
-                l2_norm(&mut k, hd, c.rms_eps);
-            }
+            timed(Op::Rope, || {
+                rope.apply(&mut q, nh, hd, start);
+                rope.apply(&mut k, nkv, hd, start);
+                if c.qk_norm == QkNorm::L2 {
+                    l2_norm(&mut q, hd, c.rms_eps);
+                    l2_norm(&mut k, hd, c.rms_eps);
+                }
+            });
         }
         if let Some(tuning) = &lc.temperature_tuning {
             for (t, row) in q.chunks_exact_mut(nh * hd).enumerate() {
@@ -483,8 +496,10 @@ impl Model {
         }
 
         let layer_cache = cache.layer_mut(layer);
-        layer_cache.write(start, &k, &v);
-        let q = to_head_major(&q, n, nh, hd);
+        let q = timed(Op::KvLayout, || {
+            layer_cache.write(start, &k, &v);
+            to_head_major(&q, n, nh, hd)
+        });
         let mut attn = vec![0f32; q.len()];
         let input = AttentionInput {
             q: &q,
@@ -501,34 +516,40 @@ impl Model {
             scale: c.attention_scale,
             mask: lc.mask,
         };
-        kernel.forward(&input, &settings, &mut attn)?;
-        let attn = to_row_major(&attn, n, nh, hd);
-        let mut out = block.o.forward(&attn)?;
-        if let Some(norm) = &block.post_attn_norm {
-            rms_norm(&mut out, norm, c.rms_eps);
-        }
-        add_assign(x, &out);
-
-        let mut h = x.to_vec();
-        rms_norm(&mut h, &block.ffn_norm, c.rms_eps);
+        timed(Op::Attention, || {
+            kernel.forward(&input, &settings, &mut attn)
+        })?;
+        let attn = timed(Op::KvLayout, || to_row_major(&attn, n, nh, hd));
+        let mut out = block.o.forward_timed(&attn)?;
+        let h = timed(Op::Norm, || {
+            if let Some(norm) = &block.post_attn_norm {
+                rms_norm(&mut out, norm, c.rms_eps);
+            }
+            add_assign(x, &out);
+            let mut h = x.to_vec();
+            rms_norm(&mut h, &block.ffn_norm, c.rms_eps);
+            h
+        });
         let mut out = match &block.ffn {
             FeedForward::Dense(ffn) => ffn.forward(&h, c.activation)?,
             FeedForward::Moe(moe) => moe.forward(&h, c.d_model, c.activation)?,
         };
-        if let Some(norm) = &block.post_ffn_norm {
-            rms_norm(&mut out, norm, c.rms_eps);
-        }
-        add_assign(x, &out);
+        timed(Op::Norm, || {
+            if let Some(norm) = &block.post_ffn_norm {
+                rms_norm(&mut out, norm, c.rms_eps);
+            }
+            add_assign(x, &out);
+        });
         Ok(())
     }
 }
 
 impl GatedFfn {
     fn forward(&self, x: &[f32], activation: blocks::Activation) -> Result<Vec<f32>> {
-        let mut gate = self.gate.forward(x)?;
-        let up = self.up.forward(x)?;
-        gated(&mut gate, &up, activation);
-        self.down.forward(&gate)
+        let mut gate = self.gate.forward_timed(x)?;
+        let up = self.up.forward_timed(x)?;
+        timed(Op::Activation, || gated(&mut gate, &up, activation));
+        self.down.forward_timed(&gate)
     }
 }
 

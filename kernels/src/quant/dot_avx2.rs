@@ -15,7 +15,7 @@
 
 use std::arch::x86_64::*;
 
-use super::blocks::{array_at, q4k, q6k, BlockFormat, QK, QK_K};
+use super::blocks::{array_at, q4k, q5_0_wide, q6k, BlockFormat, QK, QK_K};
 use super::kernel::{Kernel, WeightRows};
 use super::q8::{KSums, Q8KRow, Q8Row};
 
@@ -106,24 +106,6 @@ fn nibbles(qs: &[u8; 16]) -> __m256i {
     _mm256_and_si256(both, _mm256_set1_epi8(0x0F))
 }
 
-/// Byte `i` is 0xFF where bit `i` of `bits` is set, else 0.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn bits_to_bytes(bits: u32) -> __m256i {
-    // Byte i takes byte i / 8 of `bits`; the mask then sets every bit but bit i % 8.
-    let spread = _mm256_shuffle_epi8(
-        _mm256_set1_epi32(bits as i32),
-        _mm256_set_epi64x(
-            0x0303_0303_0303_0303,
-            0x0202_0202_0202_0202,
-            0x0101_0101_0101_0101,
-            0,
-        ),
-    );
-    let others = _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe);
-    _mm256_cmpeq_epi8(_mm256_or_si256(spread, others), _mm256_set1_epi8(-1))
-}
-
 /// A Q4_0, Q4_1 or Q5_0 block as 32 unsigned quants, `d` and `m` (value `d·q + m`).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -137,14 +119,10 @@ fn unsigned_block(format: BlockFormat, block: &[u8]) -> (__m256i, f32, f32) {
             let dm = f16x2(array_at(block, 0));
             (nibbles(array_at(block, 4)), _mm_cvtss_f32(dm), lane1(dm))
         }
+        // Held wide: the quants are bytes already.
         BlockFormat::Q5_0 => {
             let d = f16(block, 0);
-            let high = bits_to_bytes(u32::from_le_bytes(*array_at(block, 2)));
-            let q = _mm256_or_si256(
-                nibbles(array_at(block, 6)),
-                _mm256_and_si256(high, _mm256_set1_epi8(0x10)),
-            );
-            (q, d, -16.0 * d)
+            (load_u8x32(array_at(block, q5_0_wide::QS)), d, -16.0 * d)
         }
         _ => unreachable!("{format:?} has no unsigned 32-element blocks"),
     }
@@ -170,7 +148,7 @@ pub(crate) fn unsigned32<K: Kernel, const M: usize, const N: usize>(
     w: &WeightRows<'_, M>,
     acts: &[Q8Row<'_>; N],
 ) -> [[f32; N]; M] {
-    let bytes = K::FORMAT.block_bytes();
+    let bytes = K::FORMAT.held_block_bytes();
     let ones = _mm256_set1_epi16(1);
     let mut acc = [[_mm256_setzero_ps(); N]; M];
     let mut offsets = [[0f32; N]; M];
@@ -204,7 +182,7 @@ pub(crate) fn q8_0<K: Kernel, const M: usize, const N: usize>(
     w: &WeightRows<'_, M>,
     acts: &[Q8Row<'_>; N],
 ) -> [[f32; N]; M] {
-    let bytes = K::FORMAT.block_bytes();
+    let bytes = K::FORMAT.held_block_bytes();
     let ones = _mm256_set1_epi16(1);
     let mut acc = [[_mm256_setzero_ps(); N]; M];
     for b in 0..w[0].len() / bytes {
@@ -234,7 +212,7 @@ pub(crate) fn q4k<K: Kernel, const M: usize, const N: usize>(
     w: &WeightRows<'_, M>,
     acts: &[Q8KRow<'_>; N],
 ) -> [[f32; N]; M] {
-    let bytes = K::FORMAT.block_bytes();
+    let bytes = K::FORMAT.held_block_bytes();
     let low4 = _mm256_set1_epi8(0x0F);
     let mut acc = [[_mm256_setzero_ps(); N]; M];
     for b in 0..w[0].len() / bytes {
@@ -282,7 +260,7 @@ pub(crate) fn q6k<K: Kernel, const M: usize, const N: usize>(
     w: &WeightRows<'_, M>,
     acts: &[Q8KRow<'_>; N],
 ) -> [[f32; N]; M] {
-    let bytes = K::FORMAT.block_bytes();
+    let bytes = K::FORMAT.held_block_bytes();
     let low4 = _mm256_set1_epi8(0x0F);
     let bits45 = _mm256_set1_epi8(0x30);
     let mut acc = [[_mm256_setzero_ps(); N]; M];
@@ -371,34 +349,4 @@ pub(crate) fn f32<K: Kernel, const M: usize, const N: usize>(
         }
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn avx2() -> bool {
-        super::super::Isa::Avx2.is_supported()
-    }
-
-    #[test]
-    fn bits_to_bytes_spreads_each_bit_to_its_byte() {
-        if !avx2() {
-            return;
-        }
-        for bits in [0u32, 1, 0x8000_0000, 0xDEAD_BEEF, u32::MAX, 0x0001_8000] {
-            // SAFETY: AVX2 (with FMA and F16C) was detected above.
-            let v = unsafe { bits_to_bytes(bits) };
-            let mut bytes = [0u8; 32];
-            // SAFETY: writes 32 bytes into a 32-byte array.
-            unsafe { _mm256_storeu_si256(bytes.as_mut_ptr().cast(), v) };
-            for (i, &byte) in bytes.iter().enumerate() {
-                assert_eq!(
-                    byte,
-                    if bits >> i & 1 == 1 { 0xFF } else { 0 },
-                    "bit {i} of {bits:#x}"
-                );
-            }
-        }
-    }
 }

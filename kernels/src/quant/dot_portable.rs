@@ -24,7 +24,7 @@ pub(crate) fn block32<K: Kernel, const M: usize, const N: usize>(
 ) -> [[f32; N]; M] {
     each_pair(w, acts, |w_row, a| {
         let mut out = 0f32;
-        for (b, block) in w_row.chunks_exact(K::FORMAT.block_bytes()).enumerate() {
+        for (b, block) in w_row.chunks_exact(K::FORMAT.held_block_bytes()).enumerate() {
             let w = decode_block32(K::FORMAT, block);
             let qa = array_at::<i8, QK>(a.qs, b * QK);
             let dot: i32 =
@@ -46,7 +46,7 @@ pub(crate) fn q4k<K: Kernel, const M: usize, const N: usize>(
 ) -> [[f32; N]; M] {
     each_pair(w, acts, |w_row, a| {
         let mut out = 0f32;
-        for (b, block) in w_row.chunks_exact(K::FORMAT.block_bytes()).enumerate() {
+        for (b, block) in w_row.chunks_exact(K::FORMAT.held_block_bytes()).enumerate() {
             let d = f16_at(block, q4k::D);
             let dmin = f16_at(block, q4k::DMIN);
             let (scales, mins) = q4k::scales_mins(array_at(block, q4k::SCALES));
@@ -74,7 +74,7 @@ pub(crate) fn q6k<K: Kernel, const M: usize, const N: usize>(
 ) -> [[f32; N]; M] {
     each_pair(w, acts, |w_row, a| {
         let mut out = 0f32;
-        for (b, block) in w_row.chunks_exact(K::FORMAT.block_bytes()).enumerate() {
+        for (b, block) in w_row.chunks_exact(K::FORMAT.held_block_bytes()).enumerate() {
             let qa = array_at::<i8, QK_K>(a.qs, b * QK_K);
             let mut dot = 0i32;
             for s in 0..QK_K / 16 {

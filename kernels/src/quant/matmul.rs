@@ -1,9 +1,9 @@
 //! The threaded driver: quantizes the activation rows once, cuts the output `[rows, out_dim]`
 //! into tiles of activation rows × weight rows, and runs the tiles on rayon's global pool.
 //!
-//! A tile walks its activation rows in groups of `GROUP`; for each group every weight row of
-//! the tile goes through one kernel call, which decodes each weight block once for the whole
-//! group. The group's quantized rows stay in L1 while the tile's weight rows stream past them:
+//! A tile walks its activation rows in groups of `GROUP`; for each group the weight rows of
+//! the tile go two at a time through one kernel call, which decodes each weight block once for
+//! the whole group and loads each activation block once for both rows. The group's quantized rows stay in L1 while the tile's weight rows stream past them:
 //! that reuse is where prefill's speed comes from. Decode (one row) is the same code with
 //! groups of one, the output dimension split finely enough to keep every thread busy, and
 //! four weight rows per kernel call, whose independent sums hide the float latency; as four
@@ -22,6 +22,8 @@ use super::{Isa, QuantMatrix};
 const GROUP: usize = 4;
 /// Weight rows per kernel call when there is one activation row.
 const DECODE_W_ROWS: usize = 4;
+/// Weight rows per kernel call when there are several activation rows.
+const PREFILL_W_ROWS: usize = 2;
 /// How many such calls ahead decode prefetches its weight rows.
 const PREFETCH_GROUPS: usize = 2;
 /// Most activation rows in a tile.
@@ -109,6 +111,14 @@ fn group<K: Kernel, const N: usize>(
             }
             weight_rows::<K, DECODE_W_ROWS, N>(m, isa, &rows, o, o - outs.start, buf);
             o += DECODE_W_ROWS;
+        }
+    }
+    // With several activation rows, two weight rows per call share each activation block's
+    // load and broadcast scale.
+    if N > 1 {
+        while o + PREFILL_W_ROWS <= outs.end {
+            weight_rows::<K, PREFILL_W_ROWS, N>(m, isa, &rows, o, o - outs.start, buf);
+            o += PREFILL_W_ROWS;
         }
     }
     for o in o..outs.end {

@@ -69,7 +69,8 @@ pub struct QuantMatrix {
     in_dim: usize,
     /// Bytes of one weight row.
     row_bytes: usize,
-    /// The tensor's bytes as GGUF stores them: `out_dim` rows of `in_dim / block` blocks.
+    /// The tensor's bytes: `out_dim` rows of `in_dim / block` blocks, as GGUF stores them
+    /// except for Q5_0, held wide (`blocks::q5_0_wide`).
     data: Vec<u8>,
 }
 
@@ -99,34 +100,42 @@ impl QuantMatrix {
         if !in_dim.is_multiple_of(block) {
             return Err(malformed(format!("rows are not whole blocks of {block}")));
         }
-        let row_bytes = in_dim / block * format.block_bytes();
+        let gguf_row_bytes = in_dim / block * format.block_bytes();
         let data = t.data()?;
-        if Some(data.len()) != out_dim.checked_mul(row_bytes) {
+        if Some(data.len()) != out_dim.checked_mul(gguf_row_bytes) {
             return Err(malformed(format!(
-                "{} bytes of data, but the shape needs {out_dim} × {row_bytes}",
+                "{} bytes of data, but the shape needs {out_dim} × {gguf_row_bytes}",
                 data.len()
             )));
         }
+        let data = match format {
+            BlockFormat::Q5_0 => blocks::q5_0_wide::widen(&data),
+            _ => data.into_owned(),
+        };
         Ok(Some(Self {
             format,
             out_dim,
             in_dim,
-            row_bytes,
-            data: data.into_owned(),
+            row_bytes: in_dim / block * format.held_block_bytes(),
+            data,
         }))
     }
 
     /// The same bytes as a candle `QTensor` again, for dequantizing or handing to candle.
     pub fn to_qtensor(&self) -> Result<QTensor> {
+        let data = match self.format {
+            BlockFormat::Q5_0 => std::borrow::Cow::Owned(blocks::q5_0_wide::narrow(&self.data)),
+            _ => std::borrow::Cow::Borrowed(&self.data[..]),
+        };
         let storage = candle_core::quantized::QStorage::from_data(
-            std::borrow::Cow::Borrowed(&self.data),
+            data,
             &candle_core::Device::Cpu,
             self.format.dtype(),
         )?;
         Ok(QTensor::new(storage, (self.out_dim, self.in_dim))?)
     }
 
-    /// Weight row `o`, as GGUF stores it.
+    /// Weight row `o`, as held.
     fn row(&self, o: usize) -> &[u8] {
         &self.data[o * self.row_bytes..(o + 1) * self.row_bytes]
     }

@@ -1,6 +1,9 @@
 //! candle-transformers' quantized models on the same GGUF files: the independent
 //! implementation our core is checked against (`tests/oracle.rs`) and timed against
-//! (`evokernel bench core`).
+//! (`evokernel bench core`), and llama.cpp's `llama-bench`, the peer users actually run
+//! (`llama_cpp`).
+
+pub mod llama_cpp;
 
 use std::fs::File;
 use std::path::Path;
@@ -11,6 +14,7 @@ use candle_transformers::models::{
     quantized_gemma3, quantized_llama, quantized_qwen2, quantized_qwen3,
 };
 
+/// candle-transformers' quantized model for a GGUF's architecture.
 pub enum PeerModel {
     Llama(quantized_llama::ModelWeights),
     Qwen2(quantized_qwen2::ModelWeights),
@@ -19,6 +23,7 @@ pub enum PeerModel {
 }
 
 impl PeerModel {
+    /// Loads the GGUF at `path` with the candle-transformers model of its architecture.
     pub fn load(path: &Path) -> Result<Self> {
         let mut file = File::open(path)?;
         let content = gguf_file::Content::read(&mut file)?;
