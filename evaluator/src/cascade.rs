@@ -104,3 +104,15 @@ impl From<kernels::Error> for Stop {
         Stop::Error(e.into())
     }
 }
+
+/// The static stage's AKL checks, with feedback that says what to change.
+pub(crate) fn static_check(
+    program: &kernels::akl::Program,
+) -> Result<kernels::akl::CheckedProgram, Stop> {
+    kernels::akl::check(program).map_err(|e| {
+        failed(
+            Stage::Static,
+            format!("{e}. Change that clause so the check can prove it."),
+        )
+    })
+}

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 #[cfg(target_os = "linux")]
 use crate::command::CommandConfig;
 use crate::drop_in::DropInConfig;
+use crate::recommender::RecsysConfig;
 use crate::{Error, Result};
 
 /// Every task's settings; a missing section takes its defaults.
@@ -25,6 +26,7 @@ use crate::{Error, Result};
 #[serde(default, deny_unknown_fields)]
 pub struct EvaluatorConfig {
     pub drop_in: DropInConfig,
+    pub recsys: RecsysConfig,
     /// The command task's settings; it has no defaults, since it needs a command.
     #[cfg(target_os = "linux")]
     pub command: Option<CommandConfig>,
@@ -58,6 +60,7 @@ impl EvaluatorConfig {
     /// file, such as a campaign's).
     pub fn validate(&self) -> Result<()> {
         self.drop_in.validate()?;
+        self.recsys.validate()?;
         #[cfg(target_os = "linux")]
         if let Some(command) = &self.command {
             command

@@ -8,6 +8,7 @@
 //! candidate.
 //!
 //! - [`drop_in`]: an AKL program in place of a pretrained model's attention;
+//! - [`recommender`]: an AKL program as the attention of the recommender, trained for a budget;
 //! - `command` (Linux): any program scored by an external command in a sandbox;
 //! - [`probe`]: the run-time probes (causality, finite, determinism) on any kernels;
 //! - [`confirm()`]: elite confirmation on fresh slices and seeds;
@@ -22,6 +23,7 @@ pub mod drop_in;
 mod error;
 mod evaluation;
 pub mod probe;
+pub mod recommender;
 pub mod seeds;
 
 pub use confirm::{confirm, ConfirmOptions, Confirmation};

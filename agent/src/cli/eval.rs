@@ -3,16 +3,18 @@ use std::path::PathBuf;
 use evaluator::command::CommandTask;
 use evaluator::config::EvaluatorConfig;
 use evaluator::drop_in::DropInTask;
+use evaluator::recommender::RecsysTask;
 use evaluator::{Evaluation, Task};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The candidate: an AKL program for `--task drop-in`, any file for `--task command`.
+    /// The candidate: an AKL program for `--task drop-in` and `--task recsys`, any file for
+    /// `--task command`.
     program: PathBuf,
     /// Which evaluation to run.
     #[arg(long, value_enum, default_value_t = TaskName::DropIn)]
     task: TaskName,
-    /// The evaluator's TOML settings (sections `[drop_in]`, `[command]`); defaults without
+    /// The evaluator's TOML settings (sections `[drop_in]`, `[recsys]`, `[command]`); defaults without
     /// one, but `--task command` needs its `[command]` section.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -27,6 +29,7 @@ pub struct Args {
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum TaskName {
     DropIn,
+    Recsys,
     Command,
 }
 
@@ -38,6 +41,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let task: Box<dyn Task> = match args.task {
         TaskName::DropIn => Box::new(DropInTask::new(config.drop_in)?),
+        TaskName::Recsys => Box::new(RecsysTask::new(config.recsys)?),
         TaskName::Command => {
             let (Some(path), Some(command)) = (&args.config, config.command) else {
                 anyhow::bail!("--task command needs --config FILE with a [command] section");

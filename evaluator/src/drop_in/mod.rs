@@ -25,7 +25,7 @@ pub use config::{DropInConfig, Objective, ScoreRule, Source};
 pub use reference::{model_sha256, CacheOutcome, ReferenceCache};
 pub use slices::{Corpus, Slice};
 
-use crate::cascade::{failed, Cascade, Stop};
+use crate::cascade::{failed, static_check, Cascade, Stop};
 use crate::probe::{self, CausalityViolation, Difference, Trace};
 use crate::seeds::{trial_seed, SplitMix64};
 use crate::{Evaluation, Provenance, Result, Stage, Task, EVALUATOR_VERSION};
@@ -489,12 +489,7 @@ impl Task for DropInTask {
         };
         let shape = ModelShape::of(&self.model.config);
         let prepared = cascade.run(Stage::Static, |_| {
-            let checked = akl::check(&program).map_err(|e| {
-                failed(
-                    Stage::Static,
-                    format!("{e}. Change that clause so the check can prove it."),
-                )
-            })?;
+            let checked = static_check(&program)?;
             let drop_in = akl::instantiate(&checked, &shape, self.model.config.attention_scale)
                 .map_err(|e| failed(Stage::Static, format!("{e}")))?;
             // MLA changes the key and value projections: it runs in a converted copy.
