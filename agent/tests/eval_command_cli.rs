@@ -46,6 +46,29 @@ fn a_command_task_scores_a_program_from_the_cli() {
     assert_eq!(evaluation["score"], 15.0);
     assert_eq!(evaluation["metrics"]["lines"], 1.0);
 
+    // Confirmation re-runs the command on trial 1; a deterministic score holds.
+    let out = run(&[
+        "eval",
+        "program.py",
+        "--task",
+        "command",
+        "--config",
+        "eval.toml",
+        "--confirm",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let both: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(both["confirmation"]["holds"], true);
+    assert_eq!(
+        both["confirmation"]["evaluations"][0]["provenance"]["trial"],
+        1
+    );
+
     let missing = run(&["eval", "program.py", "--task", "command"]);
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("[command] section"));

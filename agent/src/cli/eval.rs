@@ -4,7 +4,7 @@ use evaluator::command::CommandTask;
 use evaluator::config::EvaluatorConfig;
 use evaluator::drop_in::DropInTask;
 use evaluator::recommender::RecsysTask;
-use evaluator::{Evaluation, Task};
+use evaluator::{confirm, ConfirmOptions, Evaluation, Task};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -21,7 +21,12 @@ pub struct Args {
     /// 0 for the standard slices and seeds; later trials draw fresh ones (confirmation).
     #[arg(long, default_value_t = 0)]
     trial: u32,
-    /// Print the evaluation as JSON.
+    /// Then confirm the score as the engine does before accepting a new best: re-evaluate
+    /// on the next trial (fresh slices and seeds) and say whether the score holds within
+    /// 10%.
+    #[arg(long)]
+    confirm: bool,
+    /// Print the evaluation (with `--confirm`: `{"evaluation", "confirmation"}`) as JSON.
     #[arg(long)]
     json: bool,
 }
@@ -55,10 +60,34 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     };
     let evaluation = task.evaluate(&source, args.trial)?;
+    let confirmation = match (args.confirm, evaluation.passed) {
+        (true, true) => Some(confirm(
+            task.as_ref(),
+            &source,
+            &evaluation,
+            &ConfirmOptions::default(),
+        )?),
+        (true, false) => {
+            eprintln!("not confirming: the evaluation did not pass");
+            None
+        }
+        (false, _) => None,
+    };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&evaluation)?);
+        let json = match &confirmation {
+            Some(c) => serde_json::json!({"evaluation": evaluation, "confirmation": c}),
+            None => serde_json::to_value(&evaluation)?,
+        };
+        println!("{}", serde_json::to_string_pretty(&json)?);
     } else {
         print_report(&args.program, &evaluation);
+        if let Some(c) = &confirmation {
+            println!(
+                "confirmation: {} ({})",
+                if c.holds { "holds" } else { "does not hold" },
+                c.reason
+            );
+        }
     }
     Ok(())
 }
