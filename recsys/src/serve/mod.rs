@@ -1,15 +1,11 @@
 //! The HTTP server (axum): recommendations for a known user or an ad-hoc history, similar
 //! items, health, Prometheus metrics and the OpenAPI document.
 //!
-//! Recommendations are scored by one worker thread that gathers the requests waiting for it
-//! into a batch (`batcher.rs`): one forward pass for many users, and no two passes fighting
-//! over the cores. Other CPU work runs on tokio's blocking pool, never on the async workers.
-//! Bad input gets a 4xx
+//! The model runs on tokio's blocking pool, never on the async workers. Bad input gets a 4xx
 //! `{"error": {"field", "message"}}` naming the field; the request body is capped at
 //! `ServeConfig::max_body_bytes`. `explain` is accepted but no `reason` is produced yet: the
 //! RecGPT explanation stage does not exist.
 
-mod batcher;
 mod error;
 mod metrics;
 mod openapi;
@@ -35,8 +31,6 @@ pub use error::ApiError;
 pub use metrics::Metrics;
 pub use request::RecommendRequest;
 
-use batcher::Batcher;
-
 use crate::data::Dataset;
 use crate::model::{Checkpoint, SasRec};
 
@@ -60,8 +54,7 @@ impl Default for ServeConfig {
 
 /// What every handler shares.
 pub struct AppState {
-    model: Arc<SasRec>,
-    batcher: Batcher,
+    model: SasRec,
     dataset: Dataset,
     /// The model's name in responses: `sasrec@` and the kernel hash's first 12 digits.
     model_name: String,
@@ -101,9 +94,7 @@ pub fn app(checkpoint: Checkpoint, config: ServeConfig) -> crate::Result<Router>
             row.iter().map(move |x| x / norm)
         })
         .collect();
-    let model = Arc::new(model);
     let state = Arc::new(AppState {
-        batcher: Batcher::start(model.clone()),
         model_name: format!("sasrec@{}", &model.kernel.hash[..12]),
         item_index: dataset.item_index(),
         user_index: dataset
@@ -162,7 +153,7 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// The best `k` items by score, skipping `excluded`, best first (ties by lower id).
-pub(crate) fn top_k(scores: &[f32], k: usize, excluded: &[u32]) -> Vec<(u32, f32)> {
+fn top_k(scores: &[f32], k: usize, excluded: &[u32]) -> Vec<(u32, f32)> {
     let mut hidden = vec![false; scores.len()];
     for &e in excluded {
         hidden[e as usize] = true;
@@ -228,11 +219,16 @@ async fn recommend(
     let request = RecommendRequest::parse(&body)?;
     state.check_k(request.k)?;
     let history = request.history_ids(&state)?;
-    let picked = state
-        .batcher
-        .recommend(history, request.k, request.exclude_seen)
-        .await?;
-    let items = state.describe(picked);
+    let worker = state.clone();
+    let items = blocking(move || {
+        let scores = worker
+            .model
+            .score_histories(&[&history])
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        let excluded: &[u32] = if request.exclude_seen { &history } else { &[] };
+        Ok(worker.describe(top_k(&scores[0], request.k, excluded)))
+    })
+    .await?;
     Ok(Json(Recommendations {
         items,
         model: state.model_name.clone(),
