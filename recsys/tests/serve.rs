@@ -255,3 +255,63 @@ async fn the_openapi_document_lists_every_route() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(text.contains("\"field\":\"path\""));
 }
+
+/// The ids and scores a recommend answer lists.
+fn ranked(answer: &Value) -> Vec<(String, f64)> {
+    answer["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|item| {
+            (
+                item["item_id"].as_str().unwrap().to_string(),
+                item["score"].as_f64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_scored_together_get_the_answers_they_get_alone() {
+    let base = start().await;
+    let bodies: Vec<Value> = (0..24)
+        .map(|i| {
+            let history: Vec<String> = (0..=(i % 7))
+                .map(|j| (100 + (i + j) % 20).to_string())
+                .collect();
+            json!({"history": history, "k": 5, "exclude_seen": i % 2 == 0})
+        })
+        .collect();
+    let mut alone = Vec::new();
+    for body in &bodies {
+        let (status, answer) = post(&base, body.to_string()).await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        alone.push(ranked(&answer));
+    }
+    let together = send_all_at_once(&base, &bodies).await;
+    for (one, many) in alone.iter().zip(&together) {
+        assert_eq!(one.len(), many.len());
+        for ((id_a, score_a), (id_b, score_b)) in one.iter().zip(many) {
+            assert_eq!(id_a, id_b);
+            assert!((score_a - score_b).abs() < 1e-4, "{score_a} vs {score_b}");
+        }
+    }
+}
+
+/// Sends every body at once and returns the answers in order.
+async fn send_all_at_once(base: &str, bodies: &[Value]) -> Vec<Vec<(String, f64)>> {
+    let tasks: Vec<_> = bodies
+        .iter()
+        .map(|body| {
+            let (base, body) = (base.to_string(), body.to_string());
+            tokio::spawn(async move { post(&base, body).await })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for task in tasks {
+        let (status, answer) = task.await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        out.push(ranked(&answer));
+    }
+    out
+}
