@@ -126,6 +126,10 @@ fn print_report(program: &std::path::Path, e: &Evaluation) {
         "kv_bytes_held_ratio",
         "attention_speedup",
         "forward_speedup",
+        "ndcg@10",
+        "hr@10",
+        "latency_ms_p50",
+        "train_seconds",
     ];
     for name in headline {
         if let Some(value) = e.metrics.get(name) {
