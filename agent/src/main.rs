@@ -40,7 +40,7 @@ enum Command {
         #[command(subcommand)]
         which: cli::kernels::Command,
     },
-    /// Campaigns: their progress.
+    /// Campaigns: run, resume, replay, compare, and their progress.
     Campaign {
         #[command(subcommand)]
         which: cli::campaign::Command,

@@ -60,6 +60,7 @@ fn fill(path: &Path) -> Filled {
             config_toml: CONFIG,
             seed: 3,
             strategy: Strategy::Evolve,
+            config_dir: None,
         };
         let c = db.create_campaign(&campaign).await.unwrap();
         let other = db

@@ -4,7 +4,9 @@
 mod db_common;
 
 use agent::campaign::Strategy;
-use agent::db::{CampaignStatus, Db, Error, NewCampaign, NewLlmCall, NewProgram, ProgramInsert};
+use agent::db::{
+    CampaignStatus, Db, Error, MutatorOutcome, NewCampaign, NewLlmCall, NewProgram, ProgramInsert,
+};
 use agent::pareto::Direction;
 use db_common::{evaluation, ScratchDir};
 use sqlx::Connection;
@@ -15,6 +17,15 @@ fn campaign<'a>(name: &'a str) -> NewCampaign<'a> {
         config_toml: "name = \"x\"",
         seed: 7,
         strategy: Strategy::Evolve,
+        config_dir: None,
+    }
+}
+
+fn outcome(mutator: &str, improved: bool, reward: f64) -> MutatorOutcome<'_> {
+    MutatorOutcome {
+        mutator,
+        improved,
+        reward,
     }
 }
 
@@ -604,13 +615,13 @@ async fn archive_cells_insights_and_mutator_statistics_persist() {
     );
     assert_eq!(insights[1].text, "tiles of 64 are slower");
 
-    db.record_mutator_outcome(c, "perturb", true, 0.5)
+    db.record_mutator_outcome(c, &outcome("perturb", true, 0.5))
         .await
         .unwrap();
-    db.record_mutator_outcome(c, "perturb", false, 0.0)
+    db.record_mutator_outcome(c, &outcome("perturb", false, 0.0))
         .await
         .unwrap();
-    db.record_mutator_outcome(c, "local_llm", true, 1.25)
+    db.record_mutator_outcome(c, &outcome("local_llm", true, 1.25))
         .await
         .unwrap();
     let stats = db.mutator_stats(c).await.unwrap();
@@ -641,12 +652,12 @@ async fn concurrent_writers_on_two_handles_all_commit() {
             let h = hash(&format!("{k:02x}"));
             let text = format!("(kernel k{k})");
             let id = handle.insert_program(&program(c, &h, &text)).await?.id();
+            // The evaluation and the bandit's statistics commit together.
+            let e = evaluation(&h, 0, Some(k as f64), &[("speedup", 1.0)]);
             handle
-                .insert_evaluation(id, &evaluation(&h, 0, Some(k as f64), &[("speedup", 1.0)]))
-                .await?;
-            handle
-                .record_mutator_outcome(c, "perturb", k % 3 == 0, 1.0)
+                .store_evaluation(id, &e, Some(&outcome("perturb", k % 3 == 0, 1.0)))
                 .await
+                .map(|_| ())
         }));
     }
     for task in tasks {

@@ -41,8 +41,11 @@
 
 use std::path::{Path, PathBuf};
 
+use evaluator::ConfirmOptions;
 use serde::{Deserialize, Serialize};
 use toml::de::{DeTable, DeValue};
+
+use crate::engine::population::ParentMix;
 
 /// What can be wrong with a campaign config; each error names the file, and the field
 /// or seed at fault.
@@ -128,6 +131,8 @@ pub struct CampaignConfig {
     pub archive: Archive,
     #[serde(default)]
     pub mutators: Mutators,
+    #[serde(default)]
+    pub search: Search,
     pub budget: Budget,
     /// The directory relative seed paths are read from (the config file's).
     #[serde(skip)]
@@ -312,6 +317,31 @@ fn default_retries() -> u32 {
     3
 }
 
+/// How the loop draws parents, shows context to LLMs, and guards its elites.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Search {
+    /// Where parents come from: cell elites, the Pareto front, or by rank.
+    pub parent_mix: ParentMix,
+    /// Other programs an LLM prompt shows beside the parent.
+    pub inspirations: u32,
+    /// Debug rounds an LLM mutation gets after its program is refused.
+    pub debug_retries: u32,
+    /// Fresh trials a would-be island best must pass before it counts (0: none).
+    pub confirm: ConfirmOptions,
+}
+
+impl Default for Search {
+    fn default() -> Self {
+        Search {
+            parent_mix: ParentMix::default(),
+            inspirations: 3,
+            debug_retries: 2,
+            confirm: ConfirmOptions::default(),
+        }
+    }
+}
+
 /// When the campaign stops: whichever budget runs out first.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -450,6 +480,21 @@ impl CampaignConfig {
             if remote.timeout_seconds == 0 {
                 return invalid("mutators.remote_llm.timeout_seconds", "must be at least 1");
             }
+        }
+        let mix = self.search.parent_mix;
+        if ![mix.cells, mix.pareto, mix.fitness]
+            .iter()
+            .all(|w| w.is_finite() && *w >= 0.0)
+            || mix.cells + mix.pareto + mix.fitness <= 0.0
+        {
+            return invalid(
+                "search.parent_mix",
+                "needs finite weights >= 0 with a positive sum",
+            );
+        }
+        let confirm = &self.search.confirm;
+        if !(confirm.tolerance.is_finite() && confirm.tolerance >= 0.0) {
+            return invalid("search.confirm.tolerance", "must be a finite number >= 0");
         }
         if self.budget.evaluations == 0 {
             return invalid("budget.evaluations", "must be at least 1");

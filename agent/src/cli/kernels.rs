@@ -243,7 +243,7 @@ async fn show(db: &Db, reference: &str, json: bool) -> anyhow::Result<()> {
 
 /// A metric and its direction from `NAME`, `NAME:max` or `NAME:min`; without a suffix,
 /// the direction the metric is known to have, else larger is better.
-fn metric_spec(spec: &str) -> anyhow::Result<(String, Direction)> {
+pub(super) fn metric_spec(spec: &str) -> anyhow::Result<(String, Direction)> {
     let (name, direction) = match spec.rsplit_once(':') {
         Some((name, "max")) => (name, Some(Direction::Max)),
         Some((name, "min")) => (name, Some(Direction::Min)),

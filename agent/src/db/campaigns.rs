@@ -47,6 +47,8 @@ pub struct NewCampaign<'a> {
     pub config_toml: &'a str,
     pub seed: u64,
     pub strategy: Strategy,
+    /// The directory the config file was in (relative paths in the config start there).
+    pub config_dir: Option<&'a str>,
 }
 
 /// A stored campaign.
@@ -58,6 +60,8 @@ pub struct Campaign {
     pub config_toml: String,
     pub seed: u64,
     pub strategy: Strategy,
+    #[serde(skip)]
+    pub config_dir: Option<String>,
     pub status: CampaignStatus,
     pub elapsed_seconds: f64,
     pub created_at: String,
@@ -71,6 +75,7 @@ struct CampaignRow {
     config_toml: String,
     seed: i64,
     strategy: String,
+    config_dir: Option<String>,
     status: String,
     elapsed_seconds: f64,
     created_at: String,
@@ -98,6 +103,7 @@ impl TryFrom<CampaignRow> for Campaign {
             // Stored bit for bit: SQLite integers are signed.
             seed: row.seed as u64,
             strategy,
+            config_dir: row.config_dir,
             status,
             elapsed_seconds: row.elapsed_seconds,
             created_at: row.created_at,
@@ -107,19 +113,22 @@ impl TryFrom<CampaignRow> for Campaign {
 }
 
 const CAMPAIGN_COLUMNS: &str =
-    "id, name, config_toml, seed, strategy, status, elapsed_seconds, created_at, finished_at";
+    "id, name, config_toml, seed, strategy, config_dir, status, elapsed_seconds, created_at, \
+     finished_at";
 
 impl Db {
     /// Creates a running campaign and returns its id.
     pub async fn create_campaign(&self, campaign: &NewCampaign<'_>) -> Result<i64> {
         let inserted = sqlx::query_scalar(
-            "INSERT INTO campaigns (name, config_toml, seed, strategy) VALUES (?, ?, ?, ?) \
+            "INSERT INTO campaigns (name, config_toml, seed, strategy, config_dir) \
+             VALUES (?, ?, ?, ?, ?) \
              ON CONFLICT (name) DO NOTHING RETURNING id",
         )
         .bind(campaign.name)
         .bind(campaign.config_toml)
         .bind(campaign.seed as i64)
         .bind(campaign.strategy.name())
+        .bind(campaign.config_dir)
         .fetch_optional(&self.pool)
         .await?;
         inserted.ok_or_else(|| Error::CampaignExists(campaign.name.to_string()))

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use evaluator::{Evaluation, Provenance, Stage, StageTiming};
 use serde::Serialize;
 
-use super::{Db, Error, Result};
+use super::{Db, Error, MutatorOutcome, Result};
 use crate::pareto::Direction;
 
 /// A metric with a column of its own, so that sorting by it can use an index.
@@ -154,6 +154,18 @@ impl Db {
     /// Stores an evaluation of a program, in a transaction of its own that is committed
     /// before this returns. The evaluation's hash must be the program's.
     pub async fn insert_evaluation(&self, program_id: i64, evaluation: &Evaluation) -> Result<i64> {
+        self.store_evaluation(program_id, evaluation, None).await
+    }
+
+    /// Stores an evaluation and, in the same transaction, what it taught the mutator
+    /// bandit, so that a campaign killed at any moment has statistics that match its
+    /// evaluations.
+    pub async fn store_evaluation(
+        &self,
+        program_id: i64,
+        evaluation: &Evaluation,
+        outcome: Option<&MutatorOutcome<'_>>,
+    ) -> Result<i64> {
         check_finite(evaluation)?;
         // IMMEDIATE takes the write lock up front: a deferred transaction that reads first
         // cannot wait for another writer and fails with SQLITE_BUSY instead.
@@ -204,6 +216,14 @@ impl Db {
             .fetch_optional(&mut *tx)
             .await?;
         let id = id.ok_or(Error::DuplicateTrial { program_id, trial })?;
+        if let Some(outcome) = outcome {
+            let campaign_id: i64 =
+                sqlx::query_scalar("SELECT campaign_id FROM programs WHERE id = ?")
+                    .bind(program_id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            super::search_state::record_outcome(&mut tx, campaign_id, outcome).await?;
+        }
         tx.commit().await?;
         Ok(id)
     }

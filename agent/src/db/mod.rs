@@ -24,7 +24,7 @@ pub use error::{Error, Result};
 pub use evaluations::{StoredEvaluation, INDEXED_METRICS};
 pub use llm_calls::{LlmCall, NewLlmCall};
 pub use programs::{NewProgram, Program, ProgramInsert};
-pub use search_state::{ArchiveCell, Insight, MutatorStats};
+pub use search_state::{ArchiveCell, Insight, MutatorOutcome, MutatorStats};
 pub use summaries::{CampaignProgress, LineageNode, MetricValue, ProgramSummary};
 
 /// Where the CLI keeps its database unless `--db` says otherwise.

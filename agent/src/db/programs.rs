@@ -147,4 +147,17 @@ impl Db {
         .fetch_all(&self.pool)
         .await?)
     }
+
+    /// A campaign's programs that have no first evaluation: the work a killed run had in
+    /// flight, which a resume evaluates before proposing anything new.
+    pub async fn pending_programs(&self, campaign_id: i64) -> Result<Vec<Program>> {
+        Ok(sqlx::query_as(&format!(
+            "SELECT {PROGRAM_COLUMNS} FROM programs p WHERE p.campaign_id = ? AND NOT EXISTS \
+             (SELECT 1 FROM evaluations e WHERE e.program_id = p.id AND e.trial = 0) \
+             ORDER BY p.id"
+        ))
+        .bind(campaign_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
 }

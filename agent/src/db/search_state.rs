@@ -23,6 +23,34 @@ pub struct Insight {
     pub created_at: String,
 }
 
+/// One use of a mutator: whether its child improved on its parent, and the reward.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MutatorOutcome<'a> {
+    pub mutator: &'a str,
+    pub improved: bool,
+    pub reward: f64,
+}
+
+pub(super) async fn record_outcome(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    campaign_id: i64,
+    outcome: &MutatorOutcome<'_>,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO mutator_stats (campaign_id, mutator, uses, improvements, reward_sum) \
+         VALUES (?, ?, 1, ?, ?) ON CONFLICT (campaign_id, mutator) DO UPDATE SET \
+         uses = uses + 1, improvements = improvements + excluded.improvements, \
+         reward_sum = reward_sum + excluded.reward_sum",
+    )
+    .bind(campaign_id)
+    .bind(outcome.mutator)
+    .bind(i64::from(outcome.improved))
+    .bind(outcome.reward)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 /// The bandit's running totals for one mutator.
 #[derive(Clone, Debug, PartialEq, Serialize, sqlx::FromRow)]
 pub struct MutatorStats {
@@ -95,26 +123,16 @@ impl Db {
         .await?)
     }
 
-    /// Counts one use of a mutator, whether it improved on its parent, and its reward.
+    /// Counts one use of a mutator that produced nothing to evaluate (a failed or
+    /// duplicate proposal); uses with an evaluation go through [`Db::store_evaluation`].
     pub async fn record_mutator_outcome(
         &self,
         campaign_id: i64,
-        mutator: &str,
-        improved: bool,
-        reward: f64,
+        outcome: &MutatorOutcome<'_>,
     ) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO mutator_stats (campaign_id, mutator, uses, improvements, reward_sum) \
-             VALUES (?, ?, 1, ?, ?) ON CONFLICT (campaign_id, mutator) DO UPDATE SET \
-             uses = uses + 1, improvements = improvements + excluded.improvements, \
-             reward_sum = reward_sum + excluded.reward_sum",
-        )
-        .bind(campaign_id)
-        .bind(mutator)
-        .bind(i64::from(improved))
-        .bind(reward)
-        .execute(&self.pool)
-        .await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        record_outcome(&mut tx, campaign_id, outcome).await?;
+        tx.commit().await?;
         Ok(())
     }
 

@@ -68,6 +68,10 @@ pub struct CampaignProgress {
     pub best_score: Option<f64>,
     pub best_program_id: Option<i64>,
     pub llm_tokens: u64,
+    /// Seconds spent inside the evaluator, summed over evaluations.
+    pub evaluation_seconds: f64,
+    /// Seconds spent waiting for language models, summed over calls.
+    pub llm_seconds: f64,
 }
 
 const SUMMARY_SELECT: &str = "SELECT p.id, p.hash, c.name AS campaign, p.island, p.generation, \
@@ -224,9 +228,17 @@ impl Db {
     /// Counts and the best score of a campaign.
     pub async fn campaign_progress(&self, campaign_id: i64) -> Result<CampaignProgress> {
         let campaign = self.campaign(campaign_id).await?;
-        let (programs, evaluations, passed): (i64, i64, i64) = sqlx::query_as(
+        let (programs, evaluations, passed, evaluation_seconds, llm_seconds): (
+            i64,
+            i64,
+            i64,
+            f64,
+            f64,
+        ) = sqlx::query_as(
             "SELECT (SELECT count(*) FROM programs WHERE campaign_id = ?1), \
-               count(e.id), coalesce(sum(e.passed), 0) \
+               count(e.id), coalesce(sum(e.passed), 0), coalesce(sum(e.seconds), 0.0), \
+               (SELECT coalesce(sum(latency_seconds), 0.0) FROM llm_calls \
+                WHERE campaign_id = ?1) \
              FROM evaluations e JOIN programs p ON p.id = e.program_id WHERE p.campaign_id = ?1",
         )
         .bind(campaign_id)
@@ -244,6 +256,8 @@ impl Db {
             best_score: best.first().map(|b| b.value),
             best_program_id: best.first().map(|b| b.program_id),
             llm_tokens,
+            evaluation_seconds,
+            llm_seconds,
         })
     }
 }

@@ -1,11 +1,12 @@
 //! The language models a campaign asks for programs: a GGUF model on our own core, in
 //! process ([`local`]), or any OpenAI-compatible endpoint ([`remote`]). Both answer a
 //! [`Request`] with a [`Reply`] that holds what the database records of a call, so that a
-//! campaign can be replayed without any model.
+//! campaign can be replayed without any model ([`replay`]).
 
 pub mod extract;
 pub mod local;
 pub mod remote;
+pub mod replay;
 
 use serde::{Deserialize, Serialize};
 
