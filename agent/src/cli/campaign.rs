@@ -1,7 +1,7 @@
 //! `evokernel campaign ...`: run, resume, replay and compare campaigns, and show their
 //! progress.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
 use agent::campaign::config::Budget;
@@ -199,6 +199,7 @@ fn init_logs(progress: &ProgressBar) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(move || BarWriter {
             bar: bar.clone(),
             line: Vec::new(),

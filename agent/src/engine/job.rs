@@ -76,8 +76,6 @@ pub struct Context {
     pub local: Option<LlmSlot>,
     pub remote: Option<LlmSlot>,
     pub replay: Option<ReplayBook>,
-    /// Evaluations the budget still allows; a job reserves one before it stores a program.
-    remaining: AtomicU64,
     pub tokens_used: AtomicU64,
     /// Seconds inside the evaluator and waiting for models, this run.
     evaluation_micros: AtomicU64,
@@ -95,7 +93,6 @@ impl Context {
         local: Option<LlmSlot>,
         remote: Option<LlmSlot>,
         replay: Option<ReplayBook>,
-        evaluations_left: u64,
         tokens_used: u64,
     ) -> Context {
         Context {
@@ -107,26 +104,10 @@ impl Context {
             local,
             remote,
             replay,
-            remaining: AtomicU64::new(evaluations_left),
             tokens_used: AtomicU64::new(tokens_used),
             evaluation_micros: AtomicU64::new(0),
             llm_micros: AtomicU64::new(0),
         }
-    }
-
-    /// Takes `n` evaluations from the budget, or none when fewer are left.
-    fn reserve(&self, n: u64) -> bool {
-        self.remaining
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| left.checked_sub(n))
-            .is_ok()
-    }
-
-    fn release(&self, n: u64) {
-        self.remaining.fetch_add(n, Ordering::SeqCst);
-    }
-
-    pub fn evaluations_left(&self) -> u64 {
-        self.remaining.load(Ordering::SeqCst)
     }
 
     /// Seconds spent inside the evaluator and waiting for models in this run.
@@ -167,12 +148,20 @@ impl Parent {
 }
 
 /// A job, decided from the search state before it runs.
-pub enum Plan {
+pub struct Plan {
+    pub work: Work,
+    /// Evaluations the job may run, confirmations included, taken from the campaign's
+    /// budget when it is planned; what it leaves is given back when its report is taken
+    /// in. Deciding this at planning time keeps a campaign deterministic at any concurrency.
+    pub allowance: u64,
+    /// The best standing on the candidate's island when it was planned: a candidate that
+    /// beats it is confirmed before it counts.
+    pub island_best: Option<f64>,
+}
+
+pub enum Work {
     /// A stored program without a first evaluation (a seed, or a killed run's work).
-    Pending {
-        program: Program,
-        island_best: Option<f64>,
-    },
+    Pending(Program),
     Edit {
         arm: usize,
         arm_name: &'static str,
@@ -180,7 +169,6 @@ pub enum Plan {
         island: u32,
         parent: Parent,
         other: Option<Parent>,
-        island_best: Option<f64>,
         seed: u64,
     },
     Llm {
@@ -190,11 +178,22 @@ pub enum Plan {
         parent: Parent,
         inspirations: Vec<Parent>,
         insights: Vec<String>,
-        island_best: Option<f64>,
         seed: u64,
     },
     /// The baseline: a random valid program.
-    Random { seed: u64, island_best: Option<f64> },
+    Random { seed: u64 },
+}
+
+impl Work {
+    /// The most evaluations this work can run: each candidate's first trial and its
+    /// confirmation trials, and for an LLM each debug round's candidate too.
+    pub fn most_evaluations(&self, search: &config::Search) -> u64 {
+        let candidates = match self {
+            Work::Llm { .. } => 1 + u64::from(search.debug_retries),
+            _ => 1,
+        };
+        candidates * (1 + u64::from(search.confirm.trials))
+    }
 }
 
 /// A program a job evaluated, with its evaluations: the first trial, then confirmations.
@@ -215,8 +214,10 @@ pub struct Report {
     pub nothing: Option<String>,
     /// A lesson for later research prompts.
     pub insight: Option<String>,
-    /// The budget ran out before it could evaluate.
+    /// The job's allowance ran out before it could evaluate all it wanted.
     pub out_of_budget: bool,
+    /// Evaluations of its allowance it did not use, to give back.
+    pub unused: u64,
 }
 
 /// A candidate ready to store: canonical text and identity.
@@ -254,19 +255,29 @@ enum Outcome {
 /// Runs a planned job to the end. An `Err` is a failure of the evaluator or the database,
 /// which stops the campaign; anything a candidate or a model did wrong is in the report.
 pub async fn run(ctx: Arc<Context>, plan: Plan) -> anyhow::Result<Report> {
-    match plan {
-        Plan::Pending {
-            program,
-            island_best,
-        } => pending(&ctx, program, island_best).await,
-        Plan::Edit {
+    let mut budget = Budget {
+        left: plan.allowance,
+        island_best: plan.island_best,
+    };
+    let mut report = match plan.work {
+        Work::Pending(program) => {
+            budget.left -= 1; // the allowance is at least one
+            let evaluations = evaluate_stored(&ctx, &mut budget, &program, None).await?;
+            Report {
+                evaluated: vec![Evaluated {
+                    program,
+                    evaluations,
+                }],
+                ..Report::default()
+            }
+        }
+        Work::Edit {
             arm,
             arm_name,
             kind,
             island,
             parent,
             other,
-            island_best,
             seed,
         } => {
             let mut rng = StdRng::seed_from_u64(seed);
@@ -278,73 +289,76 @@ pub async fn run(ctx: Arc<Context>, plan: Plan) -> anyhow::Result<Report> {
                 arm: Some(arm),
                 ..Report::default()
             };
-            let Some(child) = child else {
-                report.nothing = Some(format!(
-                    "{} found no valid change to program #{}",
-                    kind.name(),
-                    parent.id
-                ));
-                return finish_unevaluated(&ctx, arm_name, report).await;
-            };
-            let lineage = Lineage {
-                parent_id: Some(parent.id),
-                second_parent_id: other
-                    .as_ref()
-                    .filter(|_| kind == Structural::Crossover)
-                    .map(|o| o.id),
-                island,
-                generation: parent.generation + 1,
-                mutator: kind.name(),
-                proposal: None,
-            };
-            let scored = Some((arm_name, parent.score));
-            match store_and_evaluate(&ctx, &Candidate::of(&child), &lineage, scored, island_best)
-                .await?
-            {
-                Outcome::Evaluated(e) => {
-                    report.rewards.push(reward(&e, parent.score));
-                    report.evaluated.push(e);
-                    Ok(report)
+            match child {
+                None => {
+                    report.nothing = Some(format!(
+                        "{} found no valid change to program #{}",
+                        kind.name(),
+                        parent.id
+                    ));
                 }
-                Outcome::Duplicate(id) => {
-                    report.nothing = Some(format!("{} remade program #{id}", kind.name()));
-                    finish_unevaluated(&ctx, arm_name, report).await
+                Some(child) => {
+                    let lineage = Lineage {
+                        parent_id: Some(parent.id),
+                        second_parent_id: other
+                            .as_ref()
+                            .filter(|_| kind == Structural::Crossover)
+                            .map(|o| o.id),
+                        island,
+                        generation: parent.generation + 1,
+                        mutator: kind.name(),
+                        proposal: None,
+                    };
+                    let scored = Some((arm_name, parent.score));
+                    let candidate = Candidate::of(&child);
+                    match store_and_evaluate(&ctx, &mut budget, &candidate, &lineage, scored)
+                        .await?
+                    {
+                        Outcome::Evaluated(e) => {
+                            report.rewards.push(reward(&e, parent.score));
+                            report.evaluated.push(e);
+                        }
+                        Outcome::Duplicate(id) => {
+                            report.nothing =
+                                Some(format!("{} remade program #{id}", kind.name()));
+                        }
+                        Outcome::OutOfBudget => report.out_of_budget = true,
+                    }
                 }
-                Outcome::OutOfBudget => Ok(Report {
-                    out_of_budget: true,
-                    ..Report::default()
-                }),
             }
+            if report.evaluated.is_empty() && !report.out_of_budget {
+                count_unevaluated(&ctx, arm_name, &mut report).await?;
+            }
+            report
         }
-        Plan::Llm {
+        Work::Llm {
             arm,
             which,
             island,
             parent,
             inspirations,
             insights,
-            island_best,
             seed,
         } => {
             let job = LlmJob {
                 ctx: &ctx,
+                budget: &mut budget,
                 which,
                 island,
                 parent: &parent,
                 inspirations: &inspirations,
                 insights: &insights,
-                island_best,
                 rng: StdRng::seed_from_u64(seed),
                 unlinked_calls: Vec::new(),
             };
             let mut report = job.run().await?;
             report.arm = Some(arm);
             if report.evaluated.is_empty() && !report.out_of_budget {
-                return finish_unevaluated(&ctx, which.name(), report).await;
+                count_unevaluated(&ctx, which.name(), &mut report).await?;
             }
-            Ok(report)
+            report
         }
-        Plan::Random { seed, island_best } => {
+        Work::Random { seed } => {
             let mut rng = StdRng::seed_from_u64(seed);
             let program = akl::generate(&mut rng, &GenConfig::default());
             let lineage = Lineage {
@@ -356,26 +370,45 @@ pub async fn run(ctx: Arc<Context>, plan: Plan) -> anyhow::Result<Report> {
                 proposal: None,
             };
             let mut report = Report::default();
-            match store_and_evaluate(&ctx, &Candidate::of(&program), &lineage, None, island_best)
-                .await?
-            {
+            let candidate = Candidate::of(&program);
+            match store_and_evaluate(&ctx, &mut budget, &candidate, &lineage, None).await? {
                 Outcome::Evaluated(e) => report.evaluated.push(e),
                 Outcome::Duplicate(id) => {
                     report.nothing = Some(format!("drew program #{id} again"));
                 }
                 Outcome::OutOfBudget => report.out_of_budget = true,
             }
-            Ok(report)
+            report
+        }
+    };
+    report.unused = budget.left;
+    Ok(report)
+}
+
+/// What a job may still spend, and the standing a candidate must beat to be confirmed.
+struct Budget {
+    left: u64,
+    island_best: Option<f64>,
+}
+
+impl Budget {
+    fn take(&mut self, n: u64) -> bool {
+        match self.left.checked_sub(n) {
+            Some(left) => {
+                self.left = left;
+                true
+            }
+            None => false,
         }
     }
 }
 
 /// Counts a use that produced nothing to evaluate, so the bandit learns from it too.
-async fn finish_unevaluated(
+async fn count_unevaluated(
     ctx: &Context,
     arm_name: &str,
-    mut report: Report,
-) -> anyhow::Result<Report> {
+    report: &mut Report,
+) -> anyhow::Result<()> {
     let outcome = MutatorOutcome {
         mutator: arm_name,
         improved: false,
@@ -385,7 +418,7 @@ async fn finish_unevaluated(
         .record_mutator_outcome(ctx.campaign_id, &outcome)
         .await?;
     report.rewards.push(0.0);
-    Ok(report)
+    Ok(())
 }
 
 /// 1 when the child passed and beat its parent, else 0: UCB on improvement.
@@ -397,39 +430,18 @@ fn improved(evaluation: &Evaluation, parent_score: f64) -> bool {
     evaluation.passed && evaluation.score.is_some_and(|s| s > parent_score)
 }
 
-async fn pending(
-    ctx: &Arc<Context>,
-    program: Program,
-    island_best: Option<f64>,
-) -> anyhow::Result<Report> {
-    if !ctx.reserve(1) {
-        return Ok(Report {
-            out_of_budget: true,
-            ..Report::default()
-        });
-    }
-    let evaluations = evaluate_stored(ctx, &program, None, island_best).await?;
-    Ok(Report {
-        evaluated: vec![Evaluated {
-            program,
-            evaluations,
-        }],
-        ..Report::default()
-    })
-}
-
 /// Stores a candidate unless the campaign has it, then evaluates it. `scored` is the
 /// mutator arm and the parent's standing, for the bandit's statistics.
 async fn store_and_evaluate(
     ctx: &Arc<Context>,
+    budget: &mut Budget,
     candidate: &Candidate,
     lineage: &Lineage<'_>,
     scored: Option<(&str, f64)>,
-    island_best: Option<f64>,
 ) -> anyhow::Result<Outcome> {
-    // The evaluation is reserved before the program is stored, so that a program is only
-    // ever stored when it will be evaluated (or resumed).
-    if !ctx.reserve(1) {
+    // A program is stored only when its evaluation is paid for, so that every stored
+    // program is evaluated, now or on resume.
+    if budget.left == 0 {
         return Ok(Outcome::OutOfBudget);
     }
     let inserted = ctx
@@ -447,28 +459,26 @@ async fn store_and_evaluate(
         })
         .await?;
     let id = match inserted {
-        ProgramInsert::Duplicate(id) => {
-            ctx.release(1);
-            return Ok(Outcome::Duplicate(id));
-        }
+        ProgramInsert::Duplicate(id) => return Ok(Outcome::Duplicate(id)),
         ProgramInsert::New(id) => id,
     };
+    budget.left -= 1;
     let program = ctx.db.program(id).await?;
-    let evaluations = evaluate_stored(ctx, &program, scored, island_best).await?;
+    let evaluations = evaluate_stored(ctx, budget, &program, scored).await?;
     Ok(Outcome::Evaluated(Evaluated {
         program,
         evaluations,
     }))
 }
 
-/// Evaluates a stored program (one evaluation already reserved) and commits the result
+/// Evaluates a stored program (its first trial already paid for) and commits the result
 /// with the bandit's statistics; a would-be island best is confirmed on fresh trials when
 /// the budget allows them.
 async fn evaluate_stored(
     ctx: &Arc<Context>,
+    budget: &mut Budget,
     program: &Program,
     scored: Option<(&str, f64)>,
-    island_best: Option<f64>,
 ) -> anyhow::Result<Vec<Evaluation>> {
     let text = program.canonical_text.clone();
     let first = off_runtime(ctx, move |task| task.evaluate(&text, 0)).await?;
@@ -486,10 +496,10 @@ async fn evaluate_stored(
     let would_be_best = first.passed
         && first
             .score
-            .is_some_and(|s| island_best.is_none_or(|best| s > best));
+            .is_some_and(|s| budget.island_best.is_none_or(|best| s > best));
     let trials = u64::from(ctx.search.confirm.trials);
     let mut evaluations = vec![first];
-    if would_be_best && trials > 0 && ctx.reserve(trials) {
+    if would_be_best && trials > 0 && budget.take(trials) {
         let (text, claimed) = (program.canonical_text.clone(), evaluations[0].clone());
         let options = ctx.search.confirm.clone();
         let confirmation = off_runtime(ctx, move |task| {
@@ -538,12 +548,12 @@ struct Params {
 /// An LLM mutation: research, code, then debug rounds with the evaluator's feedback.
 struct LlmJob<'a> {
     ctx: &'a Arc<Context>,
+    budget: &'a mut Budget,
     which: Which,
     island: u32,
     parent: &'a Parent,
     inspirations: &'a [Parent],
     insights: &'a [String],
-    island_best: Option<f64>,
     rng: StdRng,
     /// Calls made since the last stored program, to link to the next one.
     unlinked_calls: Vec<i64>,
@@ -621,14 +631,9 @@ impl LlmJob<'_> {
             proposal: Some(&proposal.text),
         };
         let scored = Some((self.which.name(), self.parent.score));
-        let outcome = store_and_evaluate(
-            self.ctx,
-            &Candidate::of(&program),
-            &lineage,
-            scored,
-            self.island_best,
-        )
-        .await?;
+        let candidate = Candidate::of(&program);
+        let outcome =
+            store_and_evaluate(self.ctx, self.budget, &candidate, &lineage, scored).await?;
         match outcome {
             Outcome::OutOfBudget => {
                 report.out_of_budget = true;

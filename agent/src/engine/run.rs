@@ -27,7 +27,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use tokio::task::JoinHandle;
 
-use super::job::{self, Backend, LlmSlot, Parent, Plan, Report, Which};
+use super::job::{self, Backend, LlmSlot, Parent, Plan, Report, Which, Work};
 use super::search::{Origin, Search};
 use crate::campaign::{CampaignConfig, Strategy, TaskName};
 use crate::db::{Campaign, CampaignStatus, Db, NewCampaign, NewProgram, Program};
@@ -87,8 +87,13 @@ pub async fn create(
     name: &str,
     strategy: Strategy,
 ) -> anyhow::Result<Campaign> {
-    let config_dir = std::path::absolute(&config.base_dir)
-        .unwrap_or_else(|_| config.base_dir.clone())
+    // A config in the current directory has the parent "".
+    let dir = match config.base_dir.as_os_str().is_empty() {
+        true => Path::new("."),
+        false => config.base_dir.as_path(),
+    };
+    let config_dir = std::path::absolute(dir)
+        .with_context(|| format!("resolving {}", dir.display()))?
         .display()
         .to_string();
     let id = db
@@ -172,7 +177,6 @@ pub async fn run(db: &Db, campaign: &Campaign, options: Options) -> anyhow::Resu
         local,
         remote,
         options.replay,
-        left,
         tokens_used,
     ));
     db.set_campaign_status(campaign.id, CampaignStatus::Running)
@@ -186,6 +190,7 @@ pub async fn run(db: &Db, campaign: &Campaign, options: Options) -> anyhow::Resu
         search,
         progress,
         pending: db.pending_programs(campaign.id).await?.into(),
+        remaining: left,
         // Job seeds continue from where a resumed campaign stopped.
         next_job: evaluations_done,
         elapsed_flushed: Instant::now(),
@@ -229,6 +234,8 @@ struct Turns<'a> {
     progress: &'a ProgressBar,
     /// Stored programs without a first evaluation, evaluated before anything new.
     pending: VecDeque<Program>,
+    /// Evaluations of the budget not yet given to a job.
+    remaining: u64,
     next_job: u64,
     elapsed_flushed: Instant,
 }
@@ -246,7 +253,7 @@ impl Turns<'_> {
         tokio::pin!(ctrl_c);
         loop {
             while end.is_none() && in_flight.len() < concurrency {
-                if self.ctx.evaluations_left() == 0 {
+                if self.remaining == 0 {
                     break;
                 }
                 let wall = wall_before + started.elapsed().as_secs_f64();
@@ -293,7 +300,7 @@ impl Turns<'_> {
         if let Some(end) = end {
             return Ok(end);
         }
-        if self.ctx.evaluations_left() == 0 {
+        if self.remaining == 0 {
             return Ok((
                 CampaignStatus::Finished,
                 format!(
@@ -311,29 +318,34 @@ impl Turns<'_> {
 
     /// The next job, or `None` when there is nothing to work from yet.
     fn plan(&mut self) -> Option<Plan> {
-        if let Some(program) = self.pending.pop_front() {
-            let island_best = self.search.island_best(program.island as u32);
-            return Some(Plan::Pending {
-                program,
-                island_best,
-            });
-        }
-        let index = self.next_job;
-        let mut rng = StdRng::seed_from_u64(job_seed(self.campaign.seed, index));
-        let plan = match self.campaign.strategy {
-            Strategy::Random => Some(Plan::Random {
-                seed: rng.random(),
-                island_best: self.search.island_best(0),
-            }),
-            Strategy::Evolve => self.plan_mutation(index, &mut rng),
+        let (work, island) = match self.pending.pop_front() {
+            Some(program) => {
+                let island = program.island.max(0) as u32;
+                (Work::Pending(program), island)
+            }
+            None => {
+                let index = self.next_job;
+                let mut rng = StdRng::seed_from_u64(job_seed(self.campaign.seed, index));
+                let planned = match self.campaign.strategy {
+                    Strategy::Random => Some((Work::Random { seed: rng.random() }, 0)),
+                    Strategy::Evolve => self.plan_mutation(index, &mut rng),
+                };
+                self.next_job += 1;
+                planned?
+            }
         };
-        if plan.is_some() {
-            self.next_job += 1;
-        }
-        plan
+        let allowance = work
+            .most_evaluations(&self.config.search)
+            .min(self.remaining);
+        self.remaining -= allowance;
+        Some(Plan {
+            work,
+            allowance,
+            island_best: self.search.island_best(island),
+        })
     }
 
-    fn plan_mutation(&self, index: u64, rng: &mut StdRng) -> Option<Plan> {
+    fn plan_mutation(&self, index: u64, rng: &mut StdRng) -> Option<(Work, u32)> {
         let search = &self.search;
         let island = (index % search.islands.len() as u64) as u32;
         let members = &search.islands[island as usize];
@@ -346,7 +358,6 @@ impl Turns<'_> {
             .is_none_or(|b| self.ctx.tokens_used.load(Ordering::Relaxed) < b);
         let arm = self.choose_arm(rng, token_budget_left)?;
         let arm_name = name_of(&search.bandit.arms[arm].name);
-        let island_best = search.island_best(island);
         let which = match arm_name {
             "local_llm" => Some(Which::Local),
             "remote_llm" => Some(Which::Remote),
@@ -359,16 +370,16 @@ impl Turns<'_> {
                 .into_iter()
                 .filter_map(|m| self.parent(m.id))
                 .collect();
-            return Some(Plan::Llm {
+            let work = Work::Llm {
                 arm,
                 which,
                 island,
                 parent,
                 inspirations,
                 insights: search.insights.clone(),
-                island_best,
                 seed: rng.random(),
-            });
+            };
+            return Some((work, island));
         }
         let kind = match arm_name {
             "perturb" => Structural::Perturb,
@@ -387,16 +398,16 @@ impl Turns<'_> {
                     .and_then(|m| self.parent(m.id))
             })
             .flatten();
-        Some(Plan::Edit {
+        let work = Work::Edit {
             arm,
             arm_name,
             kind,
             island,
             parent,
             other,
-            island_best,
             seed: rng.random(),
-        })
+        };
+        Some((work, island))
     }
 
     /// The bandit's choice, among the structural mutators only once the token budget is spent.
@@ -427,6 +438,7 @@ impl Turns<'_> {
     /// Takes a finished job's report into the search state, the archive table and the
     /// progress bar.
     async fn take_in(&mut self, report: Report) -> anyhow::Result<()> {
+        self.remaining += report.unused;
         if let Some(arm) = report.arm {
             for reward in &report.rewards {
                 self.search.bandit.record(arm, *reward);
