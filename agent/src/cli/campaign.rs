@@ -107,19 +107,25 @@ fn run_campaign(
     strategy: Option<String>,
     replay: Option<String>,
 ) -> anyhow::Result<()> {
+    // A config file is read and its seeds checked before the database is touched.
+    let loaded = match &config_path {
+        Some(path) => {
+            let config = CampaignConfig::load(path)?;
+            config.seed_programs(path)?;
+            Some((config, super::read_text(path)?))
+        }
+        None => None,
+    };
     drive(db_path, |db| async move {
         let source = match &replay {
             Some(source) => Some(db.campaign_by_name(source).await?),
             None => None,
         };
-        let (config, text) = match (&config_path, &source) {
-            (Some(path), _) => (CampaignConfig::load(path)?, super::read_text(path)?),
+        let (config, text) = match (loaded, &source) {
+            (Some(loaded), _) => loaded,
             (None, Some(source)) => (run::stored_config(source)?, source.config_toml.clone()),
             (None, None) => bail!("give the campaign config file (or --replay CAMPAIGN)"),
         };
-        // Seeds must parse before anything is stored.
-        let origin = config_path.clone().unwrap_or_else(|| PathBuf::from("(recorded config)"));
-        config.seed_programs(&origin)?;
         let strategy = match (&strategy, &source) {
             (Some(s), _) => Strategy::parse(s).expect("clap checked it"),
             (None, Some(source)) => source.strategy,
