@@ -639,9 +639,11 @@ impl LlmJob<'_> {
                 report.out_of_budget = true;
                 Ok(Some("the evaluation budget is spent".into()))
             }
-            Outcome::Duplicate(id) => Ok(Some(format!(
-                "This program is identical to program #{id}, which the campaign has already \
-                 evaluated. Make a real change."
+            // Named by hash, not by id: a replay's ids differ, and its prompts must not.
+            Outcome::Duplicate(_) => Ok(Some(format!(
+                "This program is identical to one the campaign has already evaluated \
+                 (canonical hash {}). Make a real change.",
+                &candidate.hash[..12]
             ))),
             Outcome::Evaluated(evaluated) => {
                 for call in self.unlinked_calls.drain(..) {

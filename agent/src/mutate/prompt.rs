@@ -142,7 +142,9 @@ fn describe(program: &Scored) -> String {
         }
         None => out.push_str("not scored"),
     }
-    for (name, value) in program.metrics {
+    // The sandbox's measurements of the scorer itself (`run.cpu_seconds`, ...) say nothing
+    // about the program and would make prompts differ from run to run.
+    for (name, value) in program.metrics.iter().filter(|(n, _)| !n.starts_with("run.")) {
         let _ = write!(out, "; {name} {value:.4}");
     }
     out.push('\n');
