@@ -34,7 +34,10 @@ async fn chat(Json(body): Json<Value>) -> (StatusCode, String) {
     };
     let text = if user.contains("PROPOSAL:") {
         if digest % 11 == 0 {
-            return (StatusCode::BAD_REQUEST, "{\"error\": \"model overloaded\"}".into());
+            return (
+                StatusCode::BAD_REQUEST,
+                "{\"error\": \"model overloaded\"}".into(),
+            );
         }
         "NOTES: sliding_window, attention_sinks\nPROPOSAL: Keep a few sink keys and narrow the window."
             .to_string()
@@ -173,7 +176,9 @@ fn an_llm_campaign_records_its_calls_and_replays_without_the_model() {
         "every DeepEvolve stage ran"
     );
     assert!(
-        calls.iter().any(|c| c.error.as_deref().is_some_and(|e| e.contains("400"))),
+        calls
+            .iter()
+            .any(|c| c.error.as_deref().is_some_and(|e| e.contains("400"))),
         "a refused call is recorded with its error"
     );
     assert!(
@@ -184,7 +189,9 @@ fn an_llm_campaign_records_its_calls_and_replays_without_the_model() {
         "answered calls record the model and the tokens"
     );
     assert!(
-        recorded.iter().any(|(_, mutator, _, _)| mutator == "remote_llm"),
+        recorded
+            .iter()
+            .any(|(_, mutator, _, _)| mutator == "remote_llm"),
         "the model's programs were evaluated"
     );
     let linked = calls.iter().filter(|c| c.program_id.is_some()).count();
@@ -193,7 +200,10 @@ fn an_llm_campaign_records_its_calls_and_replays_without_the_model() {
     let out = run(dir.path(), &["campaign", "run", "--replay", "llm"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("campaign llm-replay: finished"));
     let (replayed, replay_calls) = programs(&dir.db(), "llm-replay");
-    assert_eq!(replayed, recorded, "the replay made the same programs with the same scores");
+    assert_eq!(
+        replayed, recorded,
+        "the replay made the same programs with the same scores"
+    );
     assert_eq!(replay_calls.len(), calls.len());
     assert!(
         replay_calls
@@ -216,7 +226,9 @@ fn an_unreachable_endpoint_is_recorded_and_the_campaign_goes_on() {
         .iter()
         .all(|c| c.response.is_none() && c.error.is_some()));
     assert!(
-        programs.iter().all(|(_, mutator, _, _)| mutator != "remote_llm"),
+        programs
+            .iter()
+            .all(|(_, mutator, _, _)| mutator != "remote_llm"),
         "no program came from the dead endpoint"
     );
     assert_eq!(programs.len(), 16 - count_confirmations(&dir.db()));

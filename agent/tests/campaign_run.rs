@@ -182,7 +182,11 @@ fn wait_for_evaluations(child: &mut Child, db_path: &Path, n: usize) {
 fn assert_complete(rows: &[Row], programs: &[(i64, String)], budget: usize) {
     assert_eq!(rows.len(), budget, "the budget is spent exactly");
     let keys: BTreeSet<(i64, u32)> = rows.iter().map(|r| (r.program_id, r.trial)).collect();
-    assert_eq!(keys.len(), rows.len(), "no program is evaluated twice per trial");
+    assert_eq!(
+        keys.len(),
+        rows.len(),
+        "no program is evaluated twice per trial"
+    );
     let hashes: BTreeSet<&str> = programs.iter().map(|(_, h)| h.as_str()).collect();
     assert_eq!(hashes.len(), programs.len(), "no program is stored twice");
     for (id, _) in programs {
@@ -269,10 +273,16 @@ fn a_campaign_killed_with_sigkill_resumes_without_losing_or_repeating_work() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("finished"));
     let (after, programs_after) = snapshot(&dir.db(), "killed");
     for row in &before {
-        assert!(after.contains(row), "evaluation {row:?} was lost or changed");
+        assert!(
+            after.contains(row),
+            "evaluation {row:?} was lost or changed"
+        );
     }
     for program in &programs_before {
-        assert!(programs_after.contains(program), "program {program:?} was lost");
+        assert!(
+            programs_after.contains(program),
+            "program {program:?} was lost"
+        );
     }
     assert_complete(&after, &programs_after, 24);
     assert_eq!(status(&dir.db(), "killed"), CampaignStatus::Finished);
@@ -304,7 +314,10 @@ fn ctrl_c_stops_a_campaign_cleanly_and_resume_finishes_it() {
         if let Some(exit) = child.try_wait().unwrap() {
             break exit;
         }
-        assert!(Instant::now() < deadline, "Ctrl-C did not stop the campaign");
+        assert!(
+            Instant::now() < deadline,
+            "Ctrl-C did not stop the campaign"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(exit.success(), "an interrupted campaign exits cleanly");
@@ -315,13 +328,19 @@ fn ctrl_c_stops_a_campaign_cleanly_and_resume_finishes_it() {
     run(dir.path(), &["campaign", "resume", "interrupted"]);
     let (after, programs) = snapshot(&dir.db(), "interrupted");
     for row in &before {
-        assert!(after.contains(row), "evaluation {row:?} was lost or changed");
+        assert!(
+            after.contains(row),
+            "evaluation {row:?} was lost or changed"
+        );
     }
     assert_complete(&after, &programs, 20);
     let finished = evokernel(dir.path(), &["campaign", "resume", "interrupted"])
         .output()
         .unwrap();
-    assert!(!finished.status.success(), "a finished campaign is not resumed");
+    assert!(
+        !finished.status.success(),
+        "a finished campaign is not resumed"
+    );
     assert!(String::from_utf8_lossy(&finished.stderr).contains("budget is spent"));
 }
 
@@ -337,7 +356,10 @@ fn the_random_baseline_runs_at_the_same_budget_and_compares() {
     );
     let path = path.to_str().unwrap();
     run(dir.path(), &["campaign", "run", path]);
-    run(dir.path(), &["campaign", "run", path, "--strategy", "random"]);
+    run(
+        dir.path(),
+        &["campaign", "run", path, "--strategy", "random"],
+    );
     let (rows, programs) = snapshot(&dir.db(), "evolved-random");
     assert_complete(&rows, &programs, 20);
 

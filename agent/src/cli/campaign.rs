@@ -253,9 +253,9 @@ fn print_summary(s: &Summary) {
         s.evaluations_per_hour()
     );
     match s.best {
-        Some((id, score)) => println!(
-            "  best         #{id}, score {score:.4} (`evokernel kernels show {id}`)"
-        ),
+        Some((id, score)) => {
+            println!("  best         #{id}, score {score:.4} (`evokernel kernels show {id}`)")
+        }
         None => println!("  best         none passed"),
     }
     let share = |x: f64| 100.0 * x / s.wall_seconds.max(1e-9);
@@ -365,13 +365,7 @@ struct Side {
     hypervolume: f64,
 }
 
-async fn compare(
-    db: &Db,
-    names: [&str; 2],
-    x: &str,
-    y: &str,
-    json: bool,
-) -> anyhow::Result<()> {
+async fn compare(db: &Db, names: [&str; 2], x: &str, y: &str, json: bool) -> anyhow::Result<()> {
     let (x, x_direction) = metric_spec(x)?;
     let (y, y_direction) = metric_spec(y)?;
     let directions = [x_direction, y_direction];

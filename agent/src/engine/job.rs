@@ -319,8 +319,7 @@ pub async fn run(ctx: Arc<Context>, plan: Plan) -> anyhow::Result<Report> {
                             report.evaluated.push(e);
                         }
                         Outcome::Duplicate(id) => {
-                            report.nothing =
-                                Some(format!("{} remade program #{id}", kind.name()));
+                            report.nothing = Some(format!("{} remade program #{id}", kind.name()));
                         }
                         Outcome::OutOfBudget => report.out_of_budget = true,
                     }
@@ -509,7 +508,11 @@ async fn evaluate_stored(
         tracing::info!(
             "confirming #{}: {} ({})",
             program.id,
-            if confirmation.holds { "holds" } else { "does not hold" },
+            if confirmation.holds {
+                "holds"
+            } else {
+                "does not hold"
+            },
             confirmation.reason
         );
         for e in confirmation.evaluations {
@@ -572,7 +575,10 @@ impl LlmJob<'_> {
         let mut report = Report::default();
 
         let research = prompt::research(&brief, &notes);
-        let reply = match self.call("research", &research, RESEARCH_TOKENS, false).await? {
+        let reply = match self
+            .call("research", &research, RESEARCH_TOKENS, false)
+            .await?
+        {
             Ok(reply) => reply,
             Err(e) => {
                 report.nothing = Some(format!("research call failed: {e}"));
@@ -615,9 +621,8 @@ impl LlmJob<'_> {
         proposal: &Proposal,
         report: &mut Report,
     ) -> anyhow::Result<Option<String>> {
-        let checked = extract_program(reply).and_then(|text| {
-            akl::parse_and_check(text).map_err(|e| format!("{e}"))
-        });
+        let checked = extract_program(reply)
+            .and_then(|text| akl::parse_and_check(text).map_err(|e| format!("{e}")));
         let program = match checked {
             Ok(checked) => checked.program,
             Err(feedback) => return Ok(Some(feedback)),
@@ -711,7 +716,9 @@ impl LlmJob<'_> {
                     .context("the local model's thread panicked")?
                     .map_err(|e| format!("{e:#}"))
             }
-            (None, Backend::Remote(llm)) => llm.complete(&request).await.map_err(|e| format!("{e:#}")),
+            (None, Backend::Remote(llm)) => {
+                llm.complete(&request).await.map_err(|e| format!("{e:#}"))
+            }
             (None, Backend::Replay) => Err("no model is loaded and no recording given".into()),
         };
         let latency = started.elapsed().as_secs_f64();

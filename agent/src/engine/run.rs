@@ -260,7 +260,10 @@ impl Turns<'_> {
                 if wall_budget.is_some_and(|budget| wall >= budget) {
                     end = Some((
                         CampaignStatus::Finished,
-                        format!("the wall-time budget of {:.0} s is spent", wall_budget.unwrap()),
+                        format!(
+                            "the wall-time budget of {:.0} s is spent",
+                            wall_budget.unwrap()
+                        ),
                     ));
                     break;
                 }
@@ -617,7 +620,9 @@ fn command_task(
 ) -> anyhow::Result<Arc<dyn Task>> {
     let settings = settings
         .context("task \"command\" needs a [task.evaluator.command] section in the config")?;
-    Ok(Arc::new(evaluator::command::CommandTask::new(settings, dir)?))
+    Ok(Arc::new(evaluator::command::CommandTask::new(
+        settings, dir,
+    )?))
 }
 
 #[cfg(not(target_os = "linux"))]

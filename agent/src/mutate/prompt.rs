@@ -144,7 +144,11 @@ fn describe(program: &Scored) -> String {
     }
     // The sandbox's measurements of the scorer itself (`run.cpu_seconds`, ...) say nothing
     // about the program and would make prompts differ from run to run.
-    for (name, value) in program.metrics.iter().filter(|(n, _)| !n.starts_with("run.")) {
+    for (name, value) in program
+        .metrics
+        .iter()
+        .filter(|(n, _)| !n.starts_with("run."))
+    {
         let _ = write!(out, "; {name} {value:.4}");
     }
     out.push('\n');

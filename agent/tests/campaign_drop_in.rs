@@ -1,0 +1,101 @@
+//! A small real campaign: the drop-in task on SmolLM2-135M (real weights, real Austen and
+//! HumanEval slices, at a short context), mutated by perturbation and by SmolLM2 itself
+//! running in process with decoding constrained by AKL's grammar.
+
+#[path = "db_common/mod.rs"]
+mod db_common;
+
+use std::process::Command;
+
+use agent::db::Db;
+use agent::llm::extract::extract_program;
+use db_common::ScratchDir;
+use kernels::assets;
+
+const CONFIG: &str = r#"name = "tiny"
+seed = 2
+
+[task]
+name = "drop-in"
+[task.evaluator.drop_in]
+model = "smollm2"
+contexts = [128]
+slices_per_source = 1
+probe_cuts = 1
+timing_repeats = 1
+score = { objective = "flops_reduction", kl_epsilon = 0.1 }
+
+[[seeds]]
+text = "(kernel sw (param W int 64 (16 1024)) (param n int 4 (0 64)) (mask (and causal (or (< kv n) (> kv (- q W))))) (score (* s scale)) (norm softmax))"
+
+[mutators.perturb]
+weight = 1.0
+[mutators.local_llm]
+weight = 1.0
+model = "smollm2"
+max_tokens = 200
+
+[search]
+debug_retries = 1
+
+[budget]
+evaluations = 6
+"#;
+
+#[test]
+fn a_drop_in_campaign_with_an_in_process_model_finishes_and_records_everything() {
+    assets::SMOLLM2.require().unwrap_or_else(|e| panic!("{e}"));
+    let dir = ScratchDir::new("campaign-drop-in");
+    std::fs::write(dir.path().join("tiny.toml"), CONFIG).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_evokernel"))
+        .args(["--db", "evokernel.db", "campaign", "run", "tiny.toml"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("campaign tiny: finished"), "{stdout}");
+
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let db = Db::open_existing(&dir.db()).await.unwrap();
+            let campaign = db.campaign_by_name("tiny").await.unwrap();
+            let evaluations = db.campaign_evaluations(campaign.id).await.unwrap();
+            assert_eq!(evaluations.len(), 6);
+            let seed = &evaluations[0].evaluation;
+            assert!(seed.passed, "the seed passes: {}", seed.feedback);
+            for e in &evaluations {
+                let e = &e.evaluation;
+                assert_eq!(e.task, "drop-in");
+                if e.passed {
+                    assert!(e.metrics["kl_max_mean"] <= 0.1);
+                    assert!(e.metrics.contains_key("attention_speedup"));
+                    assert!(e.score.unwrap() > 0.0);
+                }
+            }
+            let calls = db.campaign_llm_calls(campaign.id).await.unwrap();
+            assert!(
+                calls.iter().any(|c| c.stage == "research"),
+                "the local model was asked"
+            );
+            for call in calls.iter().filter(|c| c.stage != "research") {
+                let response = call.response.as_deref().expect("a local call answers");
+                assert!(call.params_json.contains("\"akl_grammar\":true"));
+                // Constrained decoding: a reply is a prefix of one AKL program, and a
+                // complete one parses.
+                if let Ok(program) = extract_program(response) {
+                    kernels::akl::parse(program).unwrap_or_else(|e| {
+                        panic!("a complete constrained reply must parse: {e}\n{response}")
+                    });
+                }
+            }
+            db.close().await.unwrap();
+        });
+}
