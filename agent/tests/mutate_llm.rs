@@ -19,6 +19,8 @@ fn with_brief(check: impl FnOnce(&Brief)) {
     let metrics = BTreeMap::from([
         ("kl_vs_exact".to_string(), 0.0345),
         ("speedup".to_string(), 2.5),
+        ("kl_mean[austen/emma.txt@0+512]".to_string(), 0.0123),
+        ("attention_seconds_spread".to_string(), 0.0042),
     ]);
     let none = BTreeMap::new();
     let inspirations = [Scored {
@@ -59,7 +61,36 @@ fn the_research_prompt_shows_the_parent_its_numbers_and_the_notes() {
         ] {
             assert!(user.contains(needle), "missing {needle:?}");
         }
+        for breakdown in ["kl_mean[austen", "attention_seconds_spread"] {
+            assert!(
+                !user.contains(breakdown),
+                "breakdowns stay out of prompts: {breakdown}"
+            );
+        }
     });
+}
+
+#[test]
+fn a_task_without_headline_metrics_shows_all_but_the_sandbox_measurements() {
+    let metrics = BTreeMap::from([
+        ("combined_score".to_string(), 0.75),
+        ("run.cpu_seconds".to_string(), 0.093),
+    ]);
+    let parent = Scored {
+        text: "(kernel k (mask causal))",
+        score: Some(0.75),
+        metrics: &metrics,
+        feedback: "",
+    };
+    let brief = Brief {
+        task: "maximise combined_score",
+        parent,
+        inspirations: &[],
+        insights: &[],
+    };
+    let (_, user) = prompt::research(&brief, &notes());
+    assert!(user.contains("combined_score 0.7500"));
+    assert!(!user.contains("run.cpu_seconds"));
 }
 
 #[test]

@@ -33,6 +33,12 @@
 //! weight = 1.0
 //! model = "qwen-coder"
 //!
+//! [search]                    # all optional
+//! parent_mix = { cells = 0.4, pareto = 0.2, fitness = 0.4 }
+//! inspirations = 3             # programs an LLM prompt shows beside the parent
+//! debug_retries = 2            # debug rounds for a refused LLM program
+//! confirm = { trials = 1, tolerance = 0.1 }   # fresh trials for a would-be best
+//!
 //! [budget]
 //! evaluations = 40
 //! wall_seconds = 840

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
+use crate::db::INDEXED_METRICS;
 use crate::knowledge::Note;
 
 /// A program and how it scored, as a prompt shows it.
@@ -121,9 +122,9 @@ pub fn debug(brief: &Brief, proposal: &Proposal, failed: &str, feedback: &str) -
 fn context(brief: &Brief) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "Task: {}\n", brief.task);
-    let _ = writeln!(out, "Parent program:\n{}", describe(&brief.parent));
+    let _ = writeln!(out, "Parent program:\n{}", describe(&brief.parent, true));
     for (i, other) in brief.inspirations.iter().enumerate() {
-        let _ = writeln!(out, "Inspiration {}:\n{}", i + 1, describe(other));
+        let _ = writeln!(out, "Inspiration {}:\n{}", i + 1, describe(other, false));
     }
     if !brief.insights.is_empty() {
         out.push_str("What this campaign has learnt:\n");
@@ -134,7 +135,8 @@ fn context(brief: &Brief) -> String {
     out
 }
 
-fn describe(program: &Scored) -> String {
+/// A program, its score and headline metrics, and (for the parent) the evaluator's feedback.
+fn describe(program: &Scored, with_feedback: bool) -> String {
     let mut out = format!("{}\n", program.text.trim());
     match program.score {
         Some(score) => {
@@ -142,18 +144,31 @@ fn describe(program: &Scored) -> String {
         }
         None => out.push_str("not scored"),
     }
-    // The sandbox's measurements of the scorer itself (`run.cpu_seconds`, ...) say nothing
-    // about the program and would make prompts differ from run to run.
-    for (name, value) in program
-        .metrics
-        .iter()
-        .filter(|(n, _)| !n.starts_with("run."))
-    {
+    for (name, value) in headline(program.metrics) {
         let _ = write!(out, "; {name} {value:.4}");
     }
     out.push('\n');
-    if !program.feedback.trim().is_empty() {
+    if with_feedback && !program.feedback.trim().is_empty() {
         let _ = writeln!(out, "evaluator: {}", program.feedback.trim());
     }
     out
+}
+
+/// The metrics a prompt shows: the ones users sort on when the task reports any (the
+/// per-slice and timing breakdowns would triple a small model's prompt), else all but the
+/// sandbox's measurements of the scorer itself (`run.*`), which say nothing about the
+/// program and would make prompts differ from run to run.
+fn headline(metrics: &BTreeMap<String, f64>) -> Vec<(&str, f64)> {
+    let indexed: Vec<(&str, f64)> = INDEXED_METRICS
+        .iter()
+        .filter_map(|m| metrics.get(m.name).map(|v| (m.name, *v)))
+        .collect();
+    if !indexed.is_empty() {
+        return indexed;
+    }
+    metrics
+        .iter()
+        .filter(|(name, _)| !name.starts_with("run."))
+        .map(|(name, value)| (name.as_str(), *value))
+        .collect()
 }
