@@ -604,7 +604,9 @@ impl LlmJob<'_> {
                 }
             };
             if round == self.ctx.search.debug_retries || report.out_of_budget {
-                report.nothing.get_or_insert(feedback);
+                if report.evaluated.is_empty() {
+                    report.nothing = Some(feedback);
+                }
                 break;
             }
             let debug = prompt::debug(&brief, &proposal, &text, &feedback);
