@@ -34,7 +34,7 @@
 //! model = "qwen-coder"
 //!
 //! [search]                    # all optional
-//! parent_mix = { cells = 0.4, pareto = 0.2, fitness = 0.4 }
+//! parent_mix = { cells = 0.4, pareto = 0.2, fitness = 0.4, rank_decay = 0.8 }
 //! inspirations = 3             # programs an LLM prompt shows beside the parent
 //! debug_retries = 2            # debug rounds for a refused LLM program
 //! confirm = { trials = 1, tolerance = 0.1 }   # fresh trials for a would-be best
@@ -497,6 +497,9 @@ impl CampaignConfig {
                 "search.parent_mix",
                 "needs finite weights >= 0 with a positive sum",
             );
+        }
+        if !(mix.rank_decay > 0.0 && mix.rank_decay <= 1.0) {
+            return invalid("search.parent_mix.rank_decay", "must be in (0, 1]");
         }
         let confirm = &self.search.confirm;
         if !(confirm.tolerance.is_finite() && confirm.tolerance >= 0.0) {

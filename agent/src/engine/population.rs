@@ -42,13 +42,16 @@ pub struct Member {
     pub objectives: [f64; 2],
 }
 
-/// How often a parent comes from each source.
+/// How often a parent comes from each source, and how strongly rank favours the best.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct ParentMix {
     pub cells: f64,
     pub pareto: f64,
     pub fitness: f64,
+    /// Drawing by rank, the k-th best has weight `rank_decay^k`: 0.8 gives the best about
+    /// a fifth of the draws.
+    pub rank_decay: f64,
 }
 
 impl Default for ParentMix {
@@ -57,6 +60,7 @@ impl Default for ParentMix {
             cells: 0.4,
             pareto: 0.2,
             fitness: 0.4,
+            rank_decay: 0.8,
         }
     }
 }
@@ -140,10 +144,9 @@ impl Island {
             }
             1 => self.pareto_front().choose(rng).copied(),
             _ => {
-                // Rank-based: the k-th best is drawn with weight 0.9^k.
                 let ranked = self.ranked();
                 let weights: Vec<(usize, f64)> = (0..ranked.len())
-                    .map(|k| (k, 0.9f64.powi(k as i32)))
+                    .map(|k| (k, mix.rank_decay.powi(k as i32)))
                     .collect();
                 Some(ranked[weighted_choice(&weights, rng)])
             }

@@ -110,7 +110,14 @@ fn perturb<R: Rng>(program: &mut Program, rng: &mut R) -> bool {
     if slots.is_empty() {
         return false;
     }
-    let index = rng.random_range(0..slots.len());
+    // Declared parameters are the knobs a program's author meant to be turned: half the
+    // draws go to them.
+    let params = program_params(&slots);
+    let index = if params > 0 && rng.random_bool(0.5) {
+        rng.random_range(0..params)
+    } else {
+        rng.random_range(0..slots.len())
+    };
     match slots.swap_remove(index) {
         Slot::Param(value, range) => *value = perturb_param(*value, range, rng),
         Slot::Size(v) => *v = scale_size(*v, rng),
@@ -118,6 +125,14 @@ fn perturb<R: Rng>(program: &mut Program, rng: &mut R) -> bool {
         Slot::Float(v) => *v *= rng.random_range(0.5..1.5),
     }
     true
+}
+
+/// How many of the slots, which list the declared parameters first, are parameters.
+fn program_params(slots: &[Slot]) -> usize {
+    slots
+        .iter()
+        .take_while(|s| matches!(s, Slot::Param(..)))
+        .count()
 }
 
 fn rule_slots<'a>(rule: &'a mut Rule, slots: &mut Vec<Slot<'a>>) {
