@@ -77,6 +77,8 @@ pub struct Context {
     pub remote: Option<LlmSlot>,
     pub replay: Option<ReplayBook>,
     pub tokens_used: AtomicU64,
+    /// When the wall-time budget runs out: an LLM job starts no further call after it.
+    pub deadline: Option<Instant>,
     /// Seconds inside the evaluator and waiting for models, this run.
     evaluation_micros: AtomicU64,
     llm_micros: AtomicU64,
@@ -94,6 +96,7 @@ impl Context {
         remote: Option<LlmSlot>,
         replay: Option<ReplayBook>,
         tokens_used: u64,
+        deadline: Option<Instant>,
     ) -> Context {
         Context {
             db,
@@ -105,6 +108,7 @@ impl Context {
             remote,
             replay,
             tokens_used: AtomicU64::new(tokens_used),
+            deadline,
             evaluation_micros: AtomicU64::new(0),
             llm_micros: AtomicU64::new(0),
         }
@@ -603,7 +607,8 @@ impl LlmJob<'_> {
                     }
                 }
             };
-            if round == self.ctx.search.debug_retries || report.out_of_budget {
+            let late = self.ctx.deadline.is_some_and(|d| Instant::now() >= d);
+            if round == self.ctx.search.debug_retries || report.out_of_budget || late {
                 if report.evaluated.is_empty() {
                     report.nothing = Some(feedback);
                 }

@@ -42,7 +42,7 @@ const MAX_IDLE_JOBS: u32 = 200;
 
 /// How a run is driven.
 pub struct Options {
-    /// Shows evaluations against the budget; hidden in tests.
+    /// Shows evaluations against the budget (drawn only on a terminal).
     pub progress: ProgressBar,
     /// Answer every LLM call from this recording instead of a model.
     pub replay: Option<ReplayBook>,
@@ -178,6 +178,10 @@ pub async fn run(db: &Db, campaign: &Campaign, options: Options) -> anyhow::Resu
         remote,
         options.replay,
         tokens_used,
+        config.budget.wall_seconds.map(|budget| {
+            let left = (budget as f64 - campaign.elapsed_seconds).max(0.0);
+            started + std::time::Duration::from_secs_f64(left)
+        }),
     ));
     db.set_campaign_status(campaign.id, CampaignStatus::Running)
         .await?;
