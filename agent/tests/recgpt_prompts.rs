@@ -47,7 +47,9 @@ fn a_profile_prompt_lists_the_history_in_order_with_years_and_genres() {
     let heat_at = request.user.find("- Heat\n");
     assert!(toy_at.is_some() && heat_at.is_some(), "{}", request.user);
     assert!(toy_at < heat_at, "oldest first");
-    assert!(request.system.contains("PROFILE:") && request.system.contains("TAGS:"));
+    assert!(request
+        .user
+        .ends_with("In one sentence, what kind of movies does this viewer enjoy?"));
     assert_eq!(
         request.temperature, 0.0,
         "greedy, so a rerun is reproducible"
@@ -58,8 +60,9 @@ fn a_profile_prompt_lists_the_history_in_order_with_years_and_genres() {
 fn item_and_explanation_prompts_carry_what_they_are_about() {
     let toy = film("Toy Story", Some(1995), &["Animation", "Comedy"]);
     let tags = item_tags_request(&toy);
-    assert!(tags.user.contains("Toy Story (1995) [Animation, Comedy]"));
-    assert!(tags.system.contains("TAGS:"));
+    assert!(tags
+        .user
+        .contains("Toy Story (1995), a Animation, Comedy movie"));
     let why = explanation_request(
         "Likes warm family films.",
         &["family".into(), "animation".into()],
@@ -80,6 +83,19 @@ fn a_well_formed_profile_parses() {
     assert_eq!(parsed.profile, "Enjoys dark thrillers and crime stories.");
     assert_eq!(parsed.tags, ["thriller", "crime", "dark mood", "noir"]);
     assert_eq!(parsed.problem, None);
+}
+
+#[test]
+fn without_a_tag_line_the_profile_s_own_lists_are_the_tags() {
+    let parsed = parse_profile("This viewer enjoys a mix of comedies, dramas, and sci-fi movies.");
+    assert_eq!(parsed.tags, ["comedies", "dramas", "sci-fi"]);
+    assert_eq!(parsed.problem, None);
+    let numbered = parse_tags("1. Heavyweights (1994)\n2. Children's Comedy Movie");
+    assert_eq!(
+        numbered.tags,
+        ["children's comedy movie"],
+        "echoes of the prompt are dropped"
+    );
 }
 
 #[test]
@@ -104,12 +120,9 @@ fn markdown_bullets_and_a_missing_profile_label_are_tolerated() {
 
 #[test]
 fn a_reply_without_tags_is_recorded_as_such() {
-    let parsed = parse_profile("The viewer likes many kinds of films, mostly comedies.");
+    let parsed = parse_profile("The viewer: 1995, 1996.");
     assert!(parsed.tags.is_empty());
-    assert_eq!(
-        parsed.profile,
-        "The viewer likes many kinds of films, mostly comedies."
-    );
+    assert_eq!(parsed.profile, "The viewer: 1995, 1996.");
     assert_eq!(
         parsed.problem.as_deref(),
         Some("no usable tags in the reply")

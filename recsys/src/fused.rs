@@ -3,8 +3,8 @@
 //!
 //! The model's scores are scaled per user to [0, 1] by min-max over the catalogue, so that
 //! α weighs two quantities on the same scale. `tag_match` is the share of an item's tag words
-//! that also occur in the user's tags (words of at least three letters, filler words such as
-//! "film" left out), so that "dark comedy" and "comedy" meet; an item without tags matches
+//! that also occur in the user's tags (words of at least three letters, singular, filler words
+//! such as "film" left out), so that "dark comedy" and "comedies" meet; an item without tags matches
 //! nothing. α = 1 returns the model's scores untouched: the scaling is monotone, but f32
 //! rounding could merge two near-equal scores and move a tie.
 
@@ -20,17 +20,28 @@ const FILLER: [&str; 8] = [
 ];
 
 /// The words of a list of tags: lowercase runs of letters and digits, three or more long,
-/// filler left out.
+/// filler left out, plurals made singular ("comedies" → "comedy", "thrillers" → "thriller").
 pub fn tag_words<S: AsRef<str>>(tags: &[S]) -> BTreeSet<String> {
     tags.iter()
         .flat_map(|t| {
             t.as_ref()
                 .split(|c: char| !c.is_alphanumeric())
-                .map(str::to_lowercase)
+                .map(|w| singular(&w.to_lowercase()))
                 .filter(|w| w.chars().count() >= 3 && !FILLER.contains(&w.as_str()))
                 .collect::<Vec<_>>()
         })
         .collect()
+}
+
+/// English plural to singular, for the regular cases only.
+fn singular(word: &str) -> String {
+    if let Some(stem) = word.strip_suffix("ies").filter(|s| s.len() >= 2) {
+        format!("{stem}y")
+    } else if word.len() > 3 && word.ends_with('s') && !word.ends_with("ss") {
+        word[..word.len() - 1].to_string()
+    } else {
+        word.to_string()
+    }
 }
 
 /// Every item's tag words, by dense item id, ready to be matched against users.

@@ -64,6 +64,8 @@ pub fn normalise_tag(raw: &str) -> Option<String> {
     let tag = trimmed.to_string();
     let usable = !tag.is_empty()
         && tag.chars().any(char::is_alphabetic)
+        // Brackets, parentheses and colons mean an echo of the prompt ("Heat (1995) [Action").
+        && !tag.contains(['(', ')', '[', ']', ':'])
         && tag.chars().count() <= MAX_TAG_CHARS
         && tag.split_whitespace().count() <= MAX_TAG_WORDS
         && !NOT_TAGS.contains(&tag.as_str());
@@ -138,6 +140,49 @@ fn collapse(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// Words that open or close a phrase of prose without saying anything about taste.
+const CONNECTIVES: [&str; 16] = [
+    "a",
+    "an",
+    "the",
+    "of",
+    "and",
+    "or",
+    "with",
+    "mix",
+    "including",
+    "like",
+    "especially",
+    "particularly",
+    "those",
+    "enjoys",
+    "movies",
+    "films",
+];
+
+/// Tags from prose: the pieces between commas and "and"/"or", each cut to its last three
+/// words and stripped of connectives at either end ("a mix of comedies" → "comedies").
+fn prose_tags(text: &str) -> Vec<String> {
+    let lower = text.to_lowercase();
+    let pieces = lower
+        .split([',', ';', '.', '!', '?'])
+        .flat_map(|p| p.split(" and "))
+        .flat_map(|p| p.split(" or "))
+        .map(|piece| {
+            let mut words: Vec<&str> = piece.split_whitespace().collect();
+            while words.last().is_some_and(|w| CONNECTIVES.contains(w)) {
+                words.pop();
+            }
+            let mut tail = &words[words.len().saturating_sub(3)..];
+            while tail.first().is_some_and(|w| CONNECTIVES.contains(w)) {
+                tail = &tail[1..];
+            }
+            tail.join(" ")
+        })
+        .collect::<Vec<_>>();
+    normalise_tags(pieces.iter().map(String::as_str))
+}
+
 /// An item's tags: the `TAGS:` line if there is one, else every comma-separated piece of the
 /// reply that is short enough to be a tag.
 pub fn parse_tags(reply: &str) -> ParsedTags {
@@ -152,7 +197,8 @@ pub fn parse_tags(reply: &str) -> ParsedTags {
 }
 
 /// A user's profile: the `PROFILE:` text (or, without that label, the prose before the tags)
-/// and the `TAGS:` line, in either order. Without a `TAGS:` label there are no tags: the prose is not a list.
+/// and the `TAGS:` line, in either order. Without a `TAGS:` line the tags are the short
+/// phrases of the profile's own lists ("comedies, dramas, and sci-fi movies").
 pub fn parse_profile(reply: &str) -> ParsedProfile {
     let lines: Vec<&str> = reply.lines().collect();
     let (tags_at, tags) = match tags_section(&lines) {
@@ -171,6 +217,11 @@ pub fn parse_profile(reply: &str) -> ParsedProfile {
         None => lines[..tags_at].to_vec(),
     };
     let profile = bounded(&collapse(&profile_lines.join(" ")), MAX_PROFILE_CHARS);
+    let tags = if tags.is_empty() {
+        prose_tags(&profile)
+    } else {
+        tags
+    };
     let mut missing = Vec::new();
     if profile.is_empty() {
         missing.push("no profile text in the reply");

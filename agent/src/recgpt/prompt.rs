@@ -6,19 +6,18 @@ use recsys::data::ItemMeta;
 use super::SEED;
 use crate::llm::Request;
 
-/// Tokens a profile reply may use: a sentence or two and a tag line.
-pub const PROFILE_MAX_TOKENS: usize = 96;
-/// Tokens an item-tags reply may use: one line.
-pub const TAGS_MAX_TOKENS: usize = 40;
+/// Tokens a profile reply may use: a sentence (and a tag line, for models that add one).
+pub const PROFILE_MAX_TOKENS: usize = 80;
+/// Tokens an item-tags reply may use: one line, or a short numbered list.
+pub const TAGS_MAX_TOKENS: usize = 48;
 /// Tokens an explanation may use: one sentence.
 pub const EXPLANATION_MAX_TOKENS: usize = 60;
 
-const PROFILE_SYSTEM: &str = "You describe a movie viewer's tastes. Answer in exactly two lines:\n\
-PROFILE: one or two sentences about what this viewer enjoys\n\
-TAGS: 3 to 6 short tags (genres, moods, themes), separated by commas";
+// Worded for SmolLM2-135M, which answers these plain questions well but echoes its input
+// when asked for a labelled format; `parse` reads labelled and unlabelled answers alike.
+const PROFILE_SYSTEM: &str = "You describe a movie viewer's taste.";
 
-const TAGS_SYSTEM: &str = "You tag movies. Answer in exactly one line:\n\
-TAGS: 3 to 6 short tags (genres, moods, themes), separated by commas";
+const TAGS_SYSTEM: &str = "You tag movies.";
 
 const EXPLANATION_SYSTEM: &str = "You explain movie recommendations. Answer with one sentence \
 of at most 30 words that tells the viewer why they may enjoy the movie.";
@@ -50,19 +49,29 @@ fn request(system: &str, user: String, max_tokens: usize) -> Request {
 
 /// A user's interest profile and tags from the items of their history, oldest first.
 pub fn profile_request(history: &[&ItemMeta]) -> Request {
-    let mut user = String::from("Movies this viewer watched, oldest first:\n");
+    let mut user = String::from("A viewer watched these movies, oldest first:\n");
     for item in history {
         user += &format!("- {}\n", describe_item(item));
     }
-    user += "Describe this viewer's interests.";
+    user += "In one sentence, what kind of movies does this viewer enjoy?";
     request(PROFILE_SYSTEM, user, PROFILE_MAX_TOKENS)
 }
 
 /// An item's tags from its title, year and genres.
 pub fn item_tags_request(item: &ItemMeta) -> Request {
+    let mut movie = item.title.trim().to_string();
+    if let Some(year) = item.year {
+        movie += &format!(" ({year})");
+    }
+    if !item.genres.is_empty() {
+        movie += &format!(", a {} movie", item.genres.join(", "));
+    }
     request(
         TAGS_SYSTEM,
-        format!("Movie: {}", describe_item(item)),
+        format!(
+            "List 5 keywords that describe the movie {movie}. Write them on one line, \
+             separated by commas."
+        ),
         TAGS_MAX_TOKENS,
     )
 }
