@@ -94,7 +94,7 @@ fn labelled<'a>(line: &'a str, label: &str) -> Option<&'a str> {
     if !head.eq_ignore_ascii_case(label) {
         return None;
     }
-    let rest = start[label.len()..].trim_start_matches(|c: char| c == '*' || c == ' ');
+    let rest = start[label.len()..].trim_start_matches(['*', ' ']);
     let value = rest.strip_prefix([':', '-', '='])?;
     Some(value.trim_start_matches('*').trim())
 }
@@ -244,8 +244,7 @@ pub fn parse_explanation(reply: &str) -> ParsedSentence {
         .iter()
         .find_map(|label| labelled(&text, label))
         .unwrap_or(&text);
-    let text =
-        text.trim_matches(|c: char| c == '"' || c == '\'' || c == '“' || c == '”' || c == '*');
+    let text = text.trim_matches(['"', '\'', '“', '”', '*']);
     // The first sentence ends at `.`, `!` or `?` followed by a space (or the end).
     let end = text
         .char_indices()
