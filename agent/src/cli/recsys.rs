@@ -168,7 +168,8 @@ pub struct EvalArgs {
     #[arg(long, default_value_t = 100)]
     knn: usize,
     /// Also rank by RecGPT's fused score `α·model + (1−α)·tag match` at each α (comma
-    /// separated), on the test users with cached profiles (from --db).
+    /// separated), on the test users with cached profiles (from --db). The ML-100K sweep in
+    /// the README suggests 0.9.
     #[arg(long, value_delimiter = ',')]
     alpha: Vec<f32>,
     /// The local model whose cached profiles and item tags fused scoring reads.
