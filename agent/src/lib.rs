@@ -1,5 +1,5 @@
-//! The evolution engine and the discovered-kernel database, and the peer engine the
-//! `bench` command measures our core against.
+//! The evolution engine and the discovered-kernel database, the peer engine the `bench`
+//! command measures our core against, and the recommender's RecGPT enrichment by the local LLM.
 
 pub mod campaign;
 pub mod db;
@@ -11,3 +11,4 @@ pub mod llm;
 pub mod mutate;
 pub mod pareto;
 pub mod peer;
+pub mod recgpt;

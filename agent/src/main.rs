@@ -30,7 +30,7 @@ enum Command {
     Generate(cli::generate::Args),
     /// Perplexity of a model on a text file.
     Perplexity(cli::perplexity::Args),
-    /// The sequential recommender: train, evaluate, serve.
+    /// The sequential recommender: train, evaluate, enrich with the local LLM, serve.
     Recsys {
         #[command(subcommand)]
         which: cli::recsys::Command,
@@ -72,7 +72,7 @@ fn main() -> ExitCode {
     let result = match args.command {
         Command::Generate(a) => cli::generate::run(a),
         Command::Perplexity(a) => cli::perplexity::run(a),
-        Command::Recsys { which } => cli::recsys::run(which),
+        Command::Recsys { which } => cli::recsys::run(&args.db, which),
         Command::Kernels { which } => cli::kernels::run(&args.db, which),
         Command::Campaign { which } => cli::campaign::run(&args.db, which),
         Command::Eval(a) => cli::eval::run(a),

@@ -87,22 +87,67 @@ fn metrics(ranks: &[usize]) -> Metrics {
     }
 }
 
-/// Ranks every case's target under both conventions.
-pub fn evaluate(recommender: &dyn Recommender, cases: &[EvalCase]) -> Result<Report> {
-    let mut filtered = Vec::with_capacity(cases.len());
-    let mut unfiltered = Vec::with_capacity(cases.len());
-    for chunk in cases.chunks(256) {
-        let histories: Vec<&[u32]> = chunk.iter().map(|c| c.history.as_slice()).collect();
-        let scores = recommender.score(&histories)?;
-        for (case, row) in chunk.iter().zip(&scores) {
-            filtered.push(rank_of(row, case.target, &case.history));
-            unfiltered.push(rank_of(row, case.target, &[]));
+/// The targets' ranks under both conventions, gathered case by case.
+#[derive(Default)]
+struct Ranks {
+    filtered: Vec<usize>,
+    unfiltered: Vec<usize>,
+}
+
+impl Ranks {
+    fn add(&mut self, cases: &[EvalCase], scores: &[Vec<f32>]) {
+        for (case, row) in cases.iter().zip(scores) {
+            self.filtered.push(rank_of(row, case.target, &case.history));
+            self.unfiltered.push(rank_of(row, case.target, &[]));
         }
     }
-    Ok(Report {
-        seen_filtered: metrics(&filtered),
-        unfiltered: metrics(&unfiltered),
-    })
+
+    fn report(&self) -> Report {
+        Report {
+            seen_filtered: metrics(&self.filtered),
+            unfiltered: metrics(&self.unfiltered),
+        }
+    }
+}
+
+/// Ranks every case's target under both conventions.
+pub fn evaluate(recommender: &dyn Recommender, cases: &[EvalCase]) -> Result<Report> {
+    let mut ranks = Ranks::default();
+    for chunk in cases.chunks(256) {
+        let histories: Vec<&[u32]> = chunk.iter().map(|c| c.history.as_slice()).collect();
+        ranks.add(chunk, &recommender.score(&histories)?);
+    }
+    Ok(ranks.report())
+}
+
+/// The report of scores already computed: `scores[i]` is the row of `cases[i]`.
+pub fn report_of(cases: &[EvalCase], scores: &[Vec<f32>]) -> Report {
+    assert_eq!(cases.len(), scores.len(), "one score row per case");
+    let mut ranks = Ranks::default();
+    ranks.add(cases, scores);
+    ranks.report()
+}
+
+/// The best `k` items by score, skipping `excluded` and NaN scores, best first; equal scores
+/// go to the lower id, as `rank_of` breaks ties.
+pub fn top_k(scores: &[f32], k: usize, excluded: &[u32]) -> Vec<(u32, f32)> {
+    let mut hidden = vec![false; scores.len()];
+    for &e in excluded {
+        hidden[e as usize] = true;
+    }
+    let mut ranked: Vec<(u32, f32)> = scores
+        .iter()
+        .enumerate()
+        .filter(|&(i, s)| !hidden[i] && !s.is_nan())
+        .map(|(i, &s)| (i as u32, s))
+        .collect();
+    let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+    if ranked.len() > k {
+        ranked.select_nth_unstable_by(k, order);
+        ranked.truncate(k);
+    }
+    ranked.sort_by(order);
+    ranked
 }
 
 /// Scores every item by how many training sequences contain it.

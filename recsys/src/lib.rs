@@ -3,12 +3,14 @@
 //! baselines, and an HTTP server.
 //!
 //! The rooms: `data` (loaders, k-core, the chronological leave-one-out split), `model` (the
-//! transformer, its training loop and checkpoints), `eval` (metrics and baselines), `serve`
-//! (the axum server). Nothing here touches the network except `serve`, which only listens.
+//! transformer, its training loop and checkpoints), `eval` (metrics and baselines), `fused`
+//! (RecGPT's tag-aware fused scoring), `serve` (the axum server). Nothing here touches the
+//! network except `serve`, which only listens.
 
 pub mod data;
 mod error;
 pub mod eval;
+pub mod fused;
 pub mod model;
 pub mod serve;
 

@@ -3,7 +3,7 @@
 
 use recsys::data::{Dataset, Item, ItemMeta};
 use recsys::model::{Checkpoint, SasRec, SasRecConfig, EXACT};
-use recsys::serve::{app, run, ServeConfig};
+use recsys::serve::{app, app_with_explanations, run, Explanations, ServeConfig};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -132,7 +132,7 @@ async fn recommends_for_a_history_and_keeps_seen_items_when_asked() {
     assert_eq!(ids.len(), 20, "every item, seen ones included");
     assert!(
         body["items"][0].get("reason").is_none(),
-        "no explanation stage yet"
+        "an ad-hoc history has no cached explanations"
     );
     let (_, filtered) = post(&base, json!({"history": ["105", 106], "k": 20}).to_string()).await;
     assert_eq!(item_ids(&filtered).len(), 18);
@@ -314,4 +314,47 @@ async fn send_all_at_once(base: &str, bodies: &[Value]) -> Vec<Vec<(String, f64)
         out.push(ranked(&answer));
     }
     out
+}
+
+#[tokio::test]
+async fn explain_returns_the_cached_sentence_for_the_user_and_item() {
+    // Every item gets a sentence for alice, none for bob: only cached pairs have reasons.
+    let mut explanations = Explanations::default();
+    for i in 0..20 {
+        let item = (100 + i).to_string();
+        explanations.insert("alice", &item, &format!("Alice may like film {i}."));
+    }
+    let router = app_with_explanations(checkpoint(), ServeConfig::default(), explanations).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(run(listener, router));
+
+    let (status, body) = post(
+        &base,
+        json!({"user_id": "alice", "k": 3, "explain": true}).to_string(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    for item in body["items"].as_array().unwrap() {
+        let id: usize = item["item_id"].as_str().unwrap().parse().unwrap();
+        assert_eq!(
+            item["reason"],
+            format!("Alice may like film {}.", id - 100),
+            "{body}"
+        );
+    }
+    let (_, quiet) = post(&base, json!({"user_id": "alice", "k": 3}).to_string()).await;
+    assert!(
+        quiet["items"][0].get("reason").is_none(),
+        "only when asked: {quiet}"
+    );
+    let (_, bob) = post(
+        &base,
+        json!({"user_id": "bob", "k": 3, "explain": true}).to_string(),
+    )
+    .await;
+    assert!(
+        bob["items"][0].get("reason").is_none(),
+        "nothing cached for bob: {bob}"
+    );
 }

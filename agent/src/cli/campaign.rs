@@ -198,7 +198,7 @@ where
 }
 
 /// Logs go to stderr above the progress bar; `RUST_LOG` overrides the `info` default.
-fn init_logs(progress: &ProgressBar) {
+pub(super) fn init_logs(progress: &ProgressBar) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let bar = progress.clone();

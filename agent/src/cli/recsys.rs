@@ -1,13 +1,24 @@
-//! `evokernel recsys`: train the sequential recommender, evaluate it against baselines, and
-//! serve it over HTTP.
+//! `evokernel recsys`: train the sequential recommender, evaluate it against baselines (and
+//! fused with RecGPT's tags), enrich it with the local LLM, and serve it over HTTP.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
+use agent::db::{Db, EnrichmentKey};
+use agent::llm::local::LocalLlm;
+use agent::recgpt::{self, Enricher, Plan, PlanConfig, RunOptions};
 use anyhow::Context;
-use recsys::data::{Dataset, LoadOptions, Split};
-use recsys::eval::{evaluate, ItemKnn, Popularity, Report};
+use indicatif::{ProgressBar, ProgressStyle};
+use recsys::data::{Dataset, EvalCase, LoadOptions, Split};
+use recsys::eval::{evaluate, report_of, ItemKnn, Popularity, Report};
+use recsys::fused::{evaluate_fused, Alpha, TagMatcher};
 use recsys::model::{train, Checkpoint, SasRec, SasRecConfig, TrainConfig, EXACT};
+use recsys::serve::Explanations;
+
+use super::block_on;
 
 #[derive(clap::Subcommand)]
 pub enum Command {
@@ -15,6 +26,9 @@ pub enum Command {
     Train(TrainArgs),
     /// Full-ranking HR@10 / NDCG@10 / NDCG@20 of a checkpoint and of the baselines.
     Eval(EvalArgs),
+    /// Ask the local LLM for user interest profiles, item tags and explanations (RecGPT),
+    /// cached in the database; a stopped run resumes where it ended.
+    Enrich(EnrichArgs),
     /// Serve a checkpoint over HTTP (see GET /openapi.json).
     Serve(ServeArgs),
     /// Drive an in-process server on loopback at fixed concurrency: p50, p99, requests/s.
@@ -34,6 +48,41 @@ pub struct ServeArgs {
     /// The largest request body accepted, in bytes.
     #[arg(long, default_value_t = 64 * 1024)]
     max_body_bytes: usize,
+    /// The local model whose cached explanations answer `explain: true` (from --db).
+    #[arg(long, default_value = "smollm2")]
+    recgpt_model: String,
+}
+
+#[derive(clap::Args)]
+pub struct EnrichArgs {
+    /// A dataset directory (default: the fetched MovieLens-100K; with --explain-checkpoint,
+    /// the checkpoint's own dataset).
+    #[arg(long, conflicts_with = "explain_checkpoint")]
+    data: Option<PathBuf>,
+    /// The local model: `smollm2`, `qwen-coder`, `gemma3` or a GGUF path.
+    #[arg(long, default_value = "smollm2")]
+    model: String,
+    /// Profile the first N users.
+    #[arg(long, default_value_t = 10)]
+    users: usize,
+    /// Tag the first N items instead of the items the users' histories and recommendations touch.
+    #[arg(long)]
+    items: Option<usize>,
+    /// Also tag each user's top-k recommendations of this checkpoint and explain them.
+    #[arg(long)]
+    explain_checkpoint: Option<PathBuf>,
+    /// Recommendations per user.
+    #[arg(long, default_value_t = 10)]
+    k: usize,
+    /// Explain the recommendations of only the first N users (default: all enriched).
+    #[arg(long)]
+    explain_users: Option<usize>,
+    /// Stop after making this many new rows (the next run resumes).
+    #[arg(long)]
+    max_new: Option<usize>,
+    /// Print the run's report as one JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -118,16 +167,25 @@ pub struct EvalArgs {
     /// Neighbours each item keeps in the item-kNN baseline.
     #[arg(long, default_value_t = 100)]
     knn: usize,
+    /// Also rank by RecGPT's fused score `α·model + (1−α)·tag match` at each α (comma
+    /// separated), on the test users with cached profiles (from --db). The ML-100K sweep in
+    /// the README suggests 0.9.
+    #[arg(long, value_delimiter = ',')]
+    alpha: Vec<f32>,
+    /// The local model whose cached profiles and item tags fused scoring reads.
+    #[arg(long, default_value = "smollm2")]
+    recgpt_model: String,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
 }
 
-pub fn run(command: Command) -> anyhow::Result<()> {
+pub fn run(db: &Path, command: Command) -> anyhow::Result<()> {
     match command {
         Command::Train(a) => run_train(a),
-        Command::Eval(a) => run_eval(a),
-        Command::Serve(a) => run_serve(a),
+        Command::Eval(a) => run_eval(db, a),
+        Command::Enrich(a) => run_enrich(db, a),
+        Command::Serve(a) => run_serve(db, a),
         Command::BenchServe(a) => run_bench_serve(a),
     }
 }
@@ -212,8 +270,13 @@ fn run_train(args: TrainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
+fn run_eval(db: &Path, args: EvalArgs) -> anyhow::Result<()> {
     let started = Instant::now();
+    let alphas = args
+        .alpha
+        .iter()
+        .map(|&a| Alpha::new(a).context("--alpha"))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let mut checkpoint = Checkpoint::load(&args.checkpoint)?;
     if let Some(path) = &args.kernel {
         checkpoint
@@ -234,6 +297,16 @@ fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
             evaluate(&ItemKnn::fit(&split.train, n_items, args.knn), &split.test)?,
         ),
     ];
+    let fused = if alphas.is_empty() {
+        None
+    } else {
+        Some(fused_evaluation(
+            db,
+            &checkpoint,
+            &alphas,
+            &args.recgpt_model,
+        )?)
+    };
     if args.json {
         let models: serde_json::Map<String, serde_json::Value> = rows
             .iter()
@@ -248,6 +321,7 @@ fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
             "training_seconds": checkpoint.report.as_ref().map(|r| r.seconds),
             "best_epoch": checkpoint.report.as_ref().map(|r| r.best_epoch),
             "models": models,
+            "fused": fused,
         });
         println!("{}", serde_json::to_string_pretty(&json)?);
         return Ok(());
@@ -277,6 +351,25 @@ fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
             f.hr_10, f.ndcg_10, f.ndcg_20, u.hr_10, u.ndcg_10, u.ndcg_20
         );
     }
+    if let Some(fused) = &fused {
+        println!(
+            "\nfused score α·model + (1−α)·tag match on the {} test users with profiles \
+             ({} items tagged; {} / {})",
+            fused.users, fused.items_tagged, fused.key.dataset, fused.key.model
+        );
+        let plain = std::iter::once(("sasrec".to_string(), fused.plain));
+        let fused_rows = fused
+            .alphas
+            .iter()
+            .map(|r| (format!("α = {}", r.alpha), r.report));
+        for (name, r) in plain.chain(fused_rows) {
+            let (f, u) = (r.seen_filtered, r.unfiltered);
+            println!(
+                "{name:<12} {:>8.4} {:>8.4} {:>8.4}   {:>8.4} {:>8.4} {:>8.4}",
+                f.hr_10, f.ndcg_10, f.ndcg_20, u.hr_10, u.ndcg_10, u.ndcg_20
+            );
+        }
+    }
     if let Some(report) = &checkpoint.report {
         println!(
             "trained {:.1}s, best epoch {} of {}",
@@ -289,11 +382,233 @@ fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The server application for a checkpoint, with `--kernel` in place of its own if given.
+/// Fused scoring's reports at each α beside the plain model, on the test users with a
+/// cached profile that has tags.
+#[derive(serde::Serialize)]
+struct FusedEvaluation {
+    key: EnrichmentKey,
+    users: usize,
+    items_tagged: usize,
+    plain: Report,
+    alphas: Vec<AlphaReport>,
+}
+
+#[derive(serde::Serialize)]
+struct AlphaReport {
+    alpha: f32,
+    report: Report,
+}
+
+fn fused_evaluation(
+    db: &Path,
+    checkpoint: &Checkpoint,
+    alphas: &[Alpha],
+    recgpt_model: &str,
+) -> anyhow::Result<FusedEvaluation> {
+    let dataset = &checkpoint.dataset;
+    let key = recgpt::enrichment_key(dataset, &recgpt::model_name(recgpt_model));
+    let (profiles, tagged) = block_on(async {
+        let db = Db::open_existing(db).await?;
+        Ok((db.profiles(&key).await?, db.item_tags(&key).await?))
+    })?;
+    let user_tags: HashMap<&str, &[String]> = profiles
+        .iter()
+        .filter(|p| !p.tags.is_empty())
+        .map(|p| (p.user_id.as_str(), p.tags.as_slice()))
+        .collect();
+    let split = Split::leave_one_out(dataset);
+    let cases: Vec<EvalCase> = split
+        .test
+        .into_iter()
+        .filter(|c| user_tags.contains_key(dataset.users[c.user].as_str()))
+        .collect();
+    anyhow::ensure!(
+        !cases.is_empty(),
+        "no test user has a cached profile with tags for dataset {} and model {} in {}: run \
+         `evokernel recsys enrich --explain-checkpoint CKPT --model {recgpt_model} --users N` first",
+        key.dataset,
+        key.model,
+        db.display()
+    );
+    let item_index = dataset.item_index();
+    let mut item_tags = vec![Vec::new(); dataset.items.len()];
+    for t in tagged {
+        if let Some(&i) = item_index.get(&t.item_id) {
+            item_tags[i as usize] = t.tags;
+        }
+    }
+    let matcher = TagMatcher::new(&item_tags);
+    let histories: Vec<&[u32]> = cases.iter().map(|c| c.history.as_slice()).collect();
+    let scores = checkpoint.model.score_histories(&histories)?;
+    let case_tags: Vec<&[String]> = cases
+        .iter()
+        .map(|c| user_tags[dataset.users[c.user].as_str()])
+        .collect();
+    let reports = evaluate_fused(&cases, &scores, &case_tags, &matcher, alphas);
+    Ok(FusedEvaluation {
+        users: cases.len(),
+        items_tagged: matcher.tagged(),
+        plain: report_of(&cases, &scores),
+        alphas: alphas
+            .iter()
+            .zip(reports)
+            .map(|(a, report)| AlphaReport {
+                alpha: a.get(),
+                report,
+            })
+            .collect(),
+        key,
+    })
+}
+
+fn run_enrich(db_path: &Path, args: EnrichArgs) -> anyhow::Result<()> {
+    let checkpoint = match &args.explain_checkpoint {
+        Some(path) => Some(Checkpoint::load(path)?),
+        None => None,
+    };
+    let dataset = match (&checkpoint, &args.data) {
+        (Some(c), _) => c.dataset.clone(),
+        (None, Some(dir)) => Dataset::load(dir, &LoadOptions::default())?,
+        (None, None) => Dataset::load(
+            &kernels::assets::MOVIELENS_100K.require()?,
+            &LoadOptions::default(),
+        )?,
+    };
+    anyhow::ensure!(args.k > 0, "--k must be at least 1");
+    let config = PlanConfig {
+        users: args.users,
+        items: args.items,
+        k: args.k,
+        explain_users: args.explain_users,
+    };
+    let plan = Plan::build(&dataset, &config, checkpoint.as_ref().map(|c| &c.model))?;
+    let path = kernels::assets::resolve_model(&args.model)?;
+    let llm =
+        Arc::new(LocalLlm::load(&path).with_context(|| format!("loading {}", path.display()))?);
+    let progress = ProgressBar::new(0).with_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
+            .expect("a valid template"),
+    );
+    super::campaign::init_logs(&progress);
+    let options = RunOptions {
+        max_new: args.max_new,
+        stop: Arc::new(AtomicBool::new(false)),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("could not start the async runtime")?;
+    let (report, counts, key) = runtime.block_on(async {
+        let stop = options.stop.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                tracing::warn!("stopping after the row in flight (run again to resume)");
+                stop.store(true, Ordering::Relaxed);
+            }
+        });
+        let db = Db::open(db_path).await?;
+        let enricher = Enricher::new(&db, llm, &dataset);
+        let report = enricher.run(&plan, &options, &progress).await?;
+        let counts = db.enrichment_counts(enricher.key()).await?;
+        let key = enricher.key().clone();
+        db.close().await?;
+        anyhow::Ok((report, counts, key))
+    })?;
+    runtime.shutdown_background();
+    if args.json {
+        let json = serde_json::json!({"key": key, "run": report, "stored": counts});
+        println!("{}", serde_json::to_string_pretty(&json)?);
+        return Ok(());
+    }
+    println!(
+        "{} / {} / prompt v{}{}",
+        key.dataset,
+        key.model,
+        key.prompt_version,
+        if report.stopped {
+            " (stopped early: run again to resume)"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "{:<14} {:>6} {:>8} {:>9} {:>10} {:>8} {:>9}",
+        "", "made", "skipped", "unusable", "s per row", "stored", "unusable"
+    );
+    for (name, stage, stored, bad) in [
+        (
+            "item tags",
+            report.item_tags,
+            counts.item_tags,
+            counts.item_tags_unusable,
+        ),
+        (
+            "profiles",
+            report.profiles,
+            counts.profiles,
+            counts.profiles_unusable,
+        ),
+        (
+            "explanations",
+            report.explanations,
+            counts.explanations,
+            counts.explanations_unusable,
+        ),
+    ] {
+        let per_row = stage
+            .seconds_per_row()
+            .map_or("-".to_string(), |s| format!("{s:.2}"));
+        println!(
+            "{name:<14} {:>6} {:>8} {:>9} {per_row:>10} {stored:>8} {bad:>9}",
+            stage.made, stage.skipped, stage.unusable
+        );
+    }
+    if report.explanations_without_profile > 0 {
+        println!(
+            "{} explanations not asked: their user has no usable profile",
+            report.explanations_without_profile
+        );
+    }
+    Ok(())
+}
+
+/// The cached explanations of `recgpt_model` for `dataset` in the database at `db`, if it
+/// exists; the server then answers `explain: true` without any model.
+fn cached_explanations(
+    db: &Path,
+    dataset: &Dataset,
+    recgpt_model: &str,
+) -> anyhow::Result<Explanations> {
+    let mut explanations = Explanations::default();
+    if !db.exists() {
+        eprintln!(
+            "no database at {}: serving without explanations",
+            db.display()
+        );
+        return Ok(explanations);
+    }
+    let key = recgpt::enrichment_key(dataset, &recgpt::model_name(recgpt_model));
+    let rows = block_on(async { Ok(Db::open_existing(db).await?.explanations(&key).await?) })?;
+    for row in rows.iter().filter(|r| !r.sentence.is_empty()) {
+        explanations.insert(&row.user_id, &row.item_id, &row.sentence);
+    }
+    eprintln!(
+        "{} cached explanations for {} by {}",
+        explanations.len(),
+        key.dataset,
+        key.model
+    );
+    Ok(explanations)
+}
+
+/// The server application for a checkpoint, with `--kernel` in place of its own if given,
+/// answering `explain: true` from `explanations`.
 fn load_app(
     checkpoint: &Path,
     kernel: Option<&Path>,
     config: recsys::serve::ServeConfig,
+    explanations: Option<(&Path, &str)>,
 ) -> anyhow::Result<recsys::serve::Router> {
     let mut checkpoint = Checkpoint::load(checkpoint)?;
     if let Some(path) = kernel {
@@ -303,15 +618,28 @@ fn load_app(
             .with_context(|| format!("kernel {}", path.display()))?;
         eprintln!("running {} in place of the trained kernel", path.display());
     }
-    Ok(recsys::serve::app(checkpoint, config)?)
+    let explanations = match explanations {
+        Some((db, model)) => cached_explanations(db, &checkpoint.dataset, model)?,
+        None => Explanations::default(),
+    };
+    Ok(recsys::serve::app_with_explanations(
+        checkpoint,
+        config,
+        explanations,
+    )?)
 }
 
-fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
+fn run_serve(db: &Path, args: ServeArgs) -> anyhow::Result<()> {
     let config = recsys::serve::ServeConfig {
         max_body_bytes: args.max_body_bytes,
         ..Default::default()
     };
-    let app = load_app(&args.checkpoint, args.kernel.as_deref(), config)?;
+    let app = load_app(
+        &args.checkpoint,
+        args.kernel.as_deref(),
+        config,
+        Some((db, args.recgpt_model.as_str())),
+    )?;
     let runtime = tokio::runtime::Runtime::new().context("could not start the async runtime")?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(&args.addr)
@@ -340,7 +668,12 @@ fn run_bench_serve(args: BenchServeArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.concurrency > 0, "--concurrency must be at least 1");
     let checkpoint_users = Checkpoint::load(&args.checkpoint)?.dataset.users;
     anyhow::ensure!(!checkpoint_users.is_empty(), "the checkpoint has no users");
-    let app = load_app(&args.checkpoint, args.kernel.as_deref(), Default::default())?;
+    let app = load_app(
+        &args.checkpoint,
+        args.kernel.as_deref(),
+        Default::default(),
+        None,
+    )?;
     let runtime = tokio::runtime::Runtime::new().context("could not start the async runtime")?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

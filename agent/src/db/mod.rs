@@ -9,6 +9,7 @@ mod error;
 mod evaluations;
 mod llm_calls;
 mod programs;
+mod recgpt;
 mod search_state;
 mod summaries;
 
@@ -24,6 +25,7 @@ pub use error::{Error, Result};
 pub use evaluations::{StoredEvaluation, INDEXED_METRICS};
 pub use llm_calls::{LlmCall, NewLlmCall};
 pub use programs::{NewProgram, Program, ProgramInsert};
+pub use recgpt::{EnrichmentCounts, EnrichmentKey, Explanation, ItemTags, UserProfile};
 pub use search_state::{ArchiveCell, Insight, MutatorOutcome, MutatorStats};
 pub use summaries::{CampaignProgress, LineageNode, MetricValue, ProgramSummary};
 

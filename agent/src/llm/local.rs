@@ -30,11 +30,13 @@ impl LocalLlm {
             );
         }
         let trie = TokenTrie::new(&model.tokenizer);
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| path.display().to_string());
+        let name = super::model_name(path);
         Ok(Self { model, trie, name })
+    }
+
+    /// The model's name in replies and records: its file name.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// Answers `request`; with `akl_grammar` every token must keep the reply a prefix of

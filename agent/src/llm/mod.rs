@@ -8,7 +8,16 @@ pub mod local;
 pub mod remote;
 pub mod replay;
 
+use std::path::Path;
+
 use serde::{Deserialize, Serialize};
+
+/// What a local model is called in replies and records: its file name.
+pub fn model_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
+}
 
 /// One chat turn to a model: a system message and a user message.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

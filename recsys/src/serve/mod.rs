@@ -3,8 +3,9 @@
 //!
 //! The model runs on tokio's blocking pool, never on the async workers. Bad input gets a 4xx
 //! `{"error": {"field", "message"}}` naming the field; the request body is capped at
-//! `ServeConfig::max_body_bytes`. `explain` is accepted but no `reason` is produced yet: the
-//! RecGPT explanation stage does not exist.
+//! `ServeConfig::max_body_bytes`. With `explain: true`, a recommendation for a known user
+//! carries the `reason` cached for that (user, item) by the RecGPT explanation stage, handed in
+//! as plain [`Explanations`]; no language model runs in the request path.
 
 mod error;
 mod metrics;
@@ -29,9 +30,10 @@ use serde::Serialize;
 
 pub use error::ApiError;
 pub use metrics::Metrics;
-pub use request::RecommendRequest;
+pub use request::{RecommendRequest, Who};
 
 use crate::data::Dataset;
+use crate::eval::top_k;
 use crate::model::{Checkpoint, SasRec};
 
 /// Limits of the server.
@@ -64,6 +66,38 @@ pub struct AppState {
     unit_embeddings: Vec<f32>,
     config: ServeConfig,
     metrics: Metrics,
+    explanations: Explanations,
+}
+
+/// Cached explanation sentences by (raw user id, raw item id): plain data, so that the server
+/// needs neither a database nor a language model.
+#[derive(Clone, Debug, Default)]
+pub struct Explanations {
+    by_pair: HashMap<(String, String), String>,
+}
+
+impl Explanations {
+    /// Records why `user` may like `item`; a later sentence for the same pair replaces it.
+    pub fn insert(&mut self, user: &str, item: &str, sentence: &str) {
+        self.by_pair
+            .insert((user.to_string(), item.to_string()), sentence.to_string());
+    }
+
+    /// The sentence for (user, item), if one is cached.
+    pub fn get(&self, user: &str, item: &str) -> Option<&str> {
+        self.by_pair
+            .get(&(user.to_string(), item.to_string()))
+            .map(String::as_str)
+    }
+
+    /// The number of cached sentences.
+    pub fn len(&self) -> usize {
+        self.by_pair.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_pair.is_empty()
+    }
 }
 
 /// One recommended item.
@@ -72,7 +106,8 @@ pub struct Recommendation {
     pub item_id: String,
     pub title: String,
     pub score: f32,
-    /// Why, in a sentence (from the RecGPT explanation stage, which is not built yet).
+    /// Why, in a sentence: only with `explain: true`, for a known user, when the RecGPT
+    /// explanation stage cached one for this item.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }
@@ -83,8 +118,17 @@ pub struct Recommendations {
     pub model: String,
 }
 
-/// The application for a loaded checkpoint.
+/// The application for a loaded checkpoint, without explanations.
 pub fn app(checkpoint: Checkpoint, config: ServeConfig) -> crate::Result<Router> {
+    app_with_explanations(checkpoint, config, Explanations::default())
+}
+
+/// The application for a loaded checkpoint that answers `explain: true` from `explanations`.
+pub fn app_with_explanations(
+    checkpoint: Checkpoint,
+    config: ServeConfig,
+    explanations: Explanations,
+) -> crate::Result<Router> {
     let Checkpoint { model, dataset, .. } = checkpoint;
     let embeddings = model.item_embeddings()?;
     let unit_embeddings = embeddings
@@ -108,6 +152,7 @@ pub fn app(checkpoint: Checkpoint, config: ServeConfig) -> crate::Result<Router>
         dataset,
         config,
         metrics: Metrics::default(),
+        explanations,
     });
     Ok(Router::new()
         .route("/v1/recommend", post(recommend))
@@ -150,27 +195,6 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|e| ApiError::internal(format!("the model task failed: {e}")))?
-}
-
-/// The best `k` items by score, skipping `excluded`, best first (ties by lower id).
-fn top_k(scores: &[f32], k: usize, excluded: &[u32]) -> Vec<(u32, f32)> {
-    let mut hidden = vec![false; scores.len()];
-    for &e in excluded {
-        hidden[e as usize] = true;
-    }
-    let mut ranked: Vec<(u32, f32)> = scores
-        .iter()
-        .enumerate()
-        .filter(|&(i, s)| !hidden[i] && !s.is_nan())
-        .map(|(i, &s)| (i as u32, s))
-        .collect();
-    let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-    if ranked.len() > k {
-        ranked.select_nth_unstable_by(k, order);
-        ranked.truncate(k);
-    }
-    ranked.sort_by(order);
-    ranked
 }
 
 impl AppState {
@@ -226,7 +250,16 @@ async fn recommend(
             .score_histories(&[&history])
             .map_err(|e| ApiError::internal(e.to_string()))?;
         let excluded: &[u32] = if request.exclude_seen { &history } else { &[] };
-        Ok(worker.describe(top_k(&scores[0], request.k, excluded)))
+        let mut items = worker.describe(top_k(&scores[0], request.k, excluded));
+        if let (true, Who::User(user)) = (request.explain, &request.who) {
+            for item in &mut items {
+                item.reason = worker
+                    .explanations
+                    .get(user, &item.item_id)
+                    .map(str::to_string);
+            }
+        }
+        Ok(items)
     })
     .await?;
     Ok(Json(Recommendations {

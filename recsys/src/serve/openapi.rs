@@ -84,7 +84,7 @@ pub fn document() -> Value {
                     "exclude_seen": {"type": "boolean", "default": true,
                         "description": "Leave out items already in the history."},
                     "explain": {"type": "boolean", "default": false,
-                        "description": "Accepted; no reason is returned until the RecGPT explanation stage exists."}
+                        "description": "Add each item's cached RecGPT explanation as `reason` (for a `user_id` whose explanations `evokernel recsys enrich` wrote; none for an ad-hoc history)."}
                 }
             },
             "Recommendations": {
@@ -98,7 +98,7 @@ pub fn document() -> Value {
                             "item_id": {"type": "string"},
                             "title": {"type": "string"},
                             "score": {"type": "number"},
-                            "reason": {"type": "string", "description": "Only once the RecGPT explanation stage exists."}
+                            "reason": {"type": "string", "description": "Why this user may like the item, in one sentence; only with `explain: true` and a cached explanation."}
                         }
                     }},
                     "model": {"type": "string", "description": "sasrec@ and the kernel hash's first 12 hex digits."}

@@ -16,8 +16,7 @@ pub struct RecommendRequest {
     pub k: usize,
     /// Leave out items already in the history (default true).
     pub exclude_seen: bool,
-    /// Asks for a reason per item; accepted, but no reason is produced until the RecGPT
-    /// explanation stage exists.
+    /// Asks for a reason per item: the cached RecGPT explanation, for a known user only.
     pub explain: bool,
 }
 
