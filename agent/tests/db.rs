@@ -793,3 +793,28 @@ fn kill_9_loses_nothing_that_was_committed() {
         raw.close().await.unwrap();
     });
 }
+
+#[tokio::test]
+async fn summaries_show_a_drop_in_evaluations_kl_and_attention_speedup() {
+    let dir = ScratchDir::new("db-drop-in-summary");
+    let db = Db::open(&dir.db()).await.unwrap();
+    let c = db.create_campaign(&campaign("c")).await.unwrap();
+    let h = hash("d1");
+    let id = db
+        .insert_program(&program(c, &h, "(kernel d)"))
+        .await
+        .unwrap()
+        .id();
+    // The drop-in task records `kl_mean` and `attention_speedup`, not `kl_vs_exact` and
+    // `speedup`; the list's columns fall back to them.
+    let e = evaluation(
+        &h,
+        0,
+        Some(2.0),
+        &[("kl_mean", 0.07), ("attention_speedup", 1.5)],
+    );
+    db.insert_evaluation(id, &e).await.unwrap();
+    let summary = db.program_summary(id).await.unwrap();
+    assert_eq!(summary.kl_vs_exact, Some(0.07));
+    assert_eq!(summary.speedup, Some(1.5));
+}

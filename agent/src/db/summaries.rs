@@ -28,7 +28,10 @@ pub struct ProgramSummary {
     /// The stage the latest trial reached.
     pub stage_reached: Option<String>,
     pub score: Option<f64>,
+    /// Mean next-token KL against exact attention (`kl_vs_exact`, or the drop-in task's
+    /// `kl_mean`), averaged over the trials.
     pub kl_vs_exact: Option<f64>,
+    /// `speedup`, or the drop-in task's `attention_speedup`.
     pub speedup: Option<f64>,
     pub created_at: String,
 }
@@ -80,8 +83,11 @@ const SUMMARY_SELECT: &str = "SELECT p.id, p.hash, c.name AS campaign, p.island,
      (SELECT stage_reached FROM evaluations WHERE program_id = p.id ORDER BY trial DESC LIMIT 1) \
          AS stage_reached, \
      CASE WHEN min(e.passed) = 1 THEN avg(e.score) END AS score, \
-     CASE WHEN min(e.passed) = 1 THEN avg(e.kl_vs_exact) END AS kl_vs_exact, \
-     CASE WHEN min(e.passed) = 1 THEN avg(e.speedup) END AS speedup, p.created_at \
+     CASE WHEN min(e.passed) = 1 THEN \
+         avg(coalesce(e.kl_vs_exact, json_extract(e.metrics_json, '$.kl_mean'))) END \
+         AS kl_vs_exact, \
+     CASE WHEN min(e.passed) = 1 THEN avg(coalesce(e.speedup, e.attention_speedup)) END \
+         AS speedup, p.created_at \
      FROM programs p JOIN campaigns c ON c.id = p.campaign_id \
      LEFT JOIN evaluations e ON e.program_id = p.id";
 
