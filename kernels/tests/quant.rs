@@ -2,11 +2,12 @@
 //! kernels against the portable ones, decode against prefill, and the formats it declines.
 //!
 //! Tolerance against the reference: the kernels use the weights exactly as stored and
-//! quantize each activation block to `d·q` with `d = amax / 127`, so each activation is off by
-//! at most `amax / 254` (`amax` the largest magnitude in its block: 32 values, 256 for the
-//! K-quants). Hence `|ours − reference| ≤ Σ_i |W[o, i]| · amax(block of i) / 254`, plus f32
-//! rounding, allowed as `1e-4 · Σ_i |W[o, i] · x[i]|`. `f32` weights see no quantization and
-//! get the rounding allowance alone.
+//! quantize each activation block to `d·q` with `d = amax / 127` (the K-quants, blocks of
+//! 256) or the next whole multiple of the row's unit `row_amax / (127 · 32767)` (the
+//! 32-element formats, blocks of 32), so each activation is off by at most `amax / 254`, plus
+//! `row_amax / (254 · 32767)` for the 32-element formats. Hence `|ours − reference| ≤
+//! Σ_i |W[o, i]| · that`, plus f32 rounding, allowed as `1e-4 · Σ_i |W[o, i] · x[i]|`. `f32`
+//! weights see no quantization and get the rounding allowance alone.
 
 use std::borrow::Cow;
 
@@ -93,19 +94,19 @@ impl Case {
     /// The error bound of the module's comment for output `(r, o)`.
     fn bound(&self, format: BlockFormat, r: usize, o: usize) -> f64 {
         let rounding = 1e-4 * self.magnitude(r, o) + 1e-6;
-        let block = match format {
+        let amax = |x: &[f32]| f64::from(x.iter().fold(0f32, |m, v| m.max(v.abs())));
+        let (block, unit) = match format {
             BlockFormat::F32 => return rounding,
-            BlockFormat::Q4K | BlockFormat::Q6K => 256,
-            _ => 32,
+            BlockFormat::Q4K | BlockFormat::Q6K => (256, 0.0),
+            _ => (32, amax(self.x_row(r)) / (127.0 * 32767.0)),
         };
         let quantization: f64 = self
             .x_row(r)
             .chunks(block)
             .zip(self.w_row(o).chunks(block))
             .map(|(x, w)| {
-                let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
                 let w_abs: f64 = w.iter().map(|&w| f64::from(w.abs())).sum();
-                w_abs * f64::from(amax) / 254.0
+                w_abs * (amax(x) / 254.0 + unit / 2.0)
             })
             .sum();
         quantization + rounding
@@ -220,10 +221,16 @@ proptest! {
     }
 }
 
+/// Q4_0, Q4_1 and Q5_0 unpack their weights for prefill (from 16 rows) and sum the
+/// offsets in another order there, so their rows agree to rounding; the rest bit for bit.
 #[test]
 fn a_decode_row_equals_its_row_of_a_prefill() {
     for format in BlockFormat::ALL {
-        let in_dim = 2 * format.block_elems().max(32);
+        let unpacked = matches!(
+            format,
+            BlockFormat::Q4_0 | BlockFormat::Q4_1 | BlockFormat::Q5_0
+        );
+        let in_dim = 20 * format.block_elems().max(32);
         let case = Case::random(format, 33, in_dim, 17, 7);
         for isa in supported_isas() {
             let prefill = case.run(isa);
@@ -232,8 +239,19 @@ fn a_decode_row_equals_its_row_of_a_prefill() {
                 let mut decode = vec![f32::NAN; case.out_dim];
                 matrix.matmul_with(isa, case.x_row(r), 1, &mut decode);
                 let row = &prefill[r * case.out_dim..(r + 1) * case.out_dim];
-                // Each row is quantized alone and summed in the same order in every group size.
-                assert_eq!(decode, row, "{format:?} {isa:?} row {r}");
+                if !unpacked {
+                    // Each row is quantized alone and summed in the same order in every group size.
+                    assert_eq!(decode, row, "{format:?} {isa:?} row {r}");
+                    continue;
+                }
+                for (o, (&d, &p)) in decode.iter().zip(row).enumerate() {
+                    let tolerance = 2e-5 * case.magnitude(r, o) + 1e-6;
+                    assert!(
+                        f64::from((d - p).abs()) <= tolerance,
+                        "{format:?} {isa:?} ({r}, {o}): decode {d}, prefill {p}"
+                    );
+                }
+                assert_ne!(decode, row, "{format:?} {isa:?}: prefill did not unpack");
             }
         }
     }

@@ -159,15 +159,24 @@ impl Weights {
     }
 }
 
-/// What our Q8_0 matmuls do to their input: each block of 32 becomes `d·q` with
-/// `d = amax / 127` and `q` an integer.
+/// What our Q8_0 matmuls do to an input row: each block of 32 becomes `d·q` with `q` an
+/// integer and `d` the smallest whole multiple `s` of the row's unit `amax / (127 · 32767)`
+/// that covers the block's `amax / 127`, the scales computed in f32 as the kernels do.
 fn quantize_activations(x: &[f64]) -> Vec<f64> {
+    let amax = |block: &[f64]| block.iter().fold(0f32, |m, &v| m.max((v as f32).abs()));
+    let unit = amax(x) / (127.0 * 32767.0);
     x.chunks(32)
         .flat_map(|block| {
-            let d = block.iter().fold(0.0f64, |m, v| m.max(v.abs())) / 127.0;
+            let amax = amax(block);
+            let s = if amax > 0.0 {
+                ((amax / (127.0 * unit)).ceil() as i32).clamp(1, 32767)
+            } else {
+                0
+            };
+            let d = f64::from(s as f32 * unit);
             block.iter().map(move |v| {
                 if d > 0.0 {
-                    (v / d).round_ties_even() * d
+                    (v / d).round_ties_even().clamp(-127.0, 127.0) * d
                 } else {
                     0.0
                 }
@@ -546,7 +555,10 @@ fn check_against_reference(spec: &Spec, name: &str, knockouts: &[Knockout]) {
             "{name}: taking {feature} out of the reference moves it only {moved:.2e} from ours, \
              so this test could not tell whether we implement it"
         );
-        if reference.quantized_activations && !without.quantized_activations {
+        // Only without experts: top-k routing is discontinuous, so rounding a router's input
+        // can swap a nearly tied expert and move the logits by more than the rounding.
+        let routed = reference.layers.iter().any(|l| l.moe);
+        if reference.quantized_activations && !without.quantized_activations && !routed {
             let bound = Q8_0_EXACT_RELATIVE_TOLERANCE * max_abs(&ours);
             assert!(
                 moved <= bound,

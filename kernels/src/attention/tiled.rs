@@ -426,7 +426,7 @@ fn refill(buffer: &mut Vec<f32>, len: usize, value: f32) {
 
 /// The operations the micro-kernels need, for one instruction set. A value of the type is
 /// the right to use it; `attend_block` is the entry point compiled for that set.
-trait Simd: Copy {
+pub(crate) trait Simd: Copy {
     /// `LANES` f32 lanes.
     type V: Copy;
     fn splat(self, x: f32) -> Self::V;
@@ -444,7 +444,7 @@ trait Simd: Copy {
 
 /// The baseline target, in plain arithmetic that the compiler vectorises as it can.
 #[derive(Clone, Copy, Debug)]
-struct Portable;
+pub(crate) struct Portable;
 
 impl Simd for Portable {
     type V = [f32; LANES];
@@ -488,11 +488,11 @@ impl Simd for Portable {
 /// AVX2 and FMA, found at run time: only `detect` makes one.
 #[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy, Debug)]
-struct Avx2Fma(());
+pub(crate) struct Avx2Fma(());
 
 #[cfg(target_arch = "x86_64")]
 impl Avx2Fma {
-    fn detect() -> Option<Avx2Fma> {
+    pub(crate) fn detect() -> Option<Avx2Fma> {
         (is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")).then_some(Avx2Fma(()))
     }
 }
@@ -840,7 +840,7 @@ fn union(ranges: &[Range<usize>]) -> Option<Range<usize>> {
 
 /// The keys one row block sees in one KV tile: the span from the first key any row of the
 /// block sees to the last.
-struct BlockCtx<'a> {
+pub(crate) struct BlockCtx<'a> {
     d: usize,
     /// Row stride of the score buffer: the KV tile size.
     stride: usize,
@@ -859,7 +859,7 @@ struct BlockCtx<'a> {
 type AdjustScores<'a> = &'a dyn Fn(usize, &mut [f32]);
 
 /// The rows of one block and the buffers it works in.
-struct BlockRows<'a> {
+pub(crate) struct BlockRows<'a> {
     /// Scaled queries, `[R, head_dim]`.
     q: &'a [f32],
     acc: &'a mut [f32],
@@ -1080,7 +1080,7 @@ fn reduce(xs: &[f32], init: f32, op: impl Fn(f32, f32) -> f32) -> f32 {
 /// Cephes `expf`: `x = n·ln2 + r` with `|r| <= ln2/2`, `exp(r)` by a degree-6 polynomial,
 /// `2^n` built in the exponent bits. Relative error about 2 ulp.
 #[inline(always)]
-fn exp_nonpositive(simd: impl Simd, x: f32) -> f32 {
+pub(crate) fn exp_nonpositive(simd: impl Simd, x: f32) -> f32 {
     /// Adding 1.5·2²³ rounds to an integer, which then sits in the low mantissa bits.
     const ROUND: f32 = 12_582_912.0;
     let x = x.max(-87.0);

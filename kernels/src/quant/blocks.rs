@@ -102,58 +102,75 @@ impl BlockFormat {
     }
 }
 
-impl BlockFormat {
-    /// Bytes per block as `QuantMatrix` holds it: the GGUF layout, except Q5_0, which is
-    /// widened at load to a byte per quant (`q5_0_wide`).
-    pub(crate) const fn held_block_bytes(self) -> usize {
+/// The GGUF layouts of 32-element blocks that the `unsigned32` kernels read as `d · q + m`
+/// with unsigned `q` below 32.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Layout32 {
+    Q4_0,
+    Q4_1,
+    Q5_0,
+}
+
+impl Layout32 {
+    pub const fn bytes(self) -> usize {
         match self {
-            Self::Q5_0 => q5_0_wide::BLOCK_BYTES,
-            _ => self.block_bytes(),
+            Self::Q4_0 => BlockFormat::Q4_0.block_bytes(),
+            Self::Q4_1 => BlockFormat::Q4_1.block_bytes(),
+            Self::Q5_0 => BlockFormat::Q5_0.block_bytes(),
         }
     }
 }
 
-/// Q5_0 widened to one byte per quant (34 bytes / 32): `d`, then the 32 quants `q` (0..32),
-/// value `d · (q − 16)`. Lossless both ways. Q5_0 spreads each quant over a nibble and a bit
-/// that the kernels would otherwise reassemble at every use (most of the work of a Q5_0 dot
-/// product); held wide, a block is one load, for 55% more memory.
-pub(crate) mod q5_0_wide {
-    use super::{array_at, BlockFormat};
+/// A row of 32-element blocks unpacked for prefill, 40 bytes a block in three runs: every
+/// block's 32 quants as bytes, then every block's `d`, then every block's `m`, as `f32`;
+/// value `d · q + m`. Decoding is most of the work of a Q5_0 dot product (each quant is a
+/// nibble and a bit), so prefill unpacks a tile's weight rows once and runs all its activation
+/// rows against them; the `m` run lets their offsets be summed eight blocks at a time.
+pub(crate) mod unpacked32 {
+    use super::{array_at, f32_at, QK};
 
-    pub const BLOCK_BYTES: usize = 34;
-    pub const QS: usize = 2;
-    const GGUF_BYTES: usize = BlockFormat::Q5_0.block_bytes();
+    pub const BYTES: usize = 40;
 
-    /// GGUF Q5_0 blocks to wide ones.
-    pub fn widen(gguf: &[u8]) -> Vec<u8> {
-        let mut wide = Vec::with_capacity(gguf.len() / GGUF_BYTES * BLOCK_BYTES);
-        for block in gguf.chunks_exact(GGUF_BYTES) {
-            let high = u32::from_le_bytes(*array_at(block, 2));
-            let nibbles: &[u8; 16] = array_at(block, 6);
-            wide.extend_from_slice(&block[..2]);
-            wide.extend((0..32).map(|i| {
-                let nibble = if i < 16 {
-                    nibbles[i] & 0x0F
-                } else {
-                    nibbles[i - 16] >> 4
-                };
-                nibble | (((high >> i) & 1) as u8) << 4
-            }));
-        }
-        wide
+    /// An unpacked row's three runs.
+    #[derive(Clone, Copy)]
+    pub struct Row<'a> {
+        pub qs: &'a [u8],
+        pub ds: &'a [u8],
+        pub ms: &'a [u8],
     }
 
-    /// Wide blocks back to GGUF Q5_0.
-    pub fn narrow(wide: &[u8]) -> Vec<u8> {
-        let mut gguf = Vec::with_capacity(wide.len() / BLOCK_BYTES * GGUF_BYTES);
-        for block in wide.chunks_exact(BLOCK_BYTES) {
-            let q: &[u8; 32] = array_at(block, QS);
-            let high = (0..32).fold(0u32, |h, i| h | u32::from(q[i] >> 4) << i);
-            gguf.extend_from_slice(&block[..2]);
-            gguf.extend_from_slice(&high.to_le_bytes());
-            gguf.extend((0..16).map(|i| (q[i] & 0x0F) | (q[i + 16] & 0x0F) << 4));
+    impl<'a> Row<'a> {
+        pub fn of(row: &'a [u8]) -> Self {
+            let blocks = row.len() / BYTES;
+            let (qs, rest) = row.split_at(blocks * QK);
+            let (ds, ms) = rest.split_at(blocks * 4);
+            Row { qs, ds, ms }
         }
-        gguf
+
+        pub fn blocks(&self) -> usize {
+            self.ds.len() / 4
+        }
+
+        pub fn quants(&self, b: usize) -> &'a [u8; QK] {
+            array_at(self.qs, b * QK)
+        }
+
+        pub fn d(&self, b: usize) -> f32 {
+            f32_at(self.ds, 4 * b)
+        }
+
+        pub fn m(&self, b: usize) -> f32 {
+            f32_at(self.ms, 4 * b)
+        }
+    }
+
+    /// Writes block `b` of a row of `blocks` blocks.
+    pub fn write(out: &mut [u8], blocks: usize, b: usize, q: &[u8; QK], d: f32, m: f32) {
+        out[b * QK..(b + 1) * QK].copy_from_slice(q);
+        let d_at = blocks * QK + 4 * b;
+        out[d_at..d_at + 4].copy_from_slice(&d.to_le_bytes());
+        let m_at = blocks * (QK + 4) + 4 * b;
+        out[m_at..m_at + 4].copy_from_slice(&m.to_le_bytes());
     }
 }
 
@@ -162,6 +179,12 @@ pub(crate) mod q5_0_wide {
 #[inline(always)]
 pub(crate) fn array_at<T, const L: usize>(s: &[T], at: usize) -> &[T; L] {
     s[at..at + L].try_into().expect("a range of length L")
+}
+
+/// The little-endian `f32` at `at`.
+#[inline(always)]
+pub(crate) fn f32_at(s: &[u8], at: usize) -> f32 {
+    f32::from_le_bytes(*array_at(s, at))
 }
 
 /// The little-endian `f16` at `at`, as `f32`.
@@ -179,44 +202,59 @@ pub(crate) struct Block32 {
     pub m: f32,
 }
 
-/// Decodes one block of a 32-element format (not F32 or a K-quant), as `QuantMatrix` holds it.
+/// Decodes one block of an unsigned 32-element layout.
 #[inline(always)]
-pub(crate) fn decode_block32(format: BlockFormat, block: &[u8]) -> Block32 {
-    let d = f16_at(block, 0);
-    let nibbles = |qs: &[u8; 16]| -> [i8; QK] {
+pub(crate) fn decode_unsigned32(layout: Layout32, block: &[u8]) -> Block32 {
+    let nibbles = |qs: &[u8; 16]| -> [u8; QK] {
         std::array::from_fn(|i| {
-            (if i < 16 {
+            if i < 16 {
                 qs[i] & 0x0F
             } else {
                 qs[i - 16] >> 4
-            }) as i8
+            }
         })
     };
-    match format {
-        BlockFormat::Q4_0 => Block32 {
-            q: nibbles(array_at(block, 2)),
-            d,
-            m: -8.0 * d,
-        },
-        BlockFormat::Q4_1 => Block32 {
-            q: nibbles(array_at(block, 4)),
-            d,
-            m: f16_at(block, 2),
-        },
-        // Held wide (`q5_0_wide`).
-        BlockFormat::Q5_0 => Block32 {
-            q: array_at::<u8, QK>(block, q5_0_wide::QS).map(|b| b as i8),
-            d,
-            m: -16.0 * d,
-        },
-        BlockFormat::Q8_0 => Block32 {
-            q: array_at::<u8, QK>(block, 2).map(|b| b as i8),
-            d,
-            m: 0.0,
-        },
-        BlockFormat::F32 | BlockFormat::Q4K | BlockFormat::Q6K => {
-            unreachable!("{format:?} has no 32-element blocks")
+    let (q, d, m) = match layout {
+        Layout32::Q4_0 => {
+            let d = f16_at(block, 0);
+            (nibbles(array_at(block, 2)), d, -8.0 * d)
         }
+        Layout32::Q4_1 => (
+            nibbles(array_at(block, 4)),
+            f16_at(block, 0),
+            f16_at(block, 2),
+        ),
+        Layout32::Q5_0 => {
+            let d = f16_at(block, 0);
+            let high = u32::from_le_bytes(*array_at(block, 2));
+            let low = nibbles(array_at(block, 6));
+            let q = std::array::from_fn(|i| low[i] | (((high >> i) & 1) as u8) << 4);
+            (q, d, -16.0 * d)
+        }
+    };
+    Block32 {
+        q: q.map(|q| q as i8),
+        d,
+        m,
+    }
+}
+
+/// Decodes one Q8_0 block.
+#[inline(always)]
+pub(crate) fn decode_q8_0(block: &[u8]) -> Block32 {
+    Block32 {
+        q: array_at::<u8, QK>(block, 2).map(|b| b as i8),
+        d: f16_at(block, 0),
+        m: 0.0,
+    }
+}
+
+/// Unpacks a row of `layout` blocks into `out` (`unpacked32`), with the portable decoder.
+pub(crate) fn unpack_row(layout: Layout32, row: &[u8], out: &mut [u8]) {
+    let blocks = row.len() / layout.bytes();
+    for (b, block) in row.chunks_exact(layout.bytes()).enumerate() {
+        let w = decode_unsigned32(layout, block);
+        unpacked32::write(out, blocks, b, &w.q.map(|q| q as u8), w.d, w.m);
     }
 }
 

@@ -7,7 +7,9 @@
 //! decoded to unsigned quants wherever they can be, with their offsets folded into per-block
 //! sums of the activations: Q4_0 (q − 8), Q5_0 (q − 16), Q4_1 (+ m), Q4_K (− min) and Q6_K
 //! (q − 32). Only Q8_0 needs the sign trick. No pair sum can saturate: |q_a| ≤ 127 and the
-//! unsigned quants are below 64 (Q8_0's |q_w| ≤ 128 gives 2·128·127 < 2¹⁵).
+//! unsigned quants are below 64 (Q8_0's |q_w| ≤ 128 gives 2·128·127 < 2¹⁵). The 32-element
+//! formats' `madd` multiplies by the activation block's integer scale `s ≤ 32767` instead of
+//! by one (2·2¹⁵·32767 < 2³¹), which leaves one float product per block: by the weight's `d`.
 //!
 //! The only unsafe code is the `load_*` and `store_*` helpers, which go through array
 //! references and so stay in bounds by type; intrinsics are safe to call in functions
@@ -15,8 +17,8 @@
 
 use std::arch::x86_64::*;
 
-use super::blocks::{array_at, q4k, q5_0_wide, q6k, BlockFormat, QK, QK_K};
-use super::kernel::{Kernel, WeightRows};
+use super::blocks::{array_at, q4k, q6k, unpacked32, Layout32, QK, QK_K};
+use super::kernel::{Kernel, Unsigned32, WeightRows};
 use super::q8::{KSums, Q8KRow, Q8Row};
 
 #[inline]
@@ -106,26 +108,88 @@ fn nibbles(qs: &[u8; 16]) -> __m256i {
     _mm256_and_si256(both, _mm256_set1_epi8(0x0F))
 }
 
-/// A Q4_0, Q4_1 or Q5_0 block as 32 unsigned quants, `d` and `m` (value `d·q + m`).
+/// Byte `i` is 0x10 where bit `i` of `bits` is set, else 0 (Q5_0's fifth bits).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn unsigned_block(format: BlockFormat, block: &[u8]) -> (__m256i, f32, f32) {
-    match format {
-        BlockFormat::Q4_0 => {
+fn fifth_bits(bits: u32) -> __m256i {
+    // Byte i takes byte i / 8 of `bits`; or-ing each with a mask that clears only its own bit
+    // leaves all ones exactly where that bit is set.
+    let spread = _mm256_shuffle_epi8(
+        _mm256_set1_epi32(bits as i32),
+        _mm256_setr_epi64x(
+            0,
+            0x0101_0101_0101_0101,
+            0x0202_0202_0202_0202,
+            0x0303_0303_0303_0303,
+        ),
+    );
+    let others = _mm256_set1_epi64x(0x7FBF_DFEF_F7FB_FDFE);
+    let set = _mm256_cmpeq_epi8(_mm256_or_si256(spread, others), _mm256_set1_epi8(-1));
+    _mm256_and_si256(set, _mm256_set1_epi8(0x10))
+}
+
+/// A block of an unsigned 32-element layout as its 32 quants, `d` and `m` (value `d·q + m`).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn unsigned_block(layout: Layout32, block: &[u8]) -> (__m256i, f32, f32) {
+    match layout {
+        Layout32::Q4_0 => {
             let d = f16(block, 0);
             (nibbles(array_at(block, 2)), d, -8.0 * d)
         }
-        BlockFormat::Q4_1 => {
+        Layout32::Q4_1 => {
             let dm = f16x2(array_at(block, 0));
             (nibbles(array_at(block, 4)), _mm_cvtss_f32(dm), lane1(dm))
         }
-        // Held wide: the quants are bytes already.
-        BlockFormat::Q5_0 => {
+        Layout32::Q5_0 => {
             let d = f16(block, 0);
-            (load_u8x32(array_at(block, q5_0_wide::QS)), d, -16.0 * d)
+            let high = fifth_bits(u32::from_le_bytes(*array_at(block, 2)));
+            (
+                _mm256_or_si256(nibbles(array_at(block, 6)), high),
+                d,
+                -16.0 * d,
+            )
         }
-        _ => unreachable!("{format:?} has no unsigned 32-element blocks"),
     }
+}
+
+/// Unpacks a row of `layout` blocks into `out` (`unpacked32`); the same bytes as
+/// `blocks::unpack_row`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) fn unpack_row(layout: Layout32, row: &[u8], out: &mut [u8]) {
+    let blocks = row.len() / layout.bytes();
+    for (b, block) in row.chunks_exact(layout.bytes()).enumerate() {
+        let (q, d, m) = unsigned_block(layout, block);
+        let mut bytes = [0u8; QK];
+        // SAFETY: writes the 32 bytes of `bytes`; unaligned stores are allowed.
+        unsafe { _mm256_storeu_si256(bytes.as_mut_ptr().cast(), q) };
+        unpacked32::write(out, blocks, b, &bytes, d, m);
+    }
+}
+
+/// An activation block's integer scale in every pair of 16-bit lanes, for `madd`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn scale_pairs(scale: &[i16; 2]) -> __m256i {
+    let [low, high] = scale.map(|s| s as u16 as u32);
+    _mm256_set1_epi32((low | high << 16) as i32)
+}
+
+/// `Σ_i a[i] · b[i]` over `f32` in `a`'s bytes and in `b`, eight at a time.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_f32(a: &[u8], b: &[f32]) -> f32 {
+    let whole = b.len() / 8 * 8;
+    let mut acc = _mm256_setzero_ps();
+    for i in (0..whole).step_by(8) {
+        acc = _mm256_fmadd_ps(
+            load_f32x8_le(array_at(a, 4 * i)),
+            load_f32x8(array_at(b, i)),
+            acc,
+        );
+    }
+    let tail = (whole..b.len()).map(|i| f32::from_le_bytes(*array_at(a, 4 * i)) * b[i]);
+    hsum(acc) + tail.sum::<f32>()
 }
 
 /// The horizontal sums of `M × N` accumulators.
@@ -141,35 +205,65 @@ fn hsums<const M: usize, const N: usize>(acc: &[[__m256; N]; M]) -> [[f32; N]; M
     out
 }
 
-/// Q4_0, Q4_1, Q5_0: `Σ_blocks d_w·d_a·Σ q_w·q_a + m_w·(d_a·Σ q_a)`.
+/// Q4_0, Q4_1, Q5_0 and unpacked blocks:
+/// `unit · Σ_blocks d_w · (s · Σ q_w·q_a) + m_w · (s · Σ q_a)`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) fn unsigned32<K: Kernel, const M: usize, const N: usize>(
+pub(crate) fn unsigned32<K: Unsigned32, const M: usize, const N: usize>(
     w: &WeightRows<'_, M>,
     acts: &[Q8Row<'_>; N],
 ) -> [[f32; N]; M] {
-    let bytes = K::FORMAT.held_block_bytes();
-    let ones = _mm256_set1_epi16(1);
+    let bytes = K::BLOCK.0;
     let mut acc = [[_mm256_setzero_ps(); N]; M];
     let mut offsets = [[0f32; N]; M];
     for b in 0..w[0].len() / bytes {
         let qa: [&[i8; QK]; N] = std::array::from_fn(|n| array_at(acts[n].qs, b * QK));
-        let ds: [&[f32; 2]; N] = std::array::from_fn(|n| &acts[n].ds[b]);
         for m in 0..M {
-            let (qw, d, min) = unsigned_block(K::FORMAT, &w[m][b * bytes..(b + 1) * bytes]);
+            let (qw, d, min) = unsigned_block(K::LAYOUT, &w[m][b * bytes..(b + 1) * bytes]);
             let dw = _mm256_set1_ps(d);
             for n in 0..N {
-                let dot = _mm256_madd_epi16(_mm256_maddubs_epi16(qw, load_i8x32(qa[n])), ones);
-                let scale = _mm256_mul_ps(dw, _mm256_set1_ps(ds[n][0]));
-                acc[m][n] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(dot), acc[m][n]);
-                offsets[m][n] = min.mul_add(ds[n][1], offsets[m][n]);
+                let pairs = _mm256_maddubs_epi16(qw, load_i8x32(qa[n]));
+                let dot = _mm256_madd_epi16(pairs, scale_pairs(&acts[n].scales[b]));
+                acc[m][n] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), dw, acc[m][n]);
+                offsets[m][n] = min.mul_add(acts[n].sums[b], offsets[m][n]);
             }
         }
     }
     let mut out = hsums(&acc);
     for (out, offsets) in out.iter_mut().zip(offsets) {
-        for (out, offset) in out.iter_mut().zip(offsets) {
-            *out += offset;
+        for ((out, offset), a) in out.iter_mut().zip(offsets).zip(acts) {
+            *out = (*out + offset) * a.unit;
+        }
+    }
+    out
+}
+
+/// Unpacked rows (`blocks::unpacked32`): the same sum, with the quants a plain load, and the
+/// offsets `m_w · (s · Σ q_a)` summed after the products, eight blocks at a time.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) fn unpacked32<K: Kernel, const M: usize, const N: usize>(
+    w: &WeightRows<'_, M>,
+    acts: &[Q8Row<'_>; N],
+) -> [[f32; N]; M] {
+    let rows: [unpacked32::Row<'_>; M] = std::array::from_fn(|m| unpacked32::Row::of(w[m]));
+    let mut acc = [[_mm256_setzero_ps(); N]; M];
+    for b in 0..rows[0].blocks() {
+        let qa: [&[i8; QK]; N] = std::array::from_fn(|n| array_at(acts[n].qs, b * QK));
+        for row in 0..M {
+            let qw = load_u8x32(rows[row].quants(b));
+            let dw = _mm256_set1_ps(rows[row].d(b));
+            for n in 0..N {
+                let pairs = _mm256_maddubs_epi16(qw, load_i8x32(qa[n]));
+                let dot = _mm256_madd_epi16(pairs, scale_pairs(&acts[n].scales[b]));
+                acc[row][n] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), dw, acc[row][n]);
+            }
+        }
+    }
+    let mut out = hsums(&acc);
+    for (out, row) in out.iter_mut().zip(&rows) {
+        for (out, a) in out.iter_mut().zip(acts) {
+            *out = (*out + dot_f32(row.ms, a.sums)) * a.unit;
         }
     }
     out
@@ -182,12 +276,10 @@ pub(crate) fn q8_0<K: Kernel, const M: usize, const N: usize>(
     w: &WeightRows<'_, M>,
     acts: &[Q8Row<'_>; N],
 ) -> [[f32; N]; M] {
-    let bytes = K::FORMAT.held_block_bytes();
-    let ones = _mm256_set1_epi16(1);
+    let bytes = K::BLOCK.0;
     let mut acc = [[_mm256_setzero_ps(); N]; M];
     for b in 0..w[0].len() / bytes {
         let qa: [&[i8; QK]; N] = std::array::from_fn(|n| array_at(acts[n].qs, b * QK));
-        let da: [&f32; N] = std::array::from_fn(|n| &acts[n].ds[b][0]);
         for m in 0..M {
             let block = &w[m][b * bytes..(b + 1) * bytes];
             let dw = _mm256_set1_ps(f16(block, 0));
@@ -195,13 +287,19 @@ pub(crate) fn q8_0<K: Kernel, const M: usize, const N: usize>(
             let abs = _mm256_abs_epi8(qw);
             for n in 0..N {
                 let signed = _mm256_sign_epi8(load_i8x32(qa[n]), qw);
-                let dot = _mm256_madd_epi16(_mm256_maddubs_epi16(abs, signed), ones);
-                let scale = _mm256_mul_ps(dw, _mm256_set1_ps(*da[n]));
-                acc[m][n] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(dot), acc[m][n]);
+                let pairs = _mm256_maddubs_epi16(abs, signed);
+                let dot = _mm256_madd_epi16(pairs, scale_pairs(&acts[n].scales[b]));
+                acc[m][n] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), dw, acc[m][n]);
             }
         }
     }
-    hsums(&acc)
+    let mut out = hsums(&acc);
+    for out in &mut out {
+        for (out, a) in out.iter_mut().zip(acts) {
+            *out *= a.unit;
+        }
+    }
+    out
 }
 
 /// Q4_K: per sub-block `scale·Σ q_w·q_a` in `i32`, then `d·d_a` of that minus `dmin·d_a` of
@@ -212,7 +310,7 @@ pub(crate) fn q4k<K: Kernel, const M: usize, const N: usize>(
     w: &WeightRows<'_, M>,
     acts: &[Q8KRow<'_>; N],
 ) -> [[f32; N]; M] {
-    let bytes = K::FORMAT.held_block_bytes();
+    let bytes = K::BLOCK.0;
     let low4 = _mm256_set1_epi8(0x0F);
     let mut acc = [[_mm256_setzero_ps(); N]; M];
     for b in 0..w[0].len() / bytes {
@@ -260,7 +358,7 @@ pub(crate) fn q6k<K: Kernel, const M: usize, const N: usize>(
     w: &WeightRows<'_, M>,
     acts: &[Q8KRow<'_>; N],
 ) -> [[f32; N]; M] {
-    let bytes = K::FORMAT.held_block_bytes();
+    let bytes = K::BLOCK.0;
     let low4 = _mm256_set1_epi8(0x0F);
     let bits45 = _mm256_set1_epi8(0x30);
     let mut acc = [[_mm256_setzero_ps(); N]; M];

@@ -3,8 +3,10 @@
 //! are tested against. Each takes `M` weight rows and `N` activation rows, as the AVX2 ones
 //! do, and simply runs every pair.
 
-use super::blocks::{array_at, decode_block32, f16_at, q4k, q6k, QK, QK_K};
-use super::kernel::{Kernel, WeightRows};
+use super::blocks::{
+    array_at, decode_q8_0, decode_unsigned32, f16_at, q4k, q6k, unpacked32, Block32, QK, QK_K,
+};
+use super::kernel::{Kernel, Unsigned32, WeightRows};
 use super::q8::{Q8KRow, Q8Row};
 
 /// Runs `dot(weight row, activation row)` for every pair.
@@ -17,26 +19,70 @@ fn each_pair<A, const M: usize, const N: usize>(
     std::array::from_fn(|m| std::array::from_fn(|n| dot(w[m], &acts[n])))
 }
 
-/// Q4_0, Q4_1, Q5_0 and Q8_0: `Σ_blocks d_w·d_a·Σ q_w·q_a + m_w·(d_a·Σ q_a)`.
-pub(crate) fn block32<K: Kernel, const M: usize, const N: usize>(
+/// A 32-element row against an integer-scaled activation row:
+/// `unit · Σ_blocks d_w · (s · Σ q_w·q_a) + m_w · (s · Σ q_a)`.
+fn row32(
+    w_row: &[u8],
+    block_bytes: usize,
+    a: &Q8Row<'_>,
+    decode: impl Fn(&[u8]) -> Block32,
+) -> f32 {
+    let mut out = 0f32;
+    for (b, block) in w_row.chunks_exact(block_bytes).enumerate() {
+        let w = decode(block);
+        let qa = array_at::<i8, QK>(a.qs, b * QK);
+        let dot: i64 =
+            w.q.iter()
+                .zip(qa)
+                .map(|(&w, &a)| i64::from(w) * i64::from(a))
+                .sum();
+        out += w.d * (dot * i64::from(a.scales[b][0])) as f32 + w.m * a.sums[b];
+    }
+    out * a.unit
+}
+
+/// Q4_0, Q4_1, Q5_0 and unpacked blocks.
+pub(crate) fn unsigned32<K: Unsigned32, const M: usize, const N: usize>(
     w: &WeightRows<'_, M>,
     acts: &[Q8Row<'_>; N],
 ) -> [[f32; N]; M] {
     each_pair(w, acts, |w_row, a| {
-        let mut out = 0f32;
-        for (b, block) in w_row.chunks_exact(K::FORMAT.held_block_bytes()).enumerate() {
-            let w = decode_block32(K::FORMAT, block);
-            let qa = array_at::<i8, QK>(a.qs, b * QK);
-            let dot: i32 =
-                w.q.iter()
-                    .zip(qa)
-                    .map(|(&w, &a)| i32::from(w) * i32::from(a))
-                    .sum();
-            let [d, s] = a.ds[b];
-            out += w.d * d * dot as f32 + w.m * s;
-        }
-        out
+        row32(w_row, K::BLOCK.0, a, |block| {
+            decode_unsigned32(K::LAYOUT, block)
+        })
     })
+}
+
+/// Unpacked rows (`blocks::unpacked32`): the same sum, the offsets `m_w · (s · Σ q_a)` added
+/// after the products.
+pub(crate) fn unpacked32<K: Kernel, const M: usize, const N: usize>(
+    w: &WeightRows<'_, M>,
+    acts: &[Q8Row<'_>; N],
+) -> [[f32; N]; M] {
+    each_pair(w, acts, |w_row, a| {
+        let w = unpacked32::Row::of(w_row);
+        let mut products = 0f32;
+        for b in 0..w.blocks() {
+            let qa = array_at::<i8, QK>(a.qs, b * QK);
+            let dot: i64 = w
+                .quants(b)
+                .iter()
+                .zip(qa)
+                .map(|(&w, &a)| i64::from(w) * i64::from(a))
+                .sum();
+            products += w.d(b) * (dot * i64::from(a.scales[b][0])) as f32;
+        }
+        let offsets: f32 = (0..w.blocks()).map(|b| w.m(b) * a.sums[b]).sum();
+        (products + offsets) * a.unit
+    })
+}
+
+/// Q8_0.
+pub(crate) fn q8_0<K: Kernel, const M: usize, const N: usize>(
+    w: &WeightRows<'_, M>,
+    acts: &[Q8Row<'_>; N],
+) -> [[f32; N]; M] {
+    each_pair(w, acts, |w_row, a| row32(w_row, K::BLOCK.0, a, decode_q8_0))
 }
 
 /// Q4_K: per 32-element sub-block `d·scale·Σ q_w·q_a − dmin·min·Σ q_a`, times `d_a`.
@@ -46,7 +92,7 @@ pub(crate) fn q4k<K: Kernel, const M: usize, const N: usize>(
 ) -> [[f32; N]; M] {
     each_pair(w, acts, |w_row, a| {
         let mut out = 0f32;
-        for (b, block) in w_row.chunks_exact(K::FORMAT.held_block_bytes()).enumerate() {
+        for (b, block) in w_row.chunks_exact(K::BLOCK.0).enumerate() {
             let d = f16_at(block, q4k::D);
             let dmin = f16_at(block, q4k::DMIN);
             let (scales, mins) = q4k::scales_mins(array_at(block, q4k::SCALES));
@@ -74,7 +120,7 @@ pub(crate) fn q6k<K: Kernel, const M: usize, const N: usize>(
 ) -> [[f32; N]; M] {
     each_pair(w, acts, |w_row, a| {
         let mut out = 0f32;
-        for (b, block) in w_row.chunks_exact(K::FORMAT.held_block_bytes()).enumerate() {
+        for (b, block) in w_row.chunks_exact(K::BLOCK.0).enumerate() {
             let qa = array_at::<i8, QK_K>(a.qs, b * QK_K);
             let mut dot = 0i32;
             for s in 0..QK_K / 16 {

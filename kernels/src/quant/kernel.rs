@@ -1,5 +1,6 @@
 //! The table that ties each weight format to its activation layout and its two kernels.
 
+use super::blocks::{unpacked32, Layout32, QK, QK_K};
 #[cfg(target_arch = "x86_64")]
 use super::dot_avx2;
 use super::dot_portable;
@@ -16,7 +17,8 @@ pub(crate) type WeightRows<'a, const M: usize> = [&'a [u8]; M];
 /// activation rows, each weight block decoded once for all `N` rows and each activation
 /// block loaded once for all `M`.
 pub(crate) trait Kernel: Sized + 'static {
-    const FORMAT: BlockFormat;
+    /// Bytes of one weight block, and the elements in it.
+    const BLOCK: (usize, usize);
     type Acts: Activations;
 
     fn portable<const M: usize, const N: usize>(
@@ -49,15 +51,20 @@ pub(crate) trait Kernel: Sized + 'static {
     }
 }
 
-/// Declares a format's marker type and its `Kernel` impl; the kernels take the marker as a
-/// type parameter to read its `FORMAT`.
+/// A kernel for an unsigned 32-element layout (the `unsigned32` kernels read `LAYOUT`).
+pub(crate) trait Unsigned32: Kernel<Acts = Q8Blocks> {
+    const LAYOUT: Layout32;
+}
+
+/// Declares a layout's marker type and its `Kernel` impl; the kernels take the marker as a
+/// type parameter to read its constants.
 macro_rules! kernel {
-    ($format:ident, $acts:ty, $portable:ident, $avx2:ident) => {
+    ($format:ident, $block:expr, $acts:ty, $portable:ident, $avx2:ident) => {
         #[allow(non_camel_case_types)] // named as ggml names the format
         pub(crate) struct $format;
 
         impl Kernel for $format {
-            const FORMAT: BlockFormat = BlockFormat::$format;
+            const BLOCK: (usize, usize) = $block;
             type Acts = $acts;
 
             #[inline(always)]
@@ -81,10 +88,52 @@ macro_rules! kernel {
     };
 }
 
-kernel!(F32, F32Rows, f32, f32);
-kernel!(Q4_0, Q8Blocks, block32, unsigned32);
-kernel!(Q4_1, Q8Blocks, block32, unsigned32);
-kernel!(Q5_0, Q8Blocks, block32, unsigned32);
-kernel!(Q8_0, Q8Blocks, block32, q8_0);
-kernel!(Q4K, Q8KBlocks, q4k, q4k);
-kernel!(Q6K, Q8KBlocks, q6k, q6k);
+/// Also declares the layout's `Unsigned32` impl.
+macro_rules! unsigned32 {
+    ($layout:ident) => {
+        kernel!(
+            $layout,
+            (Layout32::$layout.bytes(), QK),
+            Q8Blocks,
+            unsigned32,
+            unsigned32
+        );
+
+        impl Unsigned32 for $layout {
+            const LAYOUT: Layout32 = Layout32::$layout;
+        }
+    };
+}
+
+kernel!(F32, (4, 1), F32Rows, f32, f32);
+unsigned32!(Q4_0);
+unsigned32!(Q4_1);
+unsigned32!(Q5_0);
+kernel!(
+    Unpacked,
+    (unpacked32::BYTES, QK),
+    Q8Blocks,
+    unpacked32,
+    unpacked32
+);
+kernel!(
+    Q8_0,
+    (BlockFormat::Q8_0.block_bytes(), QK),
+    Q8Blocks,
+    q8_0,
+    q8_0
+);
+kernel!(
+    Q4K,
+    (BlockFormat::Q4K.block_bytes(), QK_K),
+    Q8KBlocks,
+    q4k,
+    q4k
+);
+kernel!(
+    Q6K,
+    (BlockFormat::Q6K.block_bytes(), QK_K),
+    Q8KBlocks,
+    q6k,
+    q6k
+);

@@ -8,13 +8,22 @@
 //! groups of one, the output dimension split finely enough to keep every thread busy, and
 //! four weight rows per kernel call, whose independent sums hide the float latency; as four
 //! interleaved short rows defeat the hardware prefetcher, decode prefetches rows itself.
+//!
+//! The unsigned 32-element formats (Q4_0, Q4_1, Q5_0) unpack each tile's weight rows once
+//! (`blocks::unpacked32`) when there are enough activation rows to repay it: the tile then
+//! runs every group against quants that are a plain load, where decoding a Q5_0 block costs
+//! more than its dot products. The unpacked kernels sum the blocks' offsets eight at a time
+//! after the products, so those rows agree with the packed kernels' to rounding.
 
 use std::marker::PhantomData;
 use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::kernel::{Kernel, Row, WeightRows};
+use std::cell::Cell;
+
+use super::blocks::{unpack_row, unpacked32};
+use super::kernel::{Kernel, Row, Unpacked, Unsigned32, WeightRows};
 use super::q8::Activations;
 use super::{Isa, QuantMatrix};
 
@@ -36,13 +45,69 @@ const TILES_PER_THREAD: usize = 4;
 /// the pool would cost more than it saves.
 const SEQUENTIAL_WORK: usize = 32 * 1024;
 
+/// Activation rows from which the unsigned 32-element formats unpack their tiles' weights.
+const UNPACK_ROWS: usize = 16;
+
+thread_local! {
+    /// Each thread's buffer for a tile's unpacked weight rows.
+    static UNPACKED: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+}
+
 /// `y = x · Wᵀ` with `K`'s kernels for `isa`.
 pub(super) fn run<K: Kernel>(m: &QuantMatrix, isa: Isa, x: &[f32], rows: usize, y: &mut [f32]) {
+    run_tiles::<K::Acts>(m, isa, x, rows, y, |acts, rows, outs, out| {
+        tile::<K>(Weights::of(m), isa, acts, rows, outs, out)
+    });
+}
+
+/// `run` for an unsigned 32-element format, unpacking each tile's weight rows first when
+/// there are `UNPACK_ROWS` activation rows or more.
+pub(super) fn run_unsigned32<K: Unsigned32>(
+    m: &QuantMatrix,
+    isa: Isa,
+    x: &[f32],
+    rows: usize,
+    y: &mut [f32],
+) {
+    if rows < UNPACK_ROWS {
+        return run::<K>(m, isa, x, rows, y);
+    }
+    let row_bytes = m.in_dim / K::BLOCK.1 * unpacked32::BYTES;
+    run_tiles::<K::Acts>(m, isa, x, rows, y, |acts, rows, outs, out| {
+        let mut unpacked = UNPACKED.take();
+        unpacked.resize(outs.len() * row_bytes, 0);
+        for (o, into) in outs.clone().zip(unpacked.chunks_exact_mut(row_bytes)) {
+            match isa {
+                // SAFETY: `run_tiles` asserted that the CPU supports `isa`.
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 => unsafe { super::dot_avx2::unpack_row(K::LAYOUT, m.row(o), into) },
+                _ => unpack_row(K::LAYOUT, m.row(o), into),
+            }
+        }
+        let weights = Weights {
+            data: &unpacked,
+            row_bytes,
+            first: outs.start,
+        };
+        tile::<Unpacked>(weights, isa, acts, rows, outs, out);
+        UNPACKED.set(unpacked);
+    });
+}
+
+/// Quantizes `x` once and runs `tile(acts, rows, outs, out)` over the plan's tiles.
+fn run_tiles<A: Activations>(
+    m: &QuantMatrix,
+    isa: Isa,
+    x: &[f32],
+    rows: usize,
+    y: &mut [f32],
+    tile: impl Fn(&A, Range<usize>, Range<usize>, &SharedOutput<'_>) + Sync,
+) {
     assert!(
         isa.is_supported(),
         "this CPU cannot run the {isa:?} kernels"
     );
-    let scratch = K::Acts::scratch();
+    let scratch = A::scratch();
     let mut acts = scratch.take();
     // SAFETY: asserted above.
     unsafe { acts.quantize(isa, x, m.in_dim) };
@@ -51,7 +116,7 @@ pub(super) fn run<K: Kernel>(m: &QuantMatrix, isa: Isa, x: &[f32], rows: usize, 
     let out = SharedOutput::new(y, m.out_dim);
     let run_tile = |t: usize| {
         let (rows, outs) = plan.tile(t);
-        tile::<K>(m, isa, &acts, rows, outs, &out);
+        tile(&acts, rows, outs, &out);
     };
     if plan.tiles() == 1 || rows * m.data.len() < SEQUENTIAL_WORK {
         (0..plan.tiles()).for_each(run_tile);
@@ -61,9 +126,39 @@ pub(super) fn run<K: Kernel>(m: &QuantMatrix, isa: Isa, x: &[f32], rows: usize, 
     scratch.set(acts);
 }
 
+/// Weight rows `first..` as a kernel reads them: `row_bytes` each, from `data`.
+#[derive(Clone, Copy)]
+struct Weights<'a> {
+    data: &'a [u8],
+    row_bytes: usize,
+    first: usize,
+}
+
+impl<'a> Weights<'a> {
+    /// The matrix's rows as it holds them.
+    fn of(m: &'a QuantMatrix) -> Self {
+        Weights {
+            data: &m.data,
+            row_bytes: m.row_bytes,
+            first: 0,
+        }
+    }
+
+    fn row(&self, o: usize) -> &'a [u8] {
+        let at = (o - self.first) * self.row_bytes;
+        &self.data[at..at + self.row_bytes]
+    }
+
+    /// The bytes of rows `rows`, cut at the last row held.
+    fn rows(&self, rows: Range<usize>) -> &'a [u8] {
+        let end = ((rows.end - self.first) * self.row_bytes).min(self.data.len());
+        &self.data[((rows.start - self.first) * self.row_bytes).min(end)..end]
+    }
+}
+
 /// One tile: activation rows `rows` against weight rows `outs`.
 fn tile<K: Kernel>(
-    m: &QuantMatrix,
+    m: Weights<'_>,
     isa: Isa,
     acts: &K::Acts,
     rows: Range<usize>,
@@ -89,7 +184,7 @@ fn tile<K: Kernel>(
 /// Activation rows `first..first + N` against weight rows `outs`, into `buf[..N][..outs.len()]`.
 #[inline(always)]
 fn group<K: Kernel, const N: usize>(
-    m: &QuantMatrix,
+    m: Weights<'_>,
     isa: Isa,
     acts: &K::Acts,
     first: usize,
@@ -105,10 +200,7 @@ fn group<K: Kernel, const N: usize>(
             // Interleaved rows are short streams the hardware prefetcher does not pick up, so
             // fetch the rows a few calls ahead ourselves.
             let ahead = o + PREFETCH_GROUPS * DECODE_W_ROWS;
-            let end = (ahead + DECODE_W_ROWS).min(m.out_dim);
-            if ahead < end {
-                prefetch(&m.data[ahead * m.row_bytes..end * m.row_bytes]);
-            }
+            prefetch(m.rows(ahead..ahead + DECODE_W_ROWS));
             weight_rows::<K, DECODE_W_ROWS, N>(m, isa, &rows, o, o - outs.start, buf);
             o += DECODE_W_ROWS;
         }
@@ -129,7 +221,7 @@ fn group<K: Kernel, const N: usize>(
 /// Weight rows `first..first + M` against `rows`, into `buf[..N][col..col + M]`.
 #[inline(always)]
 fn weight_rows<K: Kernel, const M: usize, const N: usize>(
-    m: &QuantMatrix,
+    m: Weights<'_>,
     isa: Isa,
     rows: &[Row<'_, K>; N],
     first: usize,
@@ -250,6 +342,7 @@ impl<'a> SharedOutput<'a> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::blocks::Layout32;
     use super::*;
 
     #[test]
@@ -272,6 +365,60 @@ mod tests {
                     assert!(hits.iter().all(|&h| h == 1), "{plan:?}");
                 }
             }
+        }
+    }
+
+    /// Q5_0 blocks with fifth bits all over and scales of both signs, for the unpackers.
+    fn q5_0_row(blocks: usize) -> Vec<u8> {
+        let mut row = Vec::new();
+        for b in 0..blocks {
+            let d = half::f16::from_f32(if b % 2 == 0 { 0.03 } else { -1.5 });
+            row.extend_from_slice(&d.to_le_bytes());
+            row.extend_from_slice(&(0x9E37_79B9u32.wrapping_mul(b as u32 + 1)).to_le_bytes());
+            row.extend((0..16).map(|i| (i * 37 + b * 11) as u8));
+        }
+        row
+    }
+
+    #[test]
+    fn avx2_unpacking_gives_the_portable_bytes() {
+        if !Isa::Avx2.is_supported() {
+            return;
+        }
+        for layout in [Layout32::Q4_0, Layout32::Q4_1, Layout32::Q5_0] {
+            // The same bytes read as each layout's blocks.
+            let row = q5_0_row(9);
+            let row = &row[..row.len() / layout.bytes() * layout.bytes()];
+            let blocks = row.len() / layout.bytes();
+            let mut portable = vec![0u8; blocks * unpacked32::BYTES];
+            let mut avx2 = vec![1u8; blocks * unpacked32::BYTES];
+            unpack_row(layout, row, &mut portable);
+            // SAFETY: AVX2 was detected above.
+            unsafe { super::super::dot_avx2::unpack_row(layout, row, &mut avx2) };
+            assert_eq!(portable, avx2, "{layout:?}");
+        }
+    }
+
+    #[test]
+    fn unpacking_q5_0_restores_every_fifth_bit() {
+        let row = q5_0_row(3);
+        let mut out = vec![0u8; 3 * unpacked32::BYTES];
+        unpack_row(Layout32::Q5_0, &row, &mut out);
+        let unpacked = unpacked32::Row::of(&out);
+        for b in 0..3 {
+            let block = &row[b * 22..(b + 1) * 22];
+            let high = u32::from_le_bytes(block[2..6].try_into().unwrap());
+            for (i, &q) in unpacked.quants(b).iter().enumerate() {
+                let nibble = if i < 16 {
+                    block[6 + i] & 15
+                } else {
+                    block[6 + i - 16] >> 4
+                };
+                let want = nibble | (((high >> i) & 1) as u8) << 4;
+                assert_eq!(q, want, "block {b} quant {i}");
+            }
+            let d = half::f16::from_le_bytes([block[0], block[1]]).to_f32();
+            assert_eq!((unpacked.d(b), unpacked.m(b)), (d, -16.0 * d));
         }
     }
 

@@ -9,7 +9,9 @@
 //!
 //! Accuracy: the only approximation is the activations' 8-bit quantization, at most
 //! `amax / 254` per element (`amax` the largest magnitude in its block of 32, or 256 for the
-//! K-quants); the weights are used exactly as stored. `f32` weights take `f32` activations.
+//! K-quants), plus `row_amax / (254 · 32767)` for the 32-element formats, whose block scales
+//! are whole multiples of a unit per row (`q8`); the weights are used exactly as stored.
+//! `f32` weights take `f32` activations.
 
 mod blocks;
 #[cfg(target_arch = "x86_64")]
@@ -69,8 +71,7 @@ pub struct QuantMatrix {
     in_dim: usize,
     /// Bytes of one weight row.
     row_bytes: usize,
-    /// The tensor's bytes: `out_dim` rows of `in_dim / block` blocks, as GGUF stores them
-    /// except for Q5_0, held wide (`blocks::q5_0_wide`).
+    /// The tensor's bytes: `out_dim` rows of `in_dim / block` blocks, as GGUF stores them.
     data: Vec<u8>,
 }
 
@@ -108,27 +109,19 @@ impl QuantMatrix {
                 data.len()
             )));
         }
-        let data = match format {
-            BlockFormat::Q5_0 => blocks::q5_0_wide::widen(&data),
-            _ => data.into_owned(),
-        };
         Ok(Some(Self {
             format,
             out_dim,
             in_dim,
-            row_bytes: in_dim / block * format.held_block_bytes(),
-            data,
+            row_bytes: gguf_row_bytes,
+            data: data.into_owned(),
         }))
     }
 
     /// The same bytes as a candle `QTensor` again, for dequantizing or handing to candle.
     pub fn to_qtensor(&self) -> Result<QTensor> {
-        let data = match self.format {
-            BlockFormat::Q5_0 => std::borrow::Cow::Owned(blocks::q5_0_wide::narrow(&self.data)),
-            _ => std::borrow::Cow::Borrowed(&self.data[..]),
-        };
         let storage = candle_core::quantized::QStorage::from_data(
-            data,
+            std::borrow::Cow::Borrowed(&self.data[..]),
             &candle_core::Device::Cpu,
             self.format.dtype(),
         )?;
@@ -186,9 +179,9 @@ impl QuantMatrix {
         }
         let run = match self.format {
             BlockFormat::F32 => matmul::run::<kernel::F32>,
-            BlockFormat::Q4_0 => matmul::run::<kernel::Q4_0>,
-            BlockFormat::Q4_1 => matmul::run::<kernel::Q4_1>,
-            BlockFormat::Q5_0 => matmul::run::<kernel::Q5_0>,
+            BlockFormat::Q4_0 => matmul::run_unsigned32::<kernel::Q4_0>,
+            BlockFormat::Q4_1 => matmul::run_unsigned32::<kernel::Q4_1>,
+            BlockFormat::Q5_0 => matmul::run_unsigned32::<kernel::Q5_0>,
             BlockFormat::Q8_0 => matmul::run::<kernel::Q8_0>,
             BlockFormat::Q4K => matmul::run::<kernel::Q4K>,
             BlockFormat::Q6K => matmul::run::<kernel::Q6K>,

@@ -1,13 +1,18 @@
 //! Activation rows, quantized once per matmul so the kernels can take integer dot products
 //! against the weights, as llama.cpp does:
-//! - `Q8Blocks`: 32 `i8` a block with scale `d` and `d · Σq` (Q8_0 and Q8_1 in one), for the
-//!   32-element weight formats; the sum carries Q4_1's `m` (and Q4_0's and Q5_0's offsets).
+//! - `Q8Blocks`: 32 `i8` a block, for the 32-element weight formats. A block's scale is a
+//!   whole multiple `s` (at most 32767) of one unit per row, `d = s · unit`, so the kernels
+//!   multiply by `s` in the integer unit (`madd`, which also widens the pair sums) and leave
+//!   a single float product per block, by the weight's `d_w`. Each block also carries
+//!   `s · Σq`, for Q4_1's `m` and the offsets of Q4_0 and Q5_0.
 //! - `Q8KBlocks`: 256 `i8` a block with scale `d` and the sum of every 16 quants (Q8_K), for
 //!   the K-quants, whose mins and offsets are per 16 or 32 elements.
 //! - `F32Rows`: the rows as they are, for `f32` weights.
 //!
-//! Each block is `d = amax / 127`, `q = round(x / d)`, so `|x − d·q| ≤ amax / 254`: the error
-//! bound the tests hold the matmul to. Scales stay `f32` (ggml stores `f16`) so that bound holds.
+//! Each block is `q = round(x / d)`, so `|x − d·q| ≤ d / 2`: for Q8_K `d = amax / 127`, the
+//! error bound `amax / 254`; for `Q8Blocks` `s` is rounded up, `d ≤ amax / 127 + unit`, which
+//! adds at most `row_amax / (254 · 32767)`. Scales stay `f32` (ggml stores `f16`) so that
+//! bound holds.
 
 use std::cell::Cell;
 use std::thread::LocalKey;
@@ -39,8 +44,8 @@ pub(crate) trait Activations: Default + Send + Sync + 'static {
     fn scratch() -> &'static LocalKey<Cell<Self>>;
 }
 
-/// Quantizes one block: writes `q`, returns `d`.
-fn quantize_block<const L: usize>(x: &[f32; L], q: &mut [i8; L]) -> f32 {
+/// The largest magnitude in a block.
+fn amax<const L: usize>(x: &[f32; L]) -> f32 {
     // Eight lanes so the max vectorizes.
     let mut lanes = [0f32; 8];
     for chunk in x.as_chunks::<8>().0 {
@@ -48,11 +53,14 @@ fn quantize_block<const L: usize>(x: &[f32; L], q: &mut [i8; L]) -> f32 {
             *m = m.max(v.abs());
         }
     }
-    let amax = lanes.iter().fold(0f32, |m, &v| m.max(v));
+    lanes.iter().fold(0f32, |m, &v| m.max(v))
+}
+
+/// Quantizes one block with `d = amax / 127`: writes `q`, returns `d`.
+fn quantize_block<const L: usize>(x: &[f32; L], q: &mut [i8; L]) -> f32 {
+    let amax = amax(x);
     let inverse = if amax > 0.0 { 127.0 / amax } else { 0.0 };
-    for (q, &v) in q.iter_mut().zip(x) {
-        *q = round_to_i32(v * inverse) as i8;
-    }
+    quantize_with(x, inverse, q);
     amax / 127.0
 }
 
@@ -66,32 +74,42 @@ fn round_to_i32(v: f32) -> i32 {
     (v + SHIFT).to_bits() as i32 - SHIFT.to_bits() as i32
 }
 
-/// A row quantizer: one row of `x` into its quants and per-block sums.
+/// A row quantizer: one row of `x` into its quants and per-block scales; returns what the
+/// layout keeps per row (`Q8Blocks`: the unit).
 ///
 /// # Safety
 /// The copy for an ISA needs a CPU that supports it.
-type RowFn<S> = unsafe fn(&[f32], &mut [i8], &mut [S]);
+type RowFn<S, T, R> = unsafe fn(&[f32], &mut [i8], &mut [S], &mut [T]) -> R;
 
 /// Quantizes every row with `row`, in parallel when there are many.
 ///
 /// # Safety
 /// The CPU must support the ISA `row` was compiled for.
-unsafe fn for_each_row<S: Send>(
+unsafe fn for_each_row<S: Send, T: Send, R: Send>(
     x: &[f32],
     cols: usize,
     qs: &mut [i8],
-    (sums, sums_len): (&mut [S], usize),
-    row: RowFn<S>,
+    (first, second, per_block): (&mut [S], &mut [T], usize),
+    per_row: &mut [R],
+    row: RowFn<S, T, R>,
 ) {
+    type Args<'a, S, T, R> = (
+        (((&'a [f32], &'a mut [i8]), &'a mut [S]), &'a mut [T]),
+        &'a mut R,
+    );
     // SAFETY: our caller promises the CPU supports `row`'s ISA.
-    let row = |((x, q), s): ((&[f32], &mut [i8]), &mut [S])| unsafe { row(x, q, s) };
+    let row = |((((x, q), s), t), r): Args<'_, S, T, R>| *r = unsafe { row(x, q, s, t) };
     if x.len() / cols >= PARALLEL_ROWS {
         let rows = x.par_chunks(cols).zip(qs.par_chunks_mut(cols));
-        rows.zip(sums.par_chunks_mut(sums_len)).for_each(row);
+        let rows = rows.zip(first.par_chunks_mut(per_block));
+        let rows = rows.zip(second.par_chunks_mut(per_block));
+        rows.zip(per_row.par_iter_mut()).for_each(row);
     } else {
         x.chunks(cols)
             .zip(qs.chunks_mut(cols))
-            .zip(sums.chunks_mut(sums_len))
+            .zip(first.chunks_mut(per_block))
+            .zip(second.chunks_mut(per_block))
+            .zip(per_row.iter_mut())
             .for_each(row);
     }
 }
@@ -101,19 +119,29 @@ fn refill<T: Copy + Default>(v: &mut Vec<T>, len: usize) {
     v.resize(len, T::default());
 }
 
-/// Rows in Q8_0/Q8_1-style blocks of 32.
+/// The largest block scale `s` of a `Q8Blocks` row: the largest that `madd` can multiply a
+/// sum of two products of `i8` quants by (`2 · 128 · 127 · 32767 < 2³¹`).
+pub(crate) const MAX_SCALE: i32 = i16::MAX as i32;
+
+/// Rows in blocks of 32 with integer scales: `d = s · unit`.
 #[derive(Default)]
 pub(crate) struct Q8Blocks {
     cols: usize,
     qs: Vec<i8>,
-    /// Per block: `[d, d · Σq]`.
-    ds: Vec<[f32; 2]>,
+    /// Per block: `s`, twice, as `madd` reads a pair of `i16`.
+    scales: Vec<[i16; 2]>,
+    /// Per block: `s · Σq`.
+    sums: Vec<f32>,
+    units: Vec<f32>,
 }
 
 #[derive(Clone, Copy)]
 pub(crate) struct Q8Row<'a> {
     pub qs: &'a [i8],
-    pub ds: &'a [[f32; 2]],
+    pub scales: &'a [[i16; 2]],
+    pub sums: &'a [f32],
+    /// The value of one step of `s`.
+    pub unit: f32,
 }
 
 thread_local! {
@@ -122,14 +150,43 @@ thread_local! {
     static F32_SCRATCH: Cell<F32Rows> = Cell::default();
 }
 
-/// One row into blocks of 32 with `[d, d·Σq]`.
-fn q8_row(x: &[f32], qs: &mut [i8], ds: &mut [[f32; 2]]) {
-    let blocks = x.as_chunks::<QK>().0.iter().zip(qs.as_chunks_mut::<QK>().0);
-    for ((x, q), ds) in blocks.zip(ds) {
-        let d = quantize_block(x, q);
-        let sum: i32 = q.iter().map(|&q| i32::from(q)).sum();
-        *ds = [d, d * sum as f32];
+/// The unit of a row whose largest magnitude is `row_amax`: its largest block gets `s = 32767`.
+fn unit(row_amax: f32) -> f32 {
+    row_amax / (127.0 * MAX_SCALE as f32)
+}
+
+/// The smallest `s` whose step `s · unit` covers `amax / 127`, and `1 / (s · unit)`.
+fn block_scale(amax: f32, unit: f32) -> (i32, f32) {
+    if amax == 0.0 {
+        return (0, 0.0);
     }
+    let s = ((amax / (127.0 * unit)).ceil() as i32).clamp(1, MAX_SCALE);
+    (s, 1.0 / (s as f32 * unit))
+}
+
+/// A block's `[s, s]` and `s · Σq` from `s` and its quants' sum.
+fn scale_and_sum(s: i32, sum: i32) -> ([i16; 2], f32) {
+    ([s as i16; 2], (s * sum) as f32)
+}
+
+/// Quantizes one block with step `1 / inverse`: `q = round(x · inverse)`, within ±127.
+fn quantize_with<const L: usize>(x: &[f32; L], inverse: f32, q: &mut [i8; L]) {
+    for (q, &v) in q.iter_mut().zip(x) {
+        *q = round_to_i32(v * inverse).clamp(-127, 127) as i8;
+    }
+}
+
+/// One row into blocks of 32 with integer scales and sums; returns its unit.
+fn q8_row(x: &[f32], qs: &mut [i8], scales: &mut [[i16; 2]], sums: &mut [f32]) -> f32 {
+    let blocks = x.as_chunks::<QK>().0;
+    let unit = unit(blocks.iter().map(amax).fold(0f32, f32::max));
+    let outs = scales.iter_mut().zip(sums);
+    for ((x, q), (scale, sum)) in blocks.iter().zip(qs.as_chunks_mut::<QK>().0).zip(outs) {
+        let (s, inverse) = block_scale(amax(x), unit);
+        quantize_with(x, inverse, q);
+        (*scale, *sum) = scale_and_sum(s, q.iter().map(|&q| i32::from(q)).sum());
+    }
+    unit
 }
 
 impl Activations for Q8Blocks {
@@ -139,21 +196,26 @@ impl Activations for Q8Blocks {
         debug_assert!(cols.is_multiple_of(QK) && x.len().is_multiple_of(cols));
         self.cols = cols;
         refill(&mut self.qs, x.len());
-        refill(&mut self.ds, x.len() / QK);
-        let row: RowFn<[f32; 2]> = match isa {
+        refill(&mut self.scales, x.len() / QK);
+        refill(&mut self.sums, x.len() / QK);
+        refill(&mut self.units, x.len() / cols);
+        let row: RowFn<[i16; 2], f32, f32> = match isa {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => avx2::q8_row,
             _ => q8_row,
         };
+        let blocks = (&mut self.scales[..], &mut self.sums[..], cols / QK);
         // SAFETY: our caller promises the CPU supports `isa`.
-        unsafe { for_each_row(x, cols, &mut self.qs, (&mut self.ds, cols / QK), row) };
+        unsafe { for_each_row(x, cols, &mut self.qs, blocks, &mut self.units, row) };
     }
 
     fn row(&self, r: usize) -> Q8Row<'_> {
         let blocks = self.cols / QK;
         Q8Row {
             qs: &self.qs[r * self.cols..(r + 1) * self.cols],
-            ds: &self.ds[r * blocks..(r + 1) * blocks],
+            scales: &self.scales[r * blocks..(r + 1) * blocks],
+            sums: &self.sums[r * blocks..(r + 1) * blocks],
+            unit: self.units[r],
         }
     }
 
@@ -185,7 +247,7 @@ pub(crate) struct Q8KRow<'a> {
 }
 
 /// One row into blocks of 256 with their sums of 16.
-fn q8k_row(x: &[f32], qs: &mut [i8], sums: &mut [KSums]) {
+fn q8k_row(x: &[f32], qs: &mut [i8], sums: &mut [KSums], _: &mut [()]) {
     let blocks = x
         .as_chunks::<QK_K>()
         .0
@@ -207,13 +269,16 @@ impl Activations for Q8KBlocks {
         self.cols = cols;
         refill(&mut self.qs, x.len());
         refill(&mut self.sums, x.len() / QK_K);
-        let row: RowFn<KSums> = match isa {
+        let row: RowFn<KSums, (), ()> = match isa {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => avx2::q8k_row,
             _ => q8k_row,
         };
+        // Q8_K keeps nothing else per block or per row: `()` takes no room.
+        let (mut per_block, mut per_row) = (vec![(); x.len() / QK_K], vec![(); x.len() / cols]);
+        let blocks = (&mut self.sums[..], &mut per_block[..], cols / QK_K);
         // SAFETY: our caller promises the CPU supports `isa`.
-        unsafe { for_each_row(x, cols, &mut self.qs, (&mut self.sums, cols / QK_K), row) };
+        unsafe { for_each_row(x, cols, &mut self.qs, blocks, &mut per_row, row) };
     }
 
     fn row(&self, r: usize) -> Q8KRow<'_> {
@@ -264,7 +329,7 @@ mod avx2 {
     use super::super::dot_avx2::{load_f32x8, store_i8x32};
     use super::{KSums, QK, QK_K};
 
-    /// The largest magnitude in `x` (a multiple of 8 long).
+    /// The largest magnitude in `x` (a multiple of 8 long), as the portable `amax`.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     fn amax(x: &[f32]) -> f32 {
@@ -319,6 +384,8 @@ mod avx2 {
         ];
         // Packing works within 128-bit lanes; the permutation puts the 4-byte groups back.
         let bytes = _mm256_packs_epi16(_mm256_packs_epi32(a, b), _mm256_packs_epi32(c, d));
+        // Never −128, as the portable code (the kernels' pair sums rely on it).
+        let bytes = _mm256_max_epi8(bytes, _mm256_set1_epi8(-127));
         let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
         store_i8x32(q, _mm256_permutevar8x32_epi32(bytes, order));
         [
@@ -328,18 +395,25 @@ mod avx2 {
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) fn q8_row(x: &[f32], qs: &mut [i8], ds: &mut [[f32; 2]]) {
-        let blocks = x.as_chunks::<QK>().0.iter().zip(qs.as_chunks_mut::<QK>().0);
-        for ((x, q), ds) in blocks.zip(ds) {
-            let amax = amax(x);
-            let [low, high] = quantize32(x, inverse(amax), q);
-            let d = amax / 127.0;
-            *ds = [d, d * (low + high) as f32];
+    pub(super) fn q8_row(
+        x: &[f32],
+        qs: &mut [i8],
+        scales: &mut [[i16; 2]],
+        sums: &mut [f32],
+    ) -> f32 {
+        let blocks = x.as_chunks::<QK>().0;
+        let unit = super::unit(blocks.iter().map(|b| amax(b)).fold(0f32, f32::max));
+        let outs = scales.iter_mut().zip(sums);
+        for ((x, q), (scale, sum)) in blocks.iter().zip(qs.as_chunks_mut::<QK>().0).zip(outs) {
+            let (s, inverse) = super::block_scale(amax(x), unit);
+            let [low, high] = quantize32(x, inverse, q);
+            (*scale, *sum) = super::scale_and_sum(s, low + high);
         }
+        unit
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) fn q8k_row(x: &[f32], qs: &mut [i8], sums: &mut [KSums]) {
+    pub(super) fn q8k_row(x: &[f32], qs: &mut [i8], sums: &mut [KSums], _: &mut [()]) {
         let blocks = x
             .as_chunks::<QK_K>()
             .0
@@ -380,20 +454,29 @@ mod tests {
         quantize(&mut a, &x, 64);
         for r in 0..3 {
             let row = a.row(r);
-            for (b, (xs, qs)) in x[r * 64..(r + 1) * 64]
-                .chunks(QK)
-                .zip(row.qs.chunks(QK))
-                .enumerate()
-            {
-                let [d, s] = row.ds[b];
+            let xs = &x[r * 64..(r + 1) * 64];
+            let row_amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+            assert_eq!(row.unit, row_amax / (127.0 * MAX_SCALE as f32));
+            let mut largest = 0;
+            for (b, (xs, qs)) in xs.chunks(QK).zip(row.qs.chunks(QK)).enumerate() {
+                let scale = row.scales[b];
+                assert_eq!(scale[0], scale[1]);
+                let s = i32::from(scale[0]);
+                largest = largest.max(s);
+                let d = s as f32 * row.unit;
                 let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
-                assert_eq!(d, amax / 127.0);
+                // The smallest whole step that covers the block.
+                assert!(d * 127.0 >= amax * 0.9999 && (s - 1) as f32 * row.unit * 127.0 < amax);
                 for (&x, &q) in xs.iter().zip(qs) {
-                    assert!((x - d * f32::from(q)).abs() <= amax / 254.0 * 1.0001);
+                    assert!((x - d * f32::from(q)).abs() <= d / 2.0 * 1.0001);
                 }
                 let sum: i32 = qs.iter().map(|&q| i32::from(q)).sum();
-                assert_eq!(s, d * sum as f32);
+                assert_eq!(row.sums[b], (s * sum) as f32);
             }
+            assert_eq!(
+                largest, MAX_SCALE,
+                "the largest block takes the largest scale"
+            );
         }
     }
 
@@ -437,7 +520,9 @@ mod tests {
             q8k_avx2.quantize(Isa::Avx2, &x, 512);
         }
         assert_eq!(q8.qs, q8_avx2.qs);
-        assert_eq!(q8.ds, q8_avx2.ds);
+        assert_eq!(q8.scales, q8_avx2.scales);
+        assert_eq!(q8.sums, q8_avx2.sums);
+        assert_eq!(q8.units, q8_avx2.units);
         assert_eq!(q8k.qs, q8k_avx2.qs);
         for (a, b) in q8k.sums.iter().zip(&q8k_avx2.sums) {
             assert_eq!((a.d, a.bsums), (b.d, b.bsums));
@@ -448,7 +533,11 @@ mod tests {
     fn a_zero_block_quantizes_to_zeros() {
         let mut a = Q8Blocks::default();
         quantize(&mut a, &[0.0; 32], 32);
-        assert_eq!(a.row(0).ds, &[[0.0, 0.0]]);
+        assert_eq!(
+            (a.row(0).scales, a.row(0).sums),
+            (&[[0, 0]][..], &[0.0][..])
+        );
+        assert_eq!(a.row(0).unit, 0.0);
         assert!(a.row(0).qs.iter().all(|&q| q == 0));
     }
 
@@ -461,7 +550,9 @@ mod tests {
             let mut one = Q8Blocks::default();
             quantize(&mut one, &x[r * 64..(r + 1) * 64], 64);
             assert_eq!(one.row(0).qs, many.row(r).qs);
-            assert_eq!(one.row(0).ds, many.row(r).ds);
+            assert_eq!(one.row(0).scales, many.row(r).scales);
+            assert_eq!(one.row(0).sums, many.row(r).sums);
+            assert_eq!(one.row(0).unit, many.row(r).unit);
         }
     }
 }
