@@ -21,6 +21,7 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::blocks::{unpack_row, unpacked32};
 use super::kernel::{Kernel, Row, Unpacked, Unsigned32, WeightRows};
@@ -49,15 +50,25 @@ const SEQUENTIAL_WORK: usize = 32 * 1024;
 const UNPACK_ROWS: usize = 16;
 
 thread_local! {
-    /// Each thread's buffer for a tile's unpacked weight rows.
-    static UNPACKED: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+    /// Each thread's buffer for a tile's unpacked weight rows, and which rows of which call
+    /// it holds.
+    static UNPACKED: Cell<(Vec<u8>, Option<(u64, usize)>)> = const { Cell::new((Vec::new(), None)) };
 }
+
+/// Numbers the unpacking calls, so a buffer is reused only within its call.
+static UNPACKING_CALLS: AtomicU64 = AtomicU64::new(0);
 
 /// `y = x · Wᵀ` with `K`'s kernels for `isa`.
 pub(super) fn run<K: Kernel>(m: &QuantMatrix, isa: Isa, x: &[f32], rows: usize, y: &mut [f32]) {
-    run_tiles::<K::Acts>(m, isa, x, rows, y, |acts, rows, outs, out| {
-        tile::<K>(Weights::of(m), isa, acts, rows, outs, out)
-    });
+    run_tiles::<K::Acts>(
+        m,
+        isa,
+        x,
+        rows,
+        y,
+        Order::RowsFirst,
+        |acts, rows, outs, out| tile::<K>(Weights::of(m), isa, acts, rows, outs, out),
+    );
 }
 
 /// `run` for an unsigned 32-element format, unpacking each tile's weight rows first when
@@ -73,34 +84,42 @@ pub(super) fn run_unsigned32<K: Unsigned32>(
         return run::<K>(m, isa, x, rows, y);
     }
     let row_bytes = m.in_dim / K::BLOCK.1 * unpacked32::BYTES;
-    run_tiles::<K::Acts>(m, isa, x, rows, y, |acts, rows, outs, out| {
-        let mut unpacked = UNPACKED.take();
-        unpacked.resize(outs.len() * row_bytes, 0);
-        for (o, into) in outs.clone().zip(unpacked.chunks_exact_mut(row_bytes)) {
-            match isa {
-                // SAFETY: `run_tiles` asserted that the CPU supports `isa`.
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx2 => unsafe { super::dot_avx2::unpack_row(K::LAYOUT, m.row(o), into) },
-                _ => unpack_row(K::LAYOUT, m.row(o), into),
+    let call = UNPACKING_CALLS.fetch_add(1, Ordering::Relaxed);
+    let order = Order::WeightsFirst;
+    run_tiles::<K::Acts>(m, isa, x, rows, y, order, |acts, rows, outs, out| {
+        let (mut unpacked, held) = UNPACKED.take();
+        // Tiles go weight rows first, so a thread's next tile often has the same ones.
+        if held != Some((call, outs.start)) {
+            unpacked.resize(outs.len() * row_bytes, 0);
+            for (o, into) in outs.clone().zip(unpacked.chunks_exact_mut(row_bytes)) {
+                match isa {
+                    // SAFETY: `run_tiles` asserted that the CPU supports `isa`.
+                    #[cfg(target_arch = "x86_64")]
+                    Isa::Avx2 => unsafe { super::dot_avx2::unpack_row(K::LAYOUT, m.row(o), into) },
+                    _ => unpack_row(K::LAYOUT, m.row(o), into),
+                }
             }
         }
+        let first = outs.start;
         let weights = Weights {
             data: &unpacked,
             row_bytes,
-            first: outs.start,
+            first,
         };
         tile::<Unpacked>(weights, isa, acts, rows, outs, out);
-        UNPACKED.set(unpacked);
+        UNPACKED.set((unpacked, Some((call, first))));
     });
 }
 
-/// Quantizes `x` once and runs `tile(acts, rows, outs, out)` over the plan's tiles.
+/// Quantizes `x` once and runs `tile(acts, rows, outs, out)` over the plan's tiles, in
+/// `order`.
 fn run_tiles<A: Activations>(
     m: &QuantMatrix,
     isa: Isa,
     x: &[f32],
     rows: usize,
     y: &mut [f32],
+    order: Order,
     tile: impl Fn(&A, Range<usize>, Range<usize>, &SharedOutput<'_>) + Sync,
 ) {
     assert!(
@@ -115,7 +134,7 @@ fn run_tiles<A: Activations>(
     let plan = Plan::new(rows, m.out_dim, rayon::current_num_threads());
     let out = SharedOutput::new(y, m.out_dim);
     let run_tile = |t: usize| {
-        let (rows, outs) = plan.tile(t);
+        let (rows, outs) = plan.tile(t, order);
         tile(&acts, rows, outs, &out);
     };
     if plan.tiles() == 1 || rows * m.data.len() < SEQUENTIAL_WORK {
@@ -254,6 +273,14 @@ fn prefetch(bytes: &[u8]) {
     let _ = bytes;
 }
 
+/// Which tiles come one after another: those with the same activation rows, or those with
+/// the same weight rows.
+#[derive(Clone, Copy, Debug)]
+enum Order {
+    RowsFirst,
+    WeightsFirst,
+}
+
 /// How the output `[rows, outs]` is cut into tiles.
 #[derive(Clone, Copy, Debug)]
 struct Plan {
@@ -290,12 +317,16 @@ impl Plan {
         self.rows.div_ceil(self.tile_rows) * self.out_tiles
     }
 
-    /// Tile `t`'s activation rows and weight rows; consecutive tiles share activation rows.
-    fn tile(&self, t: usize) -> (Range<usize>, Range<usize>) {
-        let (r, o) = (
-            t / self.out_tiles * self.tile_rows,
-            t % self.out_tiles * self.tile_outs,
-        );
+    /// Tile `t`'s activation rows and weight rows.
+    fn tile(&self, t: usize, order: Order) -> (Range<usize>, Range<usize>) {
+        let (row_tile, out_tile) = match order {
+            Order::RowsFirst => (t / self.out_tiles, t % self.out_tiles),
+            Order::WeightsFirst => {
+                let row_tiles = self.rows.div_ceil(self.tile_rows);
+                (t % row_tiles, t / row_tiles)
+            }
+        };
+        let (r, o) = (row_tile * self.tile_rows, out_tile * self.tile_outs);
         (
             r..(r + self.tile_rows).min(self.rows),
             o..(o + self.tile_outs).min(self.outs),
@@ -351,18 +382,20 @@ mod tests {
             for outs in [1, 2, 7, 33, 64, 65, 192, 576, 1536, 4099] {
                 for threads in [1, 2, 3, 8] {
                     let plan = Plan::new(rows, outs, threads);
-                    let mut hits = vec![0u8; rows * outs];
-                    for t in 0..plan.tiles() {
-                        let (rs, os) = plan.tile(t);
-                        assert!(!rs.is_empty() && !os.is_empty());
-                        assert!(rs.len() <= MAX_TILE_ROWS && os.len() <= MAX_TILE_OUTS);
-                        for r in rs {
-                            for o in os.clone() {
-                                hits[r * outs + o] += 1;
+                    for order in [Order::RowsFirst, Order::WeightsFirst] {
+                        let mut hits = vec![0u8; rows * outs];
+                        for t in 0..plan.tiles() {
+                            let (rs, os) = plan.tile(t, order);
+                            assert!(!rs.is_empty() && !os.is_empty());
+                            assert!(rs.len() <= MAX_TILE_ROWS && os.len() <= MAX_TILE_OUTS);
+                            for r in rs {
+                                for o in os.clone() {
+                                    hits[r * outs + o] += 1;
+                                }
                             }
                         }
+                        assert!(hits.iter().all(|&h| h == 1), "{plan:?} {order:?}");
                     }
-                    assert!(hits.iter().all(|&h| h == 1), "{plan:?}");
                 }
             }
         }
