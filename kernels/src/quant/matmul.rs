@@ -49,10 +49,12 @@ const SEQUENTIAL_WORK: usize = 32 * 1024;
 /// Activation rows from which the unsigned 32-element formats unpack their tiles' weights.
 const UNPACK_ROWS: usize = 16;
 
+/// A tile's unpacked weight rows, and which call and first row they came from.
+type UnpackedRows = (Vec<u8>, Option<(u64, usize)>);
+
 thread_local! {
-    /// Each thread's buffer for a tile's unpacked weight rows, and which rows of which call
-    /// it holds.
-    static UNPACKED: Cell<(Vec<u8>, Option<(u64, usize)>)> = const { Cell::new((Vec::new(), None)) };
+    /// Each thread's unpacked weight rows.
+    static UNPACKED: Cell<UnpackedRows> = const { Cell::new((Vec::new(), None)) };
 }
 
 /// Numbers the unpacking calls, so a buffer is reused only within its call.
