@@ -245,3 +245,42 @@ fn a_time_budget_stops_training_after_the_epoch_it_runs_out_in() {
     let report = train(&model, &split, &budget, |_, _| Ok(())).unwrap();
     assert_eq!(report.epochs.len(), 1);
 }
+
+/// Serving's `Inference` against the candle forward pass, which trains: every kernel
+/// feature (mask, score terms, two heads), histories shorter than, equal to and longer than
+/// `max_len`.
+#[test]
+fn serving_inference_scores_as_the_trained_model() {
+    let histories: [&[u32]; 4] = [
+        &[3],
+        &[1, 5, 2, 9, 4],
+        &[1, 2, 3, 4, 5, 6, 7, 8],
+        &[9, 8, 7, 6, 5, 4, 3, 2, 1, 10, 11],
+    ];
+    let mut by_kernel = Vec::new();
+    for (kernel, seed) in [(EXACT, 1), (WINDOW_2, 1), (CAPPED, 1), (EXACT, 2)] {
+        let model = SasRec::new(config(12), kernel, seed).unwrap();
+        let inference = model.inference().unwrap();
+        let reference = model.score_histories(&histories).unwrap();
+        for (history, want) in histories.iter().zip(&reference) {
+            let got = inference.scores(history).unwrap();
+            let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+            for (g, w) in got.iter().zip(want) {
+                assert!(
+                    (g - w).abs() <= 1e-4 * scale + 1e-7,
+                    "{kernel}: {g} vs {w} for {history:?}"
+                );
+            }
+        }
+        by_kernel.push(inference.scores(histories[3]).unwrap());
+    }
+    // The mask and the score terms change the scores: the comparison above can see them.
+    assert_ne!(by_kernel[0], by_kernel[1]);
+    assert_ne!(by_kernel[0], by_kernel[2]);
+    let bad = SasRec::new(config(12), EXACT, 1)
+        .unwrap()
+        .inference()
+        .unwrap();
+    assert!(bad.scores(&[]).unwrap_err().to_string().contains("empty"));
+    assert!(bad.scores(&[1, 12]).unwrap_err().to_string().contains("12"));
+}

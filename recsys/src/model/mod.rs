@@ -8,6 +8,7 @@
 //! softmax and norms drop gradients), so `train` can fit every parameter.
 
 mod checkpoint;
+mod infer;
 mod kernel;
 mod train;
 
@@ -19,6 +20,7 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 pub use checkpoint::Checkpoint;
+pub use infer::Inference;
 pub use kernel::{KernelRules, LayerRule, EXACT};
 pub use train::{train, EpochReport, TrainConfig, TrainReport};
 

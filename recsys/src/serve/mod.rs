@@ -34,7 +34,7 @@ pub use request::{RecommendRequest, Who};
 
 use crate::data::Dataset;
 use crate::eval::top_k;
-use crate::model::{Checkpoint, SasRec};
+use crate::model::{Checkpoint, Inference, SasRec};
 
 /// Limits of the server.
 #[derive(Clone, Copy, Debug)]
@@ -57,6 +57,8 @@ impl Default for ServeConfig {
 /// What every handler shares.
 pub struct AppState {
     model: SasRec,
+    /// The model's weights laid out for one history at a time: what recommendations run.
+    inference: Inference,
     dataset: Dataset,
     /// The model's name in responses: `sasrec@` and the kernel hash's first 12 digits.
     model_name: String,
@@ -148,6 +150,7 @@ pub fn app_with_explanations(
             .map(|(i, u)| (u.clone(), i))
             .collect(),
         unit_embeddings,
+        inference: model.inference()?,
         model,
         dataset,
         config,
@@ -246,11 +249,11 @@ async fn recommend(
     let worker = state.clone();
     let items = blocking(move || {
         let scores = worker
-            .model
-            .score_histories(&[&history])
+            .inference
+            .scores(&history)
             .map_err(|e| ApiError::internal(e.to_string()))?;
         let excluded: &[u32] = if request.exclude_seen { &history } else { &[] };
-        let mut items = worker.describe(top_k(&scores[0], request.k, excluded));
+        let mut items = worker.describe(top_k(&scores, request.k, excluded));
         if let (true, Who::User(user)) = (request.explain, &request.who) {
             for item in &mut items {
                 item.reason = worker
