@@ -258,6 +258,27 @@ fn a_decode_row_equals_its_row_of_a_prefill() {
 }
 
 #[test]
+fn a_nan_or_an_infinity_in_a_row_reaches_its_outputs() {
+    for format in BlockFormat::ALL {
+        let in_dim = 2 * format.block_elems().max(32);
+        for bad in [f32::NAN, f32::INFINITY] {
+            for rows in [1, 17] {
+                let mut case = Case::random(format, 9, in_dim, rows, 5);
+                let bad_row = rows / 2;
+                case.x[bad_row * in_dim + 3] = bad;
+                for isa in supported_isas() {
+                    let y = case.run(isa);
+                    for (r, row) in y.chunks(case.out_dim).enumerate() {
+                        let finite = row.iter().all(|v| v.is_finite());
+                        assert_eq!(finite, r != bad_row, "{format:?} {isa:?} {bad} row {r}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn matmul_uses_the_best_kernels() {
     let case = Case::random(BlockFormat::Q4_1, 7, 64, 3, 3);
     let mut y = vec![0.0; 3 * 7];

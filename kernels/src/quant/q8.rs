@@ -56,6 +56,20 @@ fn amax<const L: usize>(x: &[f32; L]) -> f32 {
     lanes.iter().fold(0f32, |m, &v| m.max(v))
 }
 
+/// NaN if `x` holds a NaN or an infinity, else 0. Added to a row's or block's scale it carries
+/// bad input through to the matmul's outputs, which 8-bit quants could not (and `max` may
+/// drop a NaN along the way).
+pub(super) fn poison(x: &[f32]) -> f32 {
+    let (chunks, tail) = x.as_chunks::<8>();
+    let mut lanes = [0f32; 8];
+    for chunk in chunks {
+        for (lane, v) in lanes.iter_mut().zip(chunk) {
+            *lane += v - v;
+        }
+    }
+    lanes.iter().sum::<f32>() + tail.iter().map(|v| v - v).sum::<f32>()
+}
+
 /// Quantizes one block with `d = amax / 127`: writes `q`, returns `d`.
 fn quantize_block<const L: usize>(x: &[f32; L], q: &mut [i8; L]) -> f32 {
     let amax = amax(x);
@@ -179,7 +193,7 @@ fn quantize_with<const L: usize>(x: &[f32; L], inverse: f32, q: &mut [i8; L]) {
 /// One row into blocks of 32 with integer scales and sums; returns its unit.
 fn q8_row(x: &[f32], qs: &mut [i8], scales: &mut [[i16; 2]], sums: &mut [f32]) -> f32 {
     let blocks = x.as_chunks::<QK>().0;
-    let unit = unit(blocks.iter().map(amax).fold(0f32, f32::max));
+    let unit = unit(blocks.iter().map(amax).fold(0f32, f32::max)) + poison(x);
     let outs = scales.iter_mut().zip(sums);
     for ((x, q), (scale, sum)) in blocks.iter().zip(qs.as_chunks_mut::<QK>().0).zip(outs) {
         let (s, inverse) = block_scale(amax(x), unit);
@@ -254,7 +268,7 @@ fn q8k_row(x: &[f32], qs: &mut [i8], sums: &mut [KSums], _: &mut [()]) {
         .iter()
         .zip(qs.as_chunks_mut::<QK_K>().0);
     for ((x, q), sums) in blocks.zip(sums) {
-        sums.d = quantize_block(x, q);
+        sums.d = quantize_block(x, q) + poison(x);
         for (s, q) in sums.bsums.iter_mut().zip(q.as_chunks::<16>().0) {
             *s = q.iter().map(|&q| i16::from(q)).sum();
         }
@@ -403,6 +417,7 @@ mod avx2 {
     ) -> f32 {
         let blocks = x.as_chunks::<QK>().0;
         let unit = super::unit(blocks.iter().map(|b| amax(b)).fold(0f32, f32::max));
+        let unit = unit + super::poison(x);
         let outs = scales.iter_mut().zip(sums);
         for ((x, q), (scale, sum)) in blocks.iter().zip(qs.as_chunks_mut::<QK>().0).zip(outs) {
             let (s, inverse) = super::block_scale(amax(x), unit);
@@ -426,7 +441,7 @@ mod avx2 {
             for ((x, q), bsums) in pieces.zip(sums.bsums.as_chunks_mut::<2>().0) {
                 *bsums = quantize32(x, inverse, q).map(|s| s as i16);
             }
-            sums.d = amax / 127.0;
+            sums.d = amax / 127.0 + super::poison(x);
         }
     }
 }
