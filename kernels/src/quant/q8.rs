@@ -64,10 +64,10 @@ pub(super) fn poison(x: &[f32]) -> f32 {
     let mut lanes = [0f32; 8];
     for chunk in chunks {
         for (lane, v) in lanes.iter_mut().zip(chunk) {
-            *lane += v - v;
+            *lane += v * 0.0;
         }
     }
-    lanes.iter().sum::<f32>() + tail.iter().map(|v| v - v).sum::<f32>()
+    lanes.iter().sum::<f32>() + tail.iter().map(|v| v * 0.0).sum::<f32>()
 }
 
 /// Quantizes one block with `d = amax / 127`: writes `q`, returns `d`.
