@@ -16,6 +16,7 @@ use recsys::data::{Dataset, EvalCase, LoadOptions, Split};
 use recsys::eval::{evaluate, report_of, ItemKnn, Popularity, Report};
 use recsys::fused::{evaluate_fused, Alpha, TagMatcher};
 use recsys::model::{train, Checkpoint, SasRec, SasRecConfig, TrainConfig, EXACT};
+use recsys::semantic::{GenerativeCheckpoint, GenerativeConfig};
 use recsys::serve::Explanations;
 
 use super::block_on;
@@ -33,6 +34,21 @@ pub enum Command {
     Serve(ServeArgs),
     /// Drive an in-process server on loopback at fixed concurrency: p50, p99, requests/s.
     BenchServe(BenchServeArgs),
+    /// Semantic IDs of the items for generative retrieval.
+    SemanticIds {
+        #[command(subcommand)]
+        which: super::semantic_ids::Command,
+    },
+}
+
+/// Which retriever `recsys train` fits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Retriever {
+    /// A transformer over item ids scoring every item (SASRec).
+    Sasrec,
+    /// A transformer over the semantic-ID codes of items, recommending by beam search over
+    /// the trie of valid IDs (needs --semantic-ids).
+    SemanticId,
 }
 
 #[derive(clap::Args)]
@@ -133,9 +149,16 @@ pub struct TrainArgs {
     /// The checkpoint directory to write.
     #[arg(long)]
     out: PathBuf,
-    /// Longest history the model reads.
-    #[arg(long, default_value_t = 50)]
-    max_len: usize,
+    /// The model to train.
+    #[arg(long, value_enum, default_value_t = Retriever::Sasrec)]
+    retriever: Retriever,
+    /// The file written by `recsys semantic-ids build` (for --retriever semantic-id).
+    #[arg(long)]
+    semantic_ids: Option<PathBuf>,
+    /// Longest history the model reads, in items (default: 50 for sasrec, 20 for
+    /// semantic-id, whose items are 4 tokens each).
+    #[arg(long)]
+    max_len: Option<usize>,
     #[arg(long, default_value_t = 64)]
     d_model: usize,
     #[arg(long, default_value_t = 2)]
@@ -175,6 +198,10 @@ pub struct EvalArgs {
     /// The local model whose cached profiles and item tags fused scoring reads.
     #[arg(long, default_value = "smollm2")]
     recgpt_model: String,
+    /// Add the semantic-ID retriever in this directory (written by `recsys train
+    /// --retriever semantic-id` on the same dataset) as one more row.
+    #[arg(long)]
+    semantic_id_checkpoint: Option<PathBuf>,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -187,6 +214,7 @@ pub fn run(db: &Path, command: Command) -> anyhow::Result<()> {
         Command::Enrich(a) => run_enrich(db, a),
         Command::Serve(a) => run_serve(db, a),
         Command::BenchServe(a) => run_bench_serve(a),
+        Command::SemanticIds { which } => super::semantic_ids::run(which),
     }
 }
 
@@ -199,15 +227,11 @@ pub fn kernel_text(path: Option<&Path>) -> anyhow::Result<String> {
 }
 
 fn run_train(args: TrainArgs) -> anyhow::Result<()> {
-    let dir = match &args.data {
-        Some(dir) => dir.clone(),
-        None => kernels::assets::MOVIELENS_100K.require()?,
-    };
     let options = LoadOptions {
         min_rating: args.min_rating,
         k_core: args.k_core,
     };
-    let dataset = Dataset::load(&dir, &options)?;
+    let dataset = super::semantic_ids::load_dataset(args.data.as_deref(), &options)?;
     let split = Split::leave_one_out(&dataset);
     eprintln!(
         "{}: {} users, {} items, {} interactions; {} validation and test users",
@@ -218,9 +242,37 @@ fn run_train(args: TrainArgs) -> anyhow::Result<()> {
         split.test.len()
     );
     let kernel = kernel_text(args.kernel.as_deref())?;
+    let train_config = TrainConfig {
+        epochs: args.epochs,
+        batch_size: args.batch_size,
+        learning_rate: args.lr,
+        weight_decay: 0.0,
+        patience: args.patience,
+        seed: args.seed,
+        max_seconds: args.max_seconds,
+    };
+    if args.retriever == Retriever::SemanticId {
+        let ids = args.semantic_ids.as_deref().context(
+            "--retriever semantic-id needs --semantic-ids FILE (write one with \
+             `evokernel recsys semantic-ids build --out FILE`)",
+        )?;
+        let config = GenerativeConfig {
+            history_items: args.max_len.unwrap_or(20),
+            d_model: args.d_model,
+            n_blocks: args.blocks,
+            n_heads: args.heads,
+            d_ff: 4 * args.d_model,
+            dropout: args.dropout,
+        };
+        return super::semantic_ids::train(dataset, ids, config, &kernel, &train_config, &args.out);
+    }
+    anyhow::ensure!(
+        args.semantic_ids.is_none(),
+        "--semantic-ids is for --retriever semantic-id"
+    );
     let config = SasRecConfig {
         n_items: dataset.items.len(),
-        max_len: args.max_len,
+        max_len: args.max_len.unwrap_or(50),
         d_model: args.d_model,
         n_blocks: args.blocks,
         n_heads: args.heads,
@@ -231,15 +283,6 @@ fn run_train(args: TrainArgs) -> anyhow::Result<()> {
         Some(path) => format!("kernel {}", path.display()),
         None => "the exact kernel".to_string(),
     })?;
-    let train_config = TrainConfig {
-        epochs: args.epochs,
-        batch_size: args.batch_size,
-        learning_rate: args.lr,
-        weight_decay: 0.0,
-        patience: args.patience,
-        seed: args.seed,
-        max_seconds: args.max_seconds,
-    };
     let report = train(&model, &split, &train_config, |e, model| {
         if e.best {
             // Each new best is on disk at once: a killed run keeps it.
@@ -286,7 +329,7 @@ fn run_eval(db: &Path, args: EvalArgs) -> anyhow::Result<()> {
     }
     let split = Split::leave_one_out(&checkpoint.dataset);
     let n_items = split.n_items;
-    let rows: Vec<(&str, Report)> = vec![
+    let mut rows: Vec<(&str, Report)> = vec![
         ("sasrec", evaluate(&checkpoint.model, &split.test)?),
         (
             "popularity",
@@ -297,6 +340,19 @@ fn run_eval(db: &Path, args: EvalArgs) -> anyhow::Result<()> {
             evaluate(&ItemKnn::fit(&split.train, n_items, args.knn), &split.test)?,
         ),
     ];
+    let generative = match &args.semantic_id_checkpoint {
+        Some(dir) => Some(GenerativeCheckpoint::load(dir)?),
+        None => None,
+    };
+    if let Some(generative) = &generative {
+        anyhow::ensure!(
+            generative.dataset == checkpoint.dataset,
+            "{} was trained on another dataset (or other --min-rating / --k-core) than {}",
+            args.semantic_id_checkpoint.as_deref().unwrap_or(Path::new("")).display(),
+            args.checkpoint.display()
+        );
+        rows.push(("semantic-id", evaluate(&generative.retriever, &split.test)?));
+    }
     let fused = if alphas.is_empty() {
         None
     } else {
@@ -321,6 +377,16 @@ fn run_eval(db: &Path, args: EvalArgs) -> anyhow::Result<()> {
             "training_seconds": checkpoint.report.as_ref().map(|r| r.seconds),
             "best_epoch": checkpoint.report.as_ref().map(|r| r.best_epoch),
             "models": models,
+            "semantic_id": generative.as_ref().map(|g| serde_json::json!({
+                "convention": format!("beam search over the trie of valid IDs, width {} + the \
+                                       history's distinct items; items outside the beam rank \
+                                       last", recsys::semantic::RANKED),
+                "kernel": g.retriever.model.kernel.text,
+                "vocab_sizes": g.ids.vocab_sizes,
+                "history_items": g.retriever.config.history_items,
+                "training_seconds": g.report.as_ref().map(|r| r.seconds),
+                "best_epoch": g.report.as_ref().map(|r| r.best_epoch),
+            })),
             "fused": fused,
         });
         println!("{}", serde_json::to_string_pretty(&json)?);
@@ -373,6 +439,16 @@ fn run_eval(db: &Path, args: EvalArgs) -> anyhow::Result<()> {
     if let Some(report) = &checkpoint.report {
         println!(
             "trained {:.1}s, best epoch {} of {}",
+            report.seconds,
+            report.best_epoch,
+            report.epochs.len()
+        );
+    }
+    if let Some(report) = generative.as_ref().and_then(|g| g.report.as_ref()) {
+        println!(
+            "semantic-id: beam search over the trie of valid IDs ({} + seen items wide; items \
+             outside the beam rank last); trained {:.1}s, best epoch {} of {}",
+            recsys::semantic::RANKED,
             report.seconds,
             report.best_epoch,
             report.epochs.len()
