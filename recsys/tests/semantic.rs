@@ -12,9 +12,8 @@ use recsys::data::{Dataset, Item, ItemMeta, Split};
 use recsys::eval::evaluate;
 use recsys::model::{SasRec, SasRecConfig, TrainConfig, EXACT};
 use recsys::semantic::{
-    beam_search, item_text, train_generative, EmbeddingKey, GenerativeCheckpoint,
-    GenerativeConfig, GenerativeRetriever, ItemEmbeddings, KMeans, Points, RqConfig, SemanticIds,
-    Trie,
+    beam_search, item_text, train_generative, EmbeddingKey, GenerativeCheckpoint, GenerativeConfig,
+    GenerativeRetriever, ItemEmbeddings, KMeans, Points, RqConfig, SemanticIds, Trie,
 };
 
 /// A seeded stream of numbers in [0, 1) (SplitMix64), so tests need no RNG crate.
@@ -170,7 +169,10 @@ fn semantic_id_files_round_trip_and_refuse_shared_ids() {
     broken.items[1].codes = broken.items[0].codes.clone();
     broken.save(&path).unwrap();
     let err = SemanticIds::load(&path).unwrap_err().to_string();
-    assert!(err.contains("share the ID") && err.contains("item1"), "{err}");
+    assert!(
+        err.contains("share the ID") && err.contains("item1"),
+        "{err}"
+    );
 
     std::fs::write(&path, "{\"not\": 1}").unwrap();
     let err = SemanticIds::load(&path).unwrap_err().to_string();
@@ -201,7 +203,10 @@ fn embedding_cache_round_trips_and_refuses_other_keys_and_short_files() {
         ..key()
     };
     let err = ItemEmbeddings::load(&path, &other).unwrap_err().to_string();
-    assert!(err.contains("other.gguf") && err.contains("delete the file"), "{err}");
+    assert!(
+        err.contains("other.gguf") && err.contains("delete the file"),
+        "{err}"
+    );
 
     let bytes = std::fs::read(&path).unwrap();
     std::fs::write(&path, &bytes[..bytes.len() - 2]).unwrap();
@@ -263,7 +268,9 @@ fn trie_knows_its_prefixes_and_refuses_shared_or_ragged_ids() {
     assert_eq!(trie.items_under(&[1, 1]), [3, 4, 5]);
     assert_eq!(trie.items_under(&[]).len(), 12);
 
-    let err = Trie::new(&[vec![0, 1], vec![0, 1]]).unwrap_err().to_string();
+    let err = Trie::new(&[vec![0, 1], vec![0, 1]])
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("items 0 and 1 share"), "{err}");
     let err = Trie::new(&[vec![0, 1], vec![0]]).unwrap_err().to_string();
     assert!(err.contains("item 1 has an ID of 1 codes"), "{err}");
@@ -425,7 +432,11 @@ fn a_cached_continuation_equals_the_whole_forward_pass() {
         for (row, cont) in continuations.iter().enumerate() {
             let whole: Vec<u32> = history.iter().chain(cont).copied().collect();
             let tokens = Tensor::from_vec(whole, (1, 8), &Device::Cpu).unwrap();
-            let slow = model.hidden(&tokens, None).unwrap().narrow(1, 6, 2).unwrap();
+            let slow = model
+                .hidden(&tokens, None)
+                .unwrap()
+                .narrow(1, 6, 2)
+                .unwrap();
             let fast = fast.narrow(0, row, 1).unwrap();
             let diff = (slow - fast)
                 .unwrap()
@@ -435,7 +446,10 @@ fn a_cached_continuation_equals_the_whole_forward_pass() {
                 .unwrap()
                 .to_scalar::<f32>()
                 .unwrap();
-            assert!(diff < 1e-5, "kernel {kernel}: continuation differs by {diff}");
+            assert!(
+                diff < 1e-5,
+                "kernel {kernel}: continuation differs by {diff}"
+            );
         }
         // Past the model's positions is an error, not a panic.
         let long = Tensor::from_vec(vec![1u32; 4], (1, 4), &Device::Cpu).unwrap();

@@ -28,15 +28,18 @@ fn every_ml100k_item_gets_a_unique_semantic_id() {
     // The cached vectors are the model's: one item recomputed matches its row.
     let model = kernels::Model::load(&model_path).unwrap();
     let item = 49;
-    let fresh = embed::mean_hidden_state(&model, &embed::item_text(&dataset.items[item].meta))
-        .unwrap();
+    let fresh =
+        embed::mean_hidden_state(&model, &embed::item_text(&dataset.items[item].meta)).unwrap();
     let row = &embeddings.vectors[item * 576..(item + 1) * 576];
     let diff = fresh
         .iter()
         .zip(row)
         .map(|(a, b)| (a - b).abs())
         .fold(0f32, f32::max);
-    assert!(diff < 1e-4, "item {item} differs from its cached vector by {diff}");
+    assert!(
+        diff < 1e-4,
+        "item {item} differs from its cached vector by {diff}"
+    );
 
     let raw_ids: Vec<String> = dataset.items.iter().map(|i| i.raw_id.clone()).collect();
     let ids = SemanticIds::build(

@@ -348,7 +348,10 @@ fn run_eval(db: &Path, args: EvalArgs) -> anyhow::Result<()> {
         anyhow::ensure!(
             generative.dataset == checkpoint.dataset,
             "{} was trained on another dataset (or other --min-rating / --k-core) than {}",
-            args.semantic_id_checkpoint.as_deref().unwrap_or(Path::new("")).display(),
+            args.semantic_id_checkpoint
+                .as_deref()
+                .unwrap_or(Path::new(""))
+                .display(),
             args.checkpoint.display()
         );
         rows.push(("semantic-id", evaluate(&generative.retriever, &split.test)?));

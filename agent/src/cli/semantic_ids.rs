@@ -10,8 +10,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use recsys::data::{Dataset, LoadOptions, Split};
 use recsys::model::TrainConfig;
 use recsys::semantic::{
-    train_generative, GenerativeCheckpoint, GenerativeConfig, GenerativeRetriever,
-    ItemEmbeddings, RqConfig, SemanticIds,
+    train_generative, GenerativeCheckpoint, GenerativeConfig, GenerativeRetriever, ItemEmbeddings,
+    RqConfig, SemanticIds,
 };
 
 #[derive(clap::Subcommand)]
@@ -83,13 +83,11 @@ fn run_build(args: BuildArgs) -> anyhow::Result<()> {
             .expect("a valid template"),
     );
     let started = Instant::now();
-    let (embeddings, cached) = ItemEmbeddings::cached_or_compute(
-        &model_path,
-        &dataset.items,
-        &args.cache_dir,
-        |done| progress.set_position(done as u64),
-    )
-    .with_context(|| format!("embedding the items with {}", model_path.display()))?;
+    let (embeddings, cached) =
+        ItemEmbeddings::cached_or_compute(&model_path, &dataset.items, &args.cache_dir, |done| {
+            progress.set_position(done as u64)
+        })
+        .with_context(|| format!("embedding the items with {}", model_path.display()))?;
     progress.finish_and_clear();
     let embed_seconds = started.elapsed().as_secs_f64();
     let config = RqConfig {
@@ -131,7 +129,11 @@ fn run_build(args: BuildArgs) -> anyhow::Result<()> {
         ids.items.len(),
         embeddings.key.model,
         embeddings.dim,
-        if cached { "from the cache" } else { "and cached" },
+        if cached {
+            "from the cache"
+        } else {
+            "and cached"
+        },
     );
     println!(
         "{:<8} {:>10} {:>11} {:>10} {:>16}",

@@ -110,10 +110,8 @@ impl LayerRule {
             (s * scale)?
         } else {
             let positions = |from: usize, n: usize| -> Result<Tensor> {
-                Ok(
-                    Tensor::arange(from as u32, (from + n) as u32, s.device())?
-                        .to_dtype(DType::F32)?,
-                )
+                Ok(Tensor::arange(from as u32, (from + n) as u32, s.device())?
+                    .to_dtype(DType::F32)?)
             };
             let q = positions(q_start, t_q)?
                 .reshape((t_q, 1))?

@@ -38,11 +38,10 @@ impl EmbeddingKey {
         let hash = kernels::akl::sha256_hex(&bytes);
         EmbeddingKey {
             items: hash[..16].to_string(),
-            model: model_path
-                .file_name()
-                .map_or_else(|| model_path.display().to_string(), |n| {
-                    n.to_string_lossy().into_owned()
-                }),
+            model: model_path.file_name().map_or_else(
+                || model_path.display().to_string(),
+                |n| n.to_string_lossy().into_owned(),
+            ),
         }
     }
 
@@ -216,11 +215,8 @@ pub fn mean_hidden_state(model: &Model, text: &str) -> Result<Vec<f32>> {
         )));
     }
     let d = model.config.d_model;
-    let hidden = model.forward_hidden_with(
-        &mut model.new_cache(),
-        &with_bos,
-        model.attention_kernels(),
-    )?;
+    let hidden =
+        model.forward_hidden_with(&mut model.new_cache(), &with_bos, model.attention_kernels())?;
     let rows = &hidden[bos * d..];
     let n = (rows.len() / d) as f32;
     let mut mean = vec![0f32; d];

@@ -80,7 +80,11 @@ impl SemanticIds {
         }
         let largest_group = groups.values().copied().max().unwrap_or(1);
         let collisions = Collisions {
-            items: groups.values().filter(|&&n| n > 1).map(|&n| n as usize).sum(),
+            items: groups
+                .values()
+                .filter(|&&n| n > 1)
+                .map(|&n| n as usize)
+                .sum(),
             groups: groups.values().filter(|&&n| n > 1).count(),
             largest_group: usize::from(largest_group),
         };
@@ -152,8 +156,8 @@ impl SemanticIds {
             path: path.to_path_buf(),
             source,
         })?;
-        let ids: SemanticIds = serde_json::from_str(&text)
-            .map_err(|e| bad(format!("not a semantic-ID file: {e}")))?;
+        let ids: SemanticIds =
+            serde_json::from_str(&text).map_err(|e| bad(format!("not a semantic-ID file: {e}")))?;
         ids.check().map_err(bad)?;
         Ok(ids)
     }

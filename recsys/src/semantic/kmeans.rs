@@ -159,7 +159,10 @@ impl KMeans {
         let mut counts = vec![0usize; k];
         for (i, &c) in self.assignments.iter().enumerate() {
             counts[c as usize] += 1;
-            for (s, &x) in sums[c as usize * dim..][..dim].iter_mut().zip(points.row(i)) {
+            for (s, &x) in sums[c as usize * dim..][..dim]
+                .iter_mut()
+                .zip(points.row(i))
+            {
                 *s += f64::from(x);
             }
         }
@@ -287,7 +290,9 @@ impl ResidualKMeans {
         }
         let dim = points.dim;
         let norm2 = |data: &[f32]| -> f64 {
-            data.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>()
+            data.iter()
+                .map(|&x| f64::from(x) * f64::from(x))
+                .sum::<f64>()
         };
         let total = norm2(points.data).max(f64::MIN_POSITIVE);
         let mut residual = points.data.to_vec();
