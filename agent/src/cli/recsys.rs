@@ -17,7 +17,7 @@ use recsys::eval::{evaluate, report_of, ItemKnn, Popularity, Report};
 use recsys::fused::{evaluate_fused, Alpha, TagMatcher};
 use recsys::model::{train, Checkpoint, SasRec, SasRecConfig, TrainConfig, EXACT};
 use recsys::semantic::{GenerativeCheckpoint, GenerativeConfig};
-use recsys::serve::Explanations;
+use recsys::serve::{Explanations, TagFusion};
 
 use super::block_on;
 
@@ -67,6 +67,10 @@ pub struct ServeArgs {
     /// The local model whose cached explanations answer `explain: true` (from --db).
     #[arg(long, default_value = "smollm2")]
     recgpt_model: String,
+    /// Rank known users with cached profile tags by RecGPT's fused score
+    /// `α·model + (1−α)·tag match` (tags of --recgpt-model from --db); 1 = the model alone.
+    #[arg(long)]
+    alpha: Option<f32>,
 }
 
 #[derive(clap::Args)]
@@ -478,6 +482,35 @@ struct AlphaReport {
     report: Report,
 }
 
+/// RecGPT's cached tags for `dataset` by `recgpt_model` in the database at `db`: the key,
+/// each user's profile tags by raw user id (users whose profile has none left out), and
+/// each item's tags by dense item id (empty where none is cached).
+#[allow(clippy::type_complexity)]
+fn cached_tags(
+    db: &Path,
+    dataset: &Dataset,
+    recgpt_model: &str,
+) -> anyhow::Result<(EnrichmentKey, HashMap<String, Vec<String>>, Vec<Vec<String>>)> {
+    let key = recgpt::enrichment_key(dataset, &recgpt::model_name(recgpt_model));
+    let (profiles, tagged) = block_on(async {
+        let db = Db::open_existing(db).await?;
+        Ok((db.profiles(&key).await?, db.item_tags(&key).await?))
+    })?;
+    let user_tags = profiles
+        .into_iter()
+        .filter(|p| !p.tags.is_empty())
+        .map(|p| (p.user_id, p.tags))
+        .collect();
+    let item_index = dataset.item_index();
+    let mut item_tags = vec![Vec::new(); dataset.items.len()];
+    for t in tagged {
+        if let Some(&i) = item_index.get(&t.item_id) {
+            item_tags[i as usize] = t.tags;
+        }
+    }
+    Ok((key, user_tags, item_tags))
+}
+
 fn fused_evaluation(
     db: &Path,
     checkpoint: &Checkpoint,
@@ -485,16 +518,7 @@ fn fused_evaluation(
     recgpt_model: &str,
 ) -> anyhow::Result<FusedEvaluation> {
     let dataset = &checkpoint.dataset;
-    let key = recgpt::enrichment_key(dataset, &recgpt::model_name(recgpt_model));
-    let (profiles, tagged) = block_on(async {
-        let db = Db::open_existing(db).await?;
-        Ok((db.profiles(&key).await?, db.item_tags(&key).await?))
-    })?;
-    let user_tags: HashMap<&str, &[String]> = profiles
-        .iter()
-        .filter(|p| !p.tags.is_empty())
-        .map(|p| (p.user_id.as_str(), p.tags.as_slice()))
-        .collect();
+    let (key, user_tags, item_tags) = cached_tags(db, dataset, recgpt_model)?;
     let split = Split::leave_one_out(dataset);
     let cases: Vec<EvalCase> = split
         .test
@@ -509,19 +533,12 @@ fn fused_evaluation(
         key.model,
         db.display()
     );
-    let item_index = dataset.item_index();
-    let mut item_tags = vec![Vec::new(); dataset.items.len()];
-    for t in tagged {
-        if let Some(&i) = item_index.get(&t.item_id) {
-            item_tags[i as usize] = t.tags;
-        }
-    }
     let matcher = TagMatcher::new(&item_tags);
     let histories: Vec<&[u32]> = cases.iter().map(|c| c.history.as_slice()).collect();
     let scores = checkpoint.model.score_histories(&histories)?;
     let case_tags: Vec<&[String]> = cases
         .iter()
-        .map(|c| user_tags[dataset.users[c.user].as_str()])
+        .map(|c| user_tags[dataset.users[c.user].as_str()].as_slice())
         .collect();
     let reports = evaluate_fused(&cases, &scores, &case_tags, &matcher, alphas);
     Ok(FusedEvaluation {
@@ -688,6 +705,7 @@ fn load_app(
     kernel: Option<&Path>,
     config: recsys::serve::ServeConfig,
     explanations: Option<(&Path, &str)>,
+    alpha: Option<Alpha>,
 ) -> anyhow::Result<recsys::serve::Router> {
     let mut checkpoint = Checkpoint::load(checkpoint)?;
     if let Some(path) = kernel {
@@ -697,14 +715,40 @@ fn load_app(
             .with_context(|| format!("kernel {}", path.display()))?;
         eprintln!("running {} in place of the trained kernel", path.display());
     }
+    let fusion = match (alpha, explanations) {
+        (Some(alpha), Some((db, model))) => {
+            let (key, users, item_tags) = cached_tags(db, &checkpoint.dataset, model)?;
+            anyhow::ensure!(
+                !users.is_empty(),
+                "--alpha: no user has a cached profile with tags for dataset {} and model {} in \
+                 {}: run `evokernel recsys enrich --explain-checkpoint CKPT --model {model} \
+                 --users N` first",
+                key.dataset,
+                key.model,
+                db.display()
+            );
+            eprintln!(
+                "fused ranking at α = {} for the {} users with cached tags",
+                alpha.get(),
+                users.len()
+            );
+            Some(TagFusion {
+                alpha,
+                items: TagMatcher::new(&item_tags),
+                users,
+            })
+        }
+        _ => None,
+    };
     let explanations = match explanations {
         Some((db, model)) => cached_explanations(db, &checkpoint.dataset, model)?,
         None => Explanations::default(),
     };
-    Ok(recsys::serve::app_with_explanations(
+    Ok(recsys::serve::app_with_context(
         checkpoint,
         config,
         explanations,
+        fusion,
     )?)
 }
 
@@ -713,11 +757,16 @@ fn run_serve(db: &Path, args: ServeArgs) -> anyhow::Result<()> {
         max_body_bytes: args.max_body_bytes,
         ..Default::default()
     };
+    let alpha = args
+        .alpha
+        .map(|a| Alpha::new(a).context("--alpha"))
+        .transpose()?;
     let app = load_app(
         &args.checkpoint,
         args.kernel.as_deref(),
         config,
         Some((db, args.recgpt_model.as_str())),
+        alpha,
     )?;
     let runtime = tokio::runtime::Runtime::new().context("could not start the async runtime")?;
     runtime.block_on(async {
@@ -751,6 +800,7 @@ fn run_bench_serve(args: BenchServeArgs) -> anyhow::Result<()> {
         &args.checkpoint,
         args.kernel.as_deref(),
         Default::default(),
+        None,
         None,
     )?;
     let runtime = tokio::runtime::Runtime::new().context("could not start the async runtime")?;
