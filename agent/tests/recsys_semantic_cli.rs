@@ -16,9 +16,10 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
-/// 24 users walking a catalogue of 16 items in steps of one, in ML-100K `u.data` form.
-fn walking_data() -> PathBuf {
-    let dir = scratch("walk");
+/// 24 users walking a catalogue of 16 items in steps of one, in ML-100K `u.data` form, in a
+/// directory of the test's own (tests run in parallel, and `scratch` empties its directory).
+fn walking_data(test: &str) -> PathBuf {
+    let dir = scratch(&format!("walk-{test}"));
     let mut lines = String::new();
     for user in 0..24 {
         for step in 0..8 {
@@ -75,7 +76,7 @@ const TINY: [&str; 8] = [
 
 #[test]
 fn the_semantic_id_retriever_trains_and_is_one_more_eval_row() {
-    let data = walking_data();
+    let data = walking_data("train");
     let dir = scratch("run");
     let ids = dir.join("ids.json");
     write_ids(&ids, 16);
@@ -127,7 +128,7 @@ fn the_semantic_id_retriever_trains_and_is_one_more_eval_row() {
 
 #[test]
 fn semantic_id_training_names_what_is_missing() {
-    let data = walking_data();
+    let data = walking_data("missing");
     let dir = scratch("bad");
     let out = dir.join("out");
     let base = [

@@ -490,7 +490,11 @@ fn cached_tags(
     db: &Path,
     dataset: &Dataset,
     recgpt_model: &str,
-) -> anyhow::Result<(EnrichmentKey, HashMap<String, Vec<String>>, Vec<Vec<String>>)> {
+) -> anyhow::Result<(
+    EnrichmentKey,
+    HashMap<String, Vec<String>>,
+    Vec<Vec<String>>,
+)> {
     let key = recgpt::enrichment_key(dataset, &recgpt::model_name(recgpt_model));
     let (profiles, tagged) = block_on(async {
         let db = Db::open_existing(db).await?;
