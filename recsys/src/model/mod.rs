@@ -194,6 +194,9 @@ pub struct SasRec {
     pos_emb: Var,
     blocks: Vec<Block>,
     final_norm: Norm,
+    /// Per position, which tokens may come next: `[max_len, n_items]`, 0 where allowed and
+    /// a large negative number elsewhere, added to the logits (none: every token).
+    allowed_next: Option<Tensor>,
 }
 
 impl SasRec {
@@ -293,7 +296,29 @@ impl SasRec {
             pos_emb,
             blocks,
             final_norm,
+            allowed_next: None,
         })
+    }
+
+    /// Restricts the token that may follow position `p` to `allowed(p)` (training and
+    /// `logits` alike): the generative retriever's per-position vocabularies.
+    pub fn restrict_next(
+        &mut self,
+        allowed: impl Fn(usize) -> std::ops::Range<usize>,
+    ) -> Result<()> {
+        let (len, n) = (self.config.max_len, self.config.n_items);
+        let mut bias = vec![-1e9f32; len * n];
+        for p in 0..len {
+            let range = allowed(p);
+            if range.is_empty() || range.end > n {
+                return Err(Error::InvalidRequest(format!(
+                    "position {p} allows tokens {range:?} of {n}"
+                )));
+            }
+            bias[p * n + range.start..p * n + range.end].fill(0.0);
+        }
+        self.allowed_next = Some(Tensor::from_vec(bias, (len, n), &Device::Cpu)?);
+        Ok(())
     }
 
     /// Runs `kernel_text` in place of the kernel the weights were trained with (a drop-in:
@@ -410,7 +435,11 @@ impl SasRec {
         let flat = hidden
             .flatten_to(1)?
             .matmul(&self.item_emb.as_tensor().t()?)?;
-        Ok(flat.reshape((b, t, self.config.n_items))?)
+        let logits = flat.reshape((b, t, self.config.n_items))?;
+        Ok(match &self.allowed_next {
+            Some(bias) => logits.broadcast_add(&bias.narrow(0, 0, t)?)?,
+            None => logits,
+        })
     }
 
     /// Mean full-softmax cross-entropy of predicting `targets` (`[batch, t]` u32) at the

@@ -4,8 +4,9 @@
 //! recommending is beam search over the trie of valid IDs.
 //!
 //! Tokens: code `c` of position `l` in an ID is token `offset[l] + c`, so each position has
-//! its own vocabulary. Windows start on an item boundary, so the learned position embedding
-//! also tells the model which position of an ID comes next.
+//! its own vocabulary, and the softmax that predicts a code runs over that vocabulary only
+//! (`SasRec::restrict_next`). Windows start on an item boundary, so a token's position in
+//! the window says which code position comes next.
 
 use std::path::Path;
 
@@ -81,7 +82,7 @@ impl GenerativeRetriever {
 
     fn assemble(
         config: GenerativeConfig,
-        model: SasRec,
+        mut model: SasRec,
         codes: Vec<Vec<u16>>,
         vocab_sizes: Vec<usize>,
     ) -> Result<GenerativeRetriever> {
@@ -108,7 +109,15 @@ impl GenerativeRetriever {
                 *next += size as u32;
                 Some(offset)
             })
-            .collect();
+            .collect::<Vec<u32>>();
+        // Each position predicts a code of the next position of an ID, from that
+        // position's vocabulary only.
+        let depth = vocab_sizes.len();
+        model.restrict_next(|p| {
+            let level = (p + 1) % depth;
+            let start = offsets[level] as usize;
+            start..start + vocab_sizes[level]
+        })?;
         Ok(GenerativeRetriever {
             config,
             model,
@@ -195,13 +204,13 @@ impl GenerativeRetriever {
                     .narrow(1, level - 1, 1)?
                     .squeeze(1)?
             };
-            let logits = self.model.scores_of_hidden(&hidden)?;
-            let log_probs = candle_nn::ops::log_softmax(&logits, D::Minus1)?.narrow(
+            // The softmax over this code position's vocabulary, as training has it.
+            let logits = self.model.scores_of_hidden(&hidden)?.narrow(
                 1,
                 self.offsets[level] as usize,
                 self.vocab_sizes[level],
             )?;
-            Ok(log_probs.to_vec2::<f32>()?)
+            Ok(candle_nn::ops::log_softmax(&logits, D::Minus1)?.to_vec2::<f32>()?)
         })
     }
 }
