@@ -13,9 +13,10 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
-/// 24 users walking a catalogue of 16 items in steps of one, in ML-100K `u.data` form.
-fn walking_data() -> PathBuf {
-    let dir = scratch("walk");
+/// 24 users walking a catalogue of 16 items in steps of one, in ML-100K `u.data` form, in a
+/// directory of the test's own (tests run in parallel, and `scratch` empties its directory).
+fn walking_data(test: &str) -> PathBuf {
+    let dir = scratch(&format!("walk-{test}"));
     let mut lines = String::new();
     for user in 0..24 {
         for step in 0..8 {
@@ -53,7 +54,7 @@ const TINY: [&str; 10] = [
 
 #[test]
 fn train_writes_a_checkpoint_that_eval_reads() {
-    let data = walking_data();
+    let data = walking_data("train");
     let out = scratch("ckpt");
     let data_arg = data.to_str().unwrap();
     let out_arg = out.to_str().unwrap();
@@ -100,7 +101,7 @@ fn a_malformed_dataset_line_is_named() {
 
 #[test]
 fn a_kernel_the_recommender_cannot_train_is_named() {
-    let data = walking_data();
+    let data = walking_data("kernel");
     let kernel = scratch("kernel").join("linear.akl");
     std::fs::write(&kernel, "(kernel l (mechanism linear (chunk 64)))").unwrap();
     let out = scratch("kernel-out");

@@ -4,7 +4,8 @@
 //!
 //! The rooms: `data` (loaders, k-core, the chronological leave-one-out split), `model` (the
 //! transformer, its training loop and checkpoints), `eval` (metrics and baselines), `fused`
-//! (RecGPT's tag-aware fused scoring), `serve` (the axum server). Nothing here touches the
+//! (RecGPT's tag-aware fused scoring), `semantic` (semantic IDs and generative retrieval by
+//! trie-constrained beam search), `serve` (the axum server). Nothing here touches the
 //! network except `serve`, which only listens.
 
 pub mod data;
@@ -12,6 +13,7 @@ mod error;
 pub mod eval;
 pub mod fused;
 pub mod model;
+pub mod semantic;
 pub mod serve;
 
 pub use error::{Error, Result};

@@ -2,8 +2,11 @@
 //! input answered with a 4xx JSON error naming the field while the server keeps serving.
 
 use recsys::data::{Dataset, Item, ItemMeta};
+use recsys::fused::{Alpha, TagMatcher};
 use recsys::model::{Checkpoint, SasRec, SasRecConfig, EXACT};
-use recsys::serve::{app, app_with_explanations, run, Explanations, ServeConfig};
+use recsys::serve::{
+    app, app_with_context, app_with_explanations, run, Explanations, ServeConfig, TagFusion,
+};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -357,4 +360,56 @@ async fn explain_returns_the_cached_sentence_for_the_user_and_item() {
         bob["items"][0].get("reason").is_none(),
         "nothing cached for bob: {bob}"
     );
+}
+
+/// Starts a server that fuses the model with tags at `alpha`: alice likes space operas;
+/// film 107 is one, film 112 half of one (a space western), bob has no profile.
+async fn start_fused(alpha: f32) -> String {
+    let mut item_tags = vec![Vec::<String>::new(); 20];
+    item_tags[7] = vec!["space opera".into()];
+    item_tags[12] = vec!["space western".into()];
+    let fusion = TagFusion {
+        alpha: Alpha::new(alpha).unwrap(),
+        items: TagMatcher::new(&item_tags),
+        users: [("alice".to_string(), vec!["space operas".to_string()])].into(),
+    };
+    let router = app_with_context(
+        checkpoint(),
+        ServeConfig::default(),
+        Explanations::default(),
+        Some(fusion),
+    )
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(run(listener, router));
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn fused_serving_ranks_a_tagged_user_by_model_and_tags() {
+    let plain = start().await;
+    let ask = |user: &str| json!({"user_id": user, "k": 10}).to_string();
+    let (_, plain_alice) = post(&plain, ask("alice")).await;
+    let (_, plain_bob) = post(&plain, ask("bob")).await;
+
+    // Tags alone: the full match, then the half match.
+    let tags_only = start_fused(0.0).await;
+    let (status, body) = post(&tags_only, ask("alice")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(item_ids(&body)[..2], ["107", "112"]);
+    assert!(body["model"].as_str().unwrap().ends_with("+tags(alpha=0)"));
+    // A user without tags, and an ad-hoc history, get the model alone.
+    let (_, bob) = post(&tags_only, ask("bob")).await;
+    assert_eq!(item_ids(&bob), item_ids(&plain_bob));
+    assert!(!bob["model"].as_str().unwrap().contains("+tags"));
+    let history = json!({"history": ["100", "101"], "k": 5}).to_string();
+    let (_, fused_history) = post(&tags_only, history.clone()).await;
+    let (_, plain_history) = post(&plain, history).await;
+    assert_eq!(item_ids(&fused_history), item_ids(&plain_history));
+
+    // α = 1 is the model's ranking exactly.
+    let model_only = start_fused(1.0).await;
+    let (_, body) = post(&model_only, ask("alice")).await;
+    assert_eq!(ranked(&body), ranked(&plain_alice));
 }

@@ -7,6 +7,7 @@ pub mod generate;
 pub mod kernels;
 pub mod perplexity;
 pub mod recsys;
+pub mod semantic_ids;
 mod table;
 
 use std::future::Future;

@@ -16,7 +16,8 @@ use recsys::data::{Dataset, EvalCase, LoadOptions, Split};
 use recsys::eval::{evaluate, report_of, ItemKnn, Popularity, Report};
 use recsys::fused::{evaluate_fused, Alpha, TagMatcher};
 use recsys::model::{train, Checkpoint, SasRec, SasRecConfig, TrainConfig, EXACT};
-use recsys::serve::Explanations;
+use recsys::semantic::{GenerativeCheckpoint, GenerativeConfig};
+use recsys::serve::{Explanations, TagFusion};
 
 use super::block_on;
 
@@ -33,6 +34,21 @@ pub enum Command {
     Serve(ServeArgs),
     /// Drive an in-process server on loopback at fixed concurrency: p50, p99, requests/s.
     BenchServe(BenchServeArgs),
+    /// Semantic IDs of the items for generative retrieval.
+    SemanticIds {
+        #[command(subcommand)]
+        which: super::semantic_ids::Command,
+    },
+}
+
+/// Which retriever `recsys train` fits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Retriever {
+    /// A transformer over item ids scoring every item (SASRec).
+    Sasrec,
+    /// A transformer over the semantic-ID codes of items, recommending by beam search over
+    /// the trie of valid IDs (needs --semantic-ids).
+    SemanticId,
 }
 
 #[derive(clap::Args)]
@@ -51,6 +67,10 @@ pub struct ServeArgs {
     /// The local model whose cached explanations answer `explain: true` (from --db).
     #[arg(long, default_value = "smollm2")]
     recgpt_model: String,
+    /// Rank known users with cached profile tags by RecGPT's fused score
+    /// `α·model + (1−α)·tag match` (tags of --recgpt-model from --db); 1 = the model alone.
+    #[arg(long)]
+    alpha: Option<f32>,
 }
 
 #[derive(clap::Args)]
@@ -133,9 +153,16 @@ pub struct TrainArgs {
     /// The checkpoint directory to write.
     #[arg(long)]
     out: PathBuf,
-    /// Longest history the model reads.
-    #[arg(long, default_value_t = 50)]
-    max_len: usize,
+    /// The model to train.
+    #[arg(long, value_enum, default_value_t = Retriever::Sasrec)]
+    retriever: Retriever,
+    /// The file written by `recsys semantic-ids build` (for --retriever semantic-id).
+    #[arg(long)]
+    semantic_ids: Option<PathBuf>,
+    /// Longest history the model reads, in items (default: 50 for sasrec, 20 for
+    /// semantic-id, whose items are 4 tokens each).
+    #[arg(long)]
+    max_len: Option<usize>,
     #[arg(long, default_value_t = 64)]
     d_model: usize,
     #[arg(long, default_value_t = 2)]
@@ -175,6 +202,10 @@ pub struct EvalArgs {
     /// The local model whose cached profiles and item tags fused scoring reads.
     #[arg(long, default_value = "smollm2")]
     recgpt_model: String,
+    /// Add the semantic-ID retriever in this directory (written by `recsys train
+    /// --retriever semantic-id` on the same dataset) as one more row.
+    #[arg(long)]
+    semantic_id_checkpoint: Option<PathBuf>,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -187,6 +218,7 @@ pub fn run(db: &Path, command: Command) -> anyhow::Result<()> {
         Command::Enrich(a) => run_enrich(db, a),
         Command::Serve(a) => run_serve(db, a),
         Command::BenchServe(a) => run_bench_serve(a),
+        Command::SemanticIds { which } => super::semantic_ids::run(which),
     }
 }
 
@@ -199,15 +231,11 @@ pub fn kernel_text(path: Option<&Path>) -> anyhow::Result<String> {
 }
 
 fn run_train(args: TrainArgs) -> anyhow::Result<()> {
-    let dir = match &args.data {
-        Some(dir) => dir.clone(),
-        None => kernels::assets::MOVIELENS_100K.require()?,
-    };
     let options = LoadOptions {
         min_rating: args.min_rating,
         k_core: args.k_core,
     };
-    let dataset = Dataset::load(&dir, &options)?;
+    let dataset = super::semantic_ids::load_dataset(args.data.as_deref(), &options)?;
     let split = Split::leave_one_out(&dataset);
     eprintln!(
         "{}: {} users, {} items, {} interactions; {} validation and test users",
@@ -218,9 +246,37 @@ fn run_train(args: TrainArgs) -> anyhow::Result<()> {
         split.test.len()
     );
     let kernel = kernel_text(args.kernel.as_deref())?;
+    let train_config = TrainConfig {
+        epochs: args.epochs,
+        batch_size: args.batch_size,
+        learning_rate: args.lr,
+        weight_decay: 0.0,
+        patience: args.patience,
+        seed: args.seed,
+        max_seconds: args.max_seconds,
+    };
+    if args.retriever == Retriever::SemanticId {
+        let ids = args.semantic_ids.as_deref().context(
+            "--retriever semantic-id needs --semantic-ids FILE (write one with \
+             `evokernel recsys semantic-ids build --out FILE`)",
+        )?;
+        let config = GenerativeConfig {
+            history_items: args.max_len.unwrap_or(20),
+            d_model: args.d_model,
+            n_blocks: args.blocks,
+            n_heads: args.heads,
+            d_ff: 4 * args.d_model,
+            dropout: args.dropout,
+        };
+        return super::semantic_ids::train(dataset, ids, config, &kernel, &train_config, &args.out);
+    }
+    anyhow::ensure!(
+        args.semantic_ids.is_none(),
+        "--semantic-ids is for --retriever semantic-id"
+    );
     let config = SasRecConfig {
         n_items: dataset.items.len(),
-        max_len: args.max_len,
+        max_len: args.max_len.unwrap_or(50),
         d_model: args.d_model,
         n_blocks: args.blocks,
         n_heads: args.heads,
@@ -231,15 +287,6 @@ fn run_train(args: TrainArgs) -> anyhow::Result<()> {
         Some(path) => format!("kernel {}", path.display()),
         None => "the exact kernel".to_string(),
     })?;
-    let train_config = TrainConfig {
-        epochs: args.epochs,
-        batch_size: args.batch_size,
-        learning_rate: args.lr,
-        weight_decay: 0.0,
-        patience: args.patience,
-        seed: args.seed,
-        max_seconds: args.max_seconds,
-    };
     let report = train(&model, &split, &train_config, |e, model| {
         if e.best {
             // Each new best is on disk at once: a killed run keeps it.
@@ -286,7 +333,7 @@ fn run_eval(db: &Path, args: EvalArgs) -> anyhow::Result<()> {
     }
     let split = Split::leave_one_out(&checkpoint.dataset);
     let n_items = split.n_items;
-    let rows: Vec<(&str, Report)> = vec![
+    let mut rows: Vec<(&str, Report)> = vec![
         ("sasrec", evaluate(&checkpoint.model, &split.test)?),
         (
             "popularity",
@@ -297,6 +344,22 @@ fn run_eval(db: &Path, args: EvalArgs) -> anyhow::Result<()> {
             evaluate(&ItemKnn::fit(&split.train, n_items, args.knn), &split.test)?,
         ),
     ];
+    let generative = match &args.semantic_id_checkpoint {
+        Some(dir) => Some(GenerativeCheckpoint::load(dir)?),
+        None => None,
+    };
+    if let Some(generative) = &generative {
+        anyhow::ensure!(
+            generative.dataset == checkpoint.dataset,
+            "{} was trained on another dataset (or other --min-rating / --k-core) than {}",
+            args.semantic_id_checkpoint
+                .as_deref()
+                .unwrap_or(Path::new(""))
+                .display(),
+            args.checkpoint.display()
+        );
+        rows.push(("semantic-id", evaluate(&generative.retriever, &split.test)?));
+    }
     let fused = if alphas.is_empty() {
         None
     } else {
@@ -321,6 +384,16 @@ fn run_eval(db: &Path, args: EvalArgs) -> anyhow::Result<()> {
             "training_seconds": checkpoint.report.as_ref().map(|r| r.seconds),
             "best_epoch": checkpoint.report.as_ref().map(|r| r.best_epoch),
             "models": models,
+            "semantic_id": generative.as_ref().map(|g| serde_json::json!({
+                "convention": format!("beam search over the trie of valid IDs, width {} + the \
+                                       history's distinct items; items outside the beam rank \
+                                       last", recsys::semantic::RANKED),
+                "kernel": g.retriever.model.kernel.text,
+                "vocab_sizes": g.ids.vocab_sizes,
+                "history_items": g.retriever.config.history_items,
+                "training_seconds": g.report.as_ref().map(|r| r.seconds),
+                "best_epoch": g.report.as_ref().map(|r| r.best_epoch),
+            })),
             "fused": fused,
         });
         println!("{}", serde_json::to_string_pretty(&json)?);
@@ -378,6 +451,16 @@ fn run_eval(db: &Path, args: EvalArgs) -> anyhow::Result<()> {
             report.epochs.len()
         );
     }
+    if let Some(report) = generative.as_ref().and_then(|g| g.report.as_ref()) {
+        println!(
+            "semantic-id: beam search over the trie of valid IDs ({} + seen items wide; items \
+             outside the beam rank last); trained {:.1}s, best epoch {} of {}",
+            recsys::semantic::RANKED,
+            report.seconds,
+            report.best_epoch,
+            report.epochs.len()
+        );
+    }
     eprintln!("evaluated in {:.1}s", started.elapsed().as_secs_f64());
     Ok(())
 }
@@ -399,6 +482,39 @@ struct AlphaReport {
     report: Report,
 }
 
+/// RecGPT's cached tags for `dataset` by `recgpt_model` in the database at `db`: the key,
+/// each user's profile tags by raw user id (users whose profile has none left out), and
+/// each item's tags by dense item id (empty where none is cached).
+#[allow(clippy::type_complexity)]
+fn cached_tags(
+    db: &Path,
+    dataset: &Dataset,
+    recgpt_model: &str,
+) -> anyhow::Result<(
+    EnrichmentKey,
+    HashMap<String, Vec<String>>,
+    Vec<Vec<String>>,
+)> {
+    let key = recgpt::enrichment_key(dataset, &recgpt::model_name(recgpt_model));
+    let (profiles, tagged) = block_on(async {
+        let db = Db::open_existing(db).await?;
+        Ok((db.profiles(&key).await?, db.item_tags(&key).await?))
+    })?;
+    let user_tags = profiles
+        .into_iter()
+        .filter(|p| !p.tags.is_empty())
+        .map(|p| (p.user_id, p.tags))
+        .collect();
+    let item_index = dataset.item_index();
+    let mut item_tags = vec![Vec::new(); dataset.items.len()];
+    for t in tagged {
+        if let Some(&i) = item_index.get(&t.item_id) {
+            item_tags[i as usize] = t.tags;
+        }
+    }
+    Ok((key, user_tags, item_tags))
+}
+
 fn fused_evaluation(
     db: &Path,
     checkpoint: &Checkpoint,
@@ -406,16 +522,7 @@ fn fused_evaluation(
     recgpt_model: &str,
 ) -> anyhow::Result<FusedEvaluation> {
     let dataset = &checkpoint.dataset;
-    let key = recgpt::enrichment_key(dataset, &recgpt::model_name(recgpt_model));
-    let (profiles, tagged) = block_on(async {
-        let db = Db::open_existing(db).await?;
-        Ok((db.profiles(&key).await?, db.item_tags(&key).await?))
-    })?;
-    let user_tags: HashMap<&str, &[String]> = profiles
-        .iter()
-        .filter(|p| !p.tags.is_empty())
-        .map(|p| (p.user_id.as_str(), p.tags.as_slice()))
-        .collect();
+    let (key, user_tags, item_tags) = cached_tags(db, dataset, recgpt_model)?;
     let split = Split::leave_one_out(dataset);
     let cases: Vec<EvalCase> = split
         .test
@@ -430,19 +537,12 @@ fn fused_evaluation(
         key.model,
         db.display()
     );
-    let item_index = dataset.item_index();
-    let mut item_tags = vec![Vec::new(); dataset.items.len()];
-    for t in tagged {
-        if let Some(&i) = item_index.get(&t.item_id) {
-            item_tags[i as usize] = t.tags;
-        }
-    }
     let matcher = TagMatcher::new(&item_tags);
     let histories: Vec<&[u32]> = cases.iter().map(|c| c.history.as_slice()).collect();
     let scores = checkpoint.model.score_histories(&histories)?;
     let case_tags: Vec<&[String]> = cases
         .iter()
-        .map(|c| user_tags[dataset.users[c.user].as_str()])
+        .map(|c| user_tags[dataset.users[c.user].as_str()].as_slice())
         .collect();
     let reports = evaluate_fused(&cases, &scores, &case_tags, &matcher, alphas);
     Ok(FusedEvaluation {
@@ -609,6 +709,7 @@ fn load_app(
     kernel: Option<&Path>,
     config: recsys::serve::ServeConfig,
     explanations: Option<(&Path, &str)>,
+    alpha: Option<Alpha>,
 ) -> anyhow::Result<recsys::serve::Router> {
     let mut checkpoint = Checkpoint::load(checkpoint)?;
     if let Some(path) = kernel {
@@ -618,14 +719,40 @@ fn load_app(
             .with_context(|| format!("kernel {}", path.display()))?;
         eprintln!("running {} in place of the trained kernel", path.display());
     }
+    let fusion = match (alpha, explanations) {
+        (Some(alpha), Some((db, model))) => {
+            let (key, users, item_tags) = cached_tags(db, &checkpoint.dataset, model)?;
+            anyhow::ensure!(
+                !users.is_empty(),
+                "--alpha: no user has a cached profile with tags for dataset {} and model {} in \
+                 {}: run `evokernel recsys enrich --explain-checkpoint CKPT --model {model} \
+                 --users N` first",
+                key.dataset,
+                key.model,
+                db.display()
+            );
+            eprintln!(
+                "fused ranking at α = {} for the {} users with cached tags",
+                alpha.get(),
+                users.len()
+            );
+            Some(TagFusion {
+                alpha,
+                items: TagMatcher::new(&item_tags),
+                users,
+            })
+        }
+        _ => None,
+    };
     let explanations = match explanations {
         Some((db, model)) => cached_explanations(db, &checkpoint.dataset, model)?,
         None => Explanations::default(),
     };
-    Ok(recsys::serve::app_with_explanations(
+    Ok(recsys::serve::app_with_context(
         checkpoint,
         config,
         explanations,
+        fusion,
     )?)
 }
 
@@ -634,11 +761,16 @@ fn run_serve(db: &Path, args: ServeArgs) -> anyhow::Result<()> {
         max_body_bytes: args.max_body_bytes,
         ..Default::default()
     };
+    let alpha = args
+        .alpha
+        .map(|a| Alpha::new(a).context("--alpha"))
+        .transpose()?;
     let app = load_app(
         &args.checkpoint,
         args.kernel.as_deref(),
         config,
         Some((db, args.recgpt_model.as_str())),
+        alpha,
     )?;
     let runtime = tokio::runtime::Runtime::new().context("could not start the async runtime")?;
     runtime.block_on(async {
@@ -672,6 +804,7 @@ fn run_bench_serve(args: BenchServeArgs) -> anyhow::Result<()> {
         &args.checkpoint,
         args.kernel.as_deref(),
         Default::default(),
+        None,
         None,
     )?;
     let runtime = tokio::runtime::Runtime::new().context("could not start the async runtime")?;

@@ -51,19 +51,7 @@ impl Checkpoint {
         dataset: &Dataset,
         report: Option<&TrainReport>,
     ) -> Result<()> {
-        let io = |path: PathBuf| move |source| Error::Io { path, source };
-        std::fs::create_dir_all(dir).map_err(io(dir.to_path_buf()))?;
-        let tensors: std::collections::HashMap<String, candle_core::Tensor> = model
-            .params()
-            .named()
-            .iter()
-            .map(|(name, var)| (name.clone(), var.as_tensor().clone()))
-            .collect();
-        // Each file is written aside and renamed into place, so a run killed mid-write
-        // leaves the previous best whole.
-        let weights_tmp = dir.join(format!("{WEIGHTS}.tmp"));
-        candle_core::safetensors::save(&tensors, &weights_tmp)?;
-        std::fs::rename(&weights_tmp, dir.join(WEIGHTS)).map_err(io(dir.join(WEIGHTS)))?;
+        save_weights(dir, model)?;
         let meta = Meta {
             config: model.config.clone(),
             kernel: model.kernel.text.clone(),
@@ -71,9 +59,7 @@ impl Checkpoint {
             report: report.cloned(),
         };
         let json = serde_json::to_string(&meta).map_err(|e| bad(dir, e.to_string()))?;
-        let meta_tmp = dir.join(format!("{META}.tmp"));
-        std::fs::write(&meta_tmp, json).map_err(io(meta_tmp.clone()))?;
-        std::fs::rename(&meta_tmp, dir.join(META)).map_err(io(dir.join(META)))
+        write_atomically(&dir.join(META), json.as_bytes())
     }
 
     /// Reads a checkpoint written by `save`, checking the weights against the config.
@@ -97,14 +83,57 @@ impl Checkpoint {
                 ),
             ));
         }
-        let tensors = candle_core::safetensors::load(dir.join(WEIGHTS), &candle_core::Device::Cpu)
-            .map_err(|e| bad(dir, format!("{WEIGHTS}: {e}")))?;
-        let model = SasRec::from_tensors(meta.config, &meta.kernel, tensors)
-            .map_err(|e| bad(dir, e.to_string()))?;
+        let model = load_weights(dir, meta.config, &meta.kernel)?;
         Ok(Checkpoint {
             model,
             dataset: meta.dataset,
             report: meta.report,
         })
     }
+}
+
+/// Writes `model`'s weights to `model.safetensors` in `dir` (created if missing).
+pub fn save_weights(dir: &Path, model: &SasRec) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let tensors: std::collections::HashMap<String, candle_core::Tensor> = model
+        .params()
+        .named()
+        .iter()
+        .map(|(name, var)| (name.clone(), var.as_tensor().clone()))
+        .collect();
+    // Written aside and renamed into place, so a run killed mid-write leaves the previous
+    // best whole.
+    let tmp = dir.join(format!("{WEIGHTS}.tmp"));
+    candle_core::safetensors::save(&tensors, &tmp)?;
+    std::fs::rename(&tmp, dir.join(WEIGHTS)).map_err(|source| Error::Io {
+        path: dir.join(WEIGHTS),
+        source,
+    })
+}
+
+/// A model of `config` running `kernel` with the weights in `dir`'s `model.safetensors`,
+/// each checked against the config.
+pub fn load_weights(dir: &Path, config: SasRecConfig, kernel: &str) -> Result<SasRec> {
+    let tensors = candle_core::safetensors::load(dir.join(WEIGHTS), &candle_core::Device::Cpu)
+        .map_err(|e| bad(dir, format!("{WEIGHTS}: {e}")))?;
+    SasRec::from_tensors(config, kernel, tensors).map_err(|e| bad(dir, e.to_string()))
+}
+
+/// Writes `bytes` to `path` through a file beside it and a rename, so that a reader never
+/// sees half a file.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, bytes).map_err(|source| Error::Io {
+        path: tmp.clone(),
+        source,
+    })?;
+    std::fs::rename(&tmp, path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }

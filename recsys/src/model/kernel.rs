@@ -98,23 +98,28 @@ fn unsupported(layer: usize, head: usize, spec: &HeadSpec) -> Error {
 }
 
 impl LayerRule {
-    /// Attention logits from raw dot products `s` `[batch, heads, t, t]`: each head's score
+    /// Attention logits from raw dot products `s` `[batch, heads, t_q, t_k]` of queries at
+    /// positions `q_start..q_start + t_q` against keys at `0..t_k`: each head's score
     /// expression (default `s · scale`), then hidden pairs set to a large negative number.
     /// A finite fill keeps rows that see nothing (padding) free of NaN; their outputs are
-    /// never used.
-    pub fn logits(&self, s: &Tensor, scale: f64) -> Result<Tensor> {
-        let (_, heads, t, _) = s.dims4()?;
+    /// never used. A whole sequence has `q_start = 0` and `t_q = t_k`; a continuation of a
+    /// cached prefix starts its queries after it.
+    pub fn logits(&self, s: &Tensor, scale: f64, q_start: usize) -> Result<Tensor> {
+        let (_, heads, t_q, t_k) = s.dims4()?;
         let logits = if self.scores.iter().all(Option::is_none) {
             (s * scale)?
         } else {
-            let positions = Tensor::arange(0u32, t as u32, s.device())?.to_dtype(DType::F32)?;
-            let q = positions
-                .reshape((t, 1))?
-                .broadcast_as((t, t))?
+            let positions = |from: usize, n: usize| -> Result<Tensor> {
+                Ok(Tensor::arange(from as u32, (from + n) as u32, s.device())?
+                    .to_dtype(DType::F32)?)
+            };
+            let q = positions(q_start, t_q)?
+                .reshape((t_q, 1))?
+                .broadcast_as((t_q, t_k))?
                 .contiguous()?;
-            let kv = positions
-                .reshape((1, t))?
-                .broadcast_as((t, t))?
+            let kv = positions(0, t_k)?
+                .reshape((1, t_k))?
+                .broadcast_as((t_q, t_k))?
                 .contiguous()?;
             let per_head = (0..heads)
                 .map(|h| {
@@ -136,7 +141,7 @@ impl LayerRule {
                 .collect::<Result<Vec<_>>>()?;
             Tensor::cat(&per_head, 1)?
         };
-        let visible = self.visible.narrow(1, 0, t)?.narrow(2, 0, t)?;
+        let visible = self.visible.narrow(1, q_start, t_q)?.narrow(2, 0, t_k)?;
         Ok(kernels::trainable::attention_ops::hide(
             &logits, &visible, -1e9,
         )?)

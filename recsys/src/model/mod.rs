@@ -19,10 +19,11 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-pub use checkpoint::Checkpoint;
+pub use checkpoint::{load_weights, save_weights, write_atomically, Checkpoint};
 pub use infer::Inference;
 pub use kernel::{KernelRules, LayerRule, EXACT};
-pub use train::{train, EpochReport, TrainConfig, TrainReport};
+pub(crate) use train::windows as item_windows;
+pub use train::{fit, train, EpochReport, TrainConfig, TrainReport, Window};
 
 use crate::{Error, Result};
 
@@ -151,6 +152,25 @@ impl Dropout {
     }
 }
 
+/// A sequence already run through the model: its keys and values at every layer (each
+/// `[1, heads, len, head_dim]`), so that continuations of it cost only their own tokens.
+#[derive(Debug)]
+pub struct Prefix {
+    layers: Vec<(Tensor, Tensor)>,
+    len: usize,
+}
+
+impl Prefix {
+    /// How many tokens the prefix holds.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
 /// `x` `[batch, t, in]` times `w` `[in, out]` as one 2-D product: a broadcast batched
 /// product would copy `w` per sequence and sum that many gradients back.
 fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
@@ -176,6 +196,9 @@ pub struct SasRec {
     pos_emb: Var,
     blocks: Vec<Block>,
     final_norm: Norm,
+    /// Per position, which tokens may come next: `[max_len, n_items]`, 0 where allowed and
+    /// a large negative number elsewhere, added to the logits (none: every token).
+    allowed_next: Option<Tensor>,
 }
 
 impl SasRec {
@@ -275,7 +298,29 @@ impl SasRec {
             pos_emb,
             blocks,
             final_norm,
+            allowed_next: None,
         })
+    }
+
+    /// Restricts the token that may follow position `p` to `allowed(p)` (training and
+    /// `logits` alike): the generative retriever's per-position vocabularies.
+    pub fn restrict_next(
+        &mut self,
+        allowed: impl Fn(usize) -> std::ops::Range<usize>,
+    ) -> Result<()> {
+        let (len, n) = (self.config.max_len, self.config.n_items);
+        let mut bias = vec![-1e9f32; len * n];
+        for p in 0..len {
+            let range = allowed(p);
+            if range.is_empty() || range.end > n {
+                return Err(Error::InvalidRequest(format!(
+                    "position {p} allows tokens {range:?} of {n}"
+                )));
+            }
+            bias[p * n + range.start..p * n + range.end].fill(0.0);
+        }
+        self.allowed_next = Some(Tensor::from_vec(bias, (len, n), &Device::Cpu)?);
+        Ok(())
     }
 
     /// Runs `kernel_text` in place of the kernel the weights were trained with (a drop-in:
@@ -293,12 +338,47 @@ impl SasRec {
     }
 
     /// Hidden states `[batch, t, d_model]` of right-padded item ids `[batch, t]` (u32).
-    pub fn hidden(&self, tokens: &Tensor, mut dropout: Option<&mut Dropout>) -> Result<Tensor> {
+    pub fn hidden(&self, tokens: &Tensor, dropout: Option<&mut Dropout>) -> Result<Tensor> {
+        self.run(tokens, None, None, dropout)
+    }
+
+    /// The keys and values of one unpadded sequence at every layer, and its hidden states
+    /// `[1, t, d_model]`: continuations of it then run with `hidden_after` without
+    /// recomputing it (what beam search over a history does).
+    pub fn prefix(&self, tokens: &[u32]) -> Result<(Prefix, Tensor)> {
+        let input = Tensor::from_vec(tokens.to_vec(), (1, tokens.len()), &Device::Cpu)?;
+        let mut layers = Vec::with_capacity(self.blocks.len());
+        let hidden = self.run(&input, None, Some(&mut layers), None)?;
+        let prefix = Prefix {
+            layers,
+            len: tokens.len(),
+        };
+        Ok((prefix, hidden))
+    }
+
+    /// Hidden states `[batch, t, d_model]` of `batch` continuations `[batch, t]` (u32, all of
+    /// length `t`) of the same `prefix`, at positions after it: equal to running each whole
+    /// sequence through `hidden` and keeping its last `t` rows.
+    pub fn hidden_after(&self, prefix: &Prefix, tokens: &Tensor) -> Result<Tensor> {
+        self.run(tokens, Some(prefix), None, None)
+    }
+
+    /// The forward pass of `tokens` after `past` (or from position 0), optionally recording
+    /// each layer's keys and values. One body serves training, scoring and continuations.
+    fn run(
+        &self,
+        tokens: &Tensor,
+        past: Option<&Prefix>,
+        mut record: Option<&mut Vec<(Tensor, Tensor)>>,
+        mut dropout: Option<&mut Dropout>,
+    ) -> Result<Tensor> {
         let (b, t) = tokens.dims2()?;
         let c = &self.config;
-        if t > c.max_len {
+        let start = past.map_or(0, |p| p.len);
+        if start + t > c.max_len {
             return Err(Error::InvalidRequest(format!(
-                "a sequence of {t} items is longer than the model's max_len {}",
+                "a sequence of {} tokens is longer than the model's max_len {}",
+                start + t,
                 c.max_len
             )));
         }
@@ -309,20 +389,30 @@ impl SasRec {
             .as_tensor()
             .index_select(&tokens.flatten_all()?, 0)?
             .reshape((b, t, d))?;
-        let mut x = items.broadcast_add(&self.pos_emb.as_tensor().narrow(0, 0, t)?)?;
+        let mut x = items.broadcast_add(&self.pos_emb.as_tensor().narrow(0, start, t)?)?;
         x = drop(&mut dropout, x)?;
         let split = |x: Tensor| -> Result<Tensor> {
             Ok(x.reshape((b, t, heads, head_dim))?
                 .transpose(1, 2)?
                 .contiguous()?)
         };
-        for (block, rule) in self.blocks.iter().zip(&self.kernel.layers) {
+        for (i, (block, rule)) in self.blocks.iter().zip(&self.kernel.layers).enumerate() {
             let h = block.attn_norm.forward(&x)?;
             let q = split(linear(&h, block.wq.as_tensor())?)?;
-            let k = split(linear(&h, block.wk.as_tensor())?)?;
-            let v = split(linear(&h, block.wv.as_tensor())?)?;
+            let mut k = split(linear(&h, block.wk.as_tensor())?)?;
+            let mut v = split(linear(&h, block.wv.as_tensor())?)?;
+            if let Some(layers) = record.as_deref_mut() {
+                layers.push((k.clone(), v.clone()));
+            }
+            if let Some(past) = past {
+                let (past_k, past_v) = &past.layers[i];
+                let shape = (b, heads, start, head_dim);
+                k = Tensor::cat(&[&past_k.broadcast_as(shape)?, &k], 2)?.contiguous()?;
+                v = Tensor::cat(&[&past_v.broadcast_as(shape)?, &v], 2)?.contiguous()?;
+            }
             let s = q.matmul(&k.transpose(2, 3)?.contiguous()?)?;
-            let weights = softmax_last_dim(&rule.logits(&s, 1.0 / (head_dim as f64).sqrt())?)?;
+            let logits = rule.logits(&s, 1.0 / (head_dim as f64).sqrt(), start)?;
+            let weights = softmax_last_dim(&logits)?;
             let mixed = weights
                 .matmul(&v)?
                 .transpose(1, 2)?
@@ -347,7 +437,11 @@ impl SasRec {
         let flat = hidden
             .flatten_to(1)?
             .matmul(&self.item_emb.as_tensor().t()?)?;
-        Ok(flat.reshape((b, t, self.config.n_items))?)
+        let logits = flat.reshape((b, t, self.config.n_items))?;
+        Ok(match &self.allowed_next {
+            Some(bias) => logits.broadcast_add(&bias.narrow(0, 0, t)?)?,
+            None => logits,
+        })
     }
 
     /// Mean full-softmax cross-entropy of predicting `targets` (`[batch, t]` u32) at the
@@ -410,6 +504,11 @@ impl SasRec {
             rows.extend(scores.to_vec2::<f32>()?);
         }
         Ok(rows)
+    }
+
+    /// Scores of every item `[rows, n_items]` from hidden states `[rows, d_model]`.
+    pub fn scores_of_hidden(&self, hidden: &Tensor) -> Result<Tensor> {
+        Ok(hidden.matmul(&self.item_emb.as_tensor().t()?)?)
     }
 
     /// The item embedding table `[n_items, d_model]`, which also scores items.

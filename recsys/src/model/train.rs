@@ -71,15 +71,16 @@ pub struct TrainReport {
     pub seconds: f64,
 }
 
-/// A training window: items and, position by position, the item that follows.
-struct Window {
-    input: Vec<u32>,
-    target: Vec<u32>,
+/// A training window: tokens and, position by position, the token that follows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Window {
+    pub input: Vec<u32>,
+    pub target: Vec<u32>,
 }
 
 /// Cuts each training sequence from its end into windows of `max_len` transitions, so that
 /// every transition trains once per epoch and the most recent ones see the longest context.
-fn windows(train: &[Vec<u32>], max_len: usize) -> Vec<Window> {
+pub(crate) fn windows(train: &[Vec<u32>], max_len: usize) -> Vec<Window> {
     let mut out = Vec::new();
     for seq in train {
         let mut end = seq.len();
@@ -126,13 +127,8 @@ pub fn train(
     model: &SasRec,
     split: &Split,
     config: &TrainConfig,
-    mut on_epoch: impl FnMut(&EpochReport, &SasRec) -> Result<()>,
+    on_epoch: impl FnMut(&EpochReport, &SasRec) -> Result<()>,
 ) -> Result<TrainReport> {
-    if config.epochs == 0 || config.batch_size == 0 {
-        return Err(Error::InvalidRequest(
-            "training needs at least one epoch and a batch size of at least 1".into(),
-        ));
-    }
     if split.n_items != model.config.n_items {
         return Err(Error::InvalidRequest(format!(
             "the split has {} items but the model {}",
@@ -140,6 +136,25 @@ pub fn train(
         )));
     }
     let windows = windows(&split.train, model.config.max_len);
+    let validate = |model: &SasRec| Ok(evaluate(model, &split.valid)?.seen_filtered);
+    fit(model, &windows, config, validate, on_epoch)
+}
+
+/// The training loop over any token windows (item ids for `train`, semantic-ID codes for the
+/// generative retriever): seeded shuffling, AdamW on the full-softmax cross-entropy, and
+/// early stopping on `validate`'s NDCG@10, keeping the best epoch's weights.
+pub fn fit(
+    model: &SasRec,
+    windows: &[Window],
+    config: &TrainConfig,
+    mut validate: impl FnMut(&SasRec) -> Result<Metrics>,
+    mut on_epoch: impl FnMut(&EpochReport, &SasRec) -> Result<()>,
+) -> Result<TrainReport> {
+    if config.epochs == 0 || config.batch_size == 0 {
+        return Err(Error::InvalidRequest(
+            "training needs at least one epoch and a batch size of at least 1".into(),
+        ));
+    }
     if windows.is_empty() {
         return Err(Error::InvalidRequest(
             "no user has two training interactions: nothing to train on".into(),
@@ -172,7 +187,7 @@ pub fn train(
             loss_sum += f64::from(loss.to_scalar::<f32>()?);
             batches += 1;
         }
-        let valid = evaluate(model, &split.valid)?.seen_filtered;
+        let valid = validate(model)?;
         let improved = best
             .as_ref()
             .is_none_or(|(_, m, _)| valid.ndcg_10 > m.ndcg_10);

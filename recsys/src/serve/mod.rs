@@ -5,7 +5,9 @@
 //! `{"error": {"field", "message"}}` naming the field; the request body is capped at
 //! `ServeConfig::max_body_bytes`. With `explain: true`, a recommendation for a known user
 //! carries the `reason` cached for that (user, item) by the RecGPT explanation stage, handed in
-//! as plain [`Explanations`]; no language model runs in the request path.
+//! as plain [`Explanations`]; no language model runs in the request path. With a
+//! [`TagFusion`], a known user with cached tags is ranked by RecGPT's fused score
+//! `α · model + (1 − α) · tag match` (`crate::fused`), again from plain data.
 
 mod error;
 mod metrics;
@@ -34,6 +36,7 @@ pub use request::{RecommendRequest, Who};
 
 use crate::data::Dataset;
 use crate::eval::top_k;
+use crate::fused::{fuse, Alpha, TagMatcher};
 use crate::model::{Checkpoint, Inference, SasRec};
 
 /// Limits of the server.
@@ -69,6 +72,17 @@ pub struct AppState {
     config: ServeConfig,
     metrics: Metrics,
     explanations: Explanations,
+    fusion: Option<TagFusion>,
+}
+
+/// RecGPT's tag-aware fused ranking for serving: α, every item's tags (as a matcher by dense
+/// item id) and the tags of each user's cached profile, by raw user id. Plain data, so that
+/// the server needs neither a database nor a language model.
+#[derive(Clone, Debug)]
+pub struct TagFusion {
+    pub alpha: Alpha,
+    pub items: TagMatcher,
+    pub users: HashMap<String, Vec<String>>,
 }
 
 /// Cached explanation sentences by (raw user id, raw item id): plain data, so that the server
@@ -131,7 +145,27 @@ pub fn app_with_explanations(
     config: ServeConfig,
     explanations: Explanations,
 ) -> crate::Result<Router> {
+    app_with_context(checkpoint, config, explanations, None)
+}
+
+/// The application for a loaded checkpoint with cached explanations and, optionally, fused
+/// ranking of known users by their tags; `fusion.items` must cover the checkpoint's items.
+pub fn app_with_context(
+    checkpoint: Checkpoint,
+    config: ServeConfig,
+    explanations: Explanations,
+    fusion: Option<TagFusion>,
+) -> crate::Result<Router> {
     let Checkpoint { model, dataset, .. } = checkpoint;
+    if let Some(f) = &fusion {
+        if f.items.len() != dataset.items.len() {
+            return Err(crate::Error::InvalidRequest(format!(
+                "fused serving: tags for {} items, the checkpoint has {}",
+                f.items.len(),
+                dataset.items.len()
+            )));
+        }
+    }
     let embeddings = model.item_embeddings()?;
     let unit_embeddings = embeddings
         .iter()
@@ -156,6 +190,7 @@ pub fn app_with_explanations(
         config,
         metrics: Metrics::default(),
         explanations,
+        fusion,
     });
     Ok(Router::new()
         .route("/v1/recommend", post(recommend))
@@ -247,12 +282,21 @@ async fn recommend(
     state.check_k(request.k)?;
     let history = request.history_ids(&state)?;
     let worker = state.clone();
-    let items = blocking(move || {
+    let (items, fused_by) = blocking(move || {
         let scores = worker
             .inference
             .scores(&history)
             .map_err(|e| ApiError::internal(e.to_string()))?;
         let excluded: &[u32] = if request.exclude_seen { &history } else { &[] };
+        // Only a known user with cached tags has something to fuse with.
+        let fusion = match (&worker.fusion, &request.who) {
+            (Some(fusion), Who::User(user)) => fusion.users.get(user).map(|t| (fusion, t)),
+            _ => None,
+        };
+        let scores = match fusion {
+            Some((fusion, tags)) => fuse(&scores, &fusion.items.matches(tags), fusion.alpha),
+            None => scores,
+        };
         let mut items = worker.describe(top_k(&scores, request.k, excluded));
         if let (true, Who::User(user)) = (request.explain, &request.who) {
             for item in &mut items {
@@ -262,13 +306,14 @@ async fn recommend(
                     .map(str::to_string);
             }
         }
-        Ok(items)
+        Ok((items, fusion.map(|(f, _)| f.alpha.get())))
     })
     .await?;
-    Ok(Json(Recommendations {
-        items,
-        model: state.model_name.clone(),
-    }))
+    let model = match fused_by {
+        Some(alpha) => format!("{}+tags(alpha={alpha})", state.model_name),
+        None => state.model_name.clone(),
+    };
+    Ok(Json(Recommendations { items, model }))
 }
 
 #[derive(serde::Deserialize)]
