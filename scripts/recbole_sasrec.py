@@ -33,6 +33,9 @@ def parse_args():
         type=float,
         help="start no new epoch once this much training time has passed (the best epoch so far is tested)",
     )
+    parser.add_argument(
+        "--checkpoint", help="test this saved RecBole model (a .pth from --out's saved/) instead of training"
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
     return parser.parse_args()
 
@@ -110,10 +113,13 @@ def user_histories(dataset):
 
 def ranked_metrics(scores, targets, histories):
     """HR@10, NDCG@10, HR@20, NDCG@20 of `targets` in `scores` (`[users, items]`, item 0 is padding), seen
-    items filtered and not. A tie counts against the target, as in `evokernel recsys eval`."""
+    items filtered and not (the target never). As in `evokernel recsys eval`, an item with a score equal to
+    the target's ranks above it if its id is lower (here RecBole's internal ids), and a NaN target ranks last."""
     import torch
 
     out = {}
+    target_ids = torch.tensor(targets).unsqueeze(1)
+    lower_id = torch.arange(scores.shape[1]).unsqueeze(0) < target_ids
     for filtered in (True, False):
         s = scores.clone()
         s[:, 0] = -math.inf
@@ -121,8 +127,9 @@ def ranked_metrics(scores, targets, histories):
             for row, seen in enumerate(histories):
                 seen = [item for item in seen if item != targets[row]]
                 s[row, seen] = -math.inf
-        target_scores = s[torch.arange(len(targets)), torch.tensor(targets)].unsqueeze(1)
-        ranks = ((s > target_scores).sum(1) + (s == target_scores).sum(1) - 1).tolist()
+        target_scores = s.gather(1, target_ids)
+        ahead = (s > target_scores) | ((s == target_scores) & lower_id)
+        ranks = ahead.sum(1).masked_fill(target_scores.squeeze(1).isnan(), s.shape[1]).tolist()
         tag = "filtered" if filtered else "unfiltered"
         for k in (10, 20):
             hits = [r < k for r in ranks]
@@ -189,16 +196,27 @@ def main():
     init_seed(config["seed"], config["reproducibility"])
     model = SASRec(config, train_data._dataset).to(config["device"])
     trainer = budgeted_trainer(Trainer, args.max_seconds)(config, model)
-    start = time.time()
-    try:
-        trainer.fit(train_data, valid_data, saved=True, show_progress=False)
-        budget_spent = False
-    except BudgetSpent:
-        budget_spent = True  # the best epoch's checkpoint is already saved
-    train_seconds = time.time() - start
-    epochs = len(trainer.train_loss_dict)
-    best_epoch = epochs - trainer.cur_step * config["eval_step"]
-    recbole_test = dict(trainer.evaluate(test_data, load_best_model=True, show_progress=False))
+    if args.checkpoint:
+        trained = {"checkpoint": args.checkpoint}
+        model_file = args.checkpoint
+    else:
+        start = time.time()
+        try:
+            trainer.fit(train_data, valid_data, saved=True, show_progress=False)
+            budget_spent = False
+        except BudgetSpent:
+            budget_spent = True  # the best epoch's checkpoint is already saved
+        epochs = len(trainer.train_loss_dict)
+        trained = {
+            "train_seconds": round(time.time() - start, 1),
+            "epochs": epochs,
+            "best_epoch": epochs - trainer.cur_step * config["eval_step"],
+            "stopped_by": "time budget" if budget_spent else "early stopping or the epoch limit",
+        }
+        model_file = None  # the best epoch's, which fit saved
+    recbole_test = dict(
+        trainer.evaluate(test_data, load_best_model=True, model_file=model_file, show_progress=False)
+    )
 
     # Our metrics on the best model, with each user's full history as the seen items.
     model = trainer.model
@@ -217,22 +235,21 @@ def main():
     result = {
         "recbole_test": recbole_test,
         "test": ours_test,
-        "train_seconds": round(train_seconds, 1),
-        "epochs": epochs,
-        "best_epoch": best_epoch,
-        "stopped_by": "time budget" if budget_spent else "early stopping or the epoch limit",
+        **trained,
         "threads": args.threads,
         "counts": counts,
         "out": str(out),
     }
     (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(f"RecBole test metrics (its full ranking, seen items not filtered): "
+    print("RecBole test metrics (its full ranking, seen items not filtered): "
           + ", ".join(f"{k} {v:.4f}" for k, v in recbole_test.items()))
     for tag in ("filtered", "unfiltered"):
-        print(f"test, seen items {tag} (ties against the target, as `recsys eval`): "
+        print(f"test, seen items {tag} (ties as `recsys eval` breaks them): "
               + ", ".join(f"{k.split()[0]} {ours_test[k]:.4f}" for k in ours_test if k.endswith(" " + tag)))
-    print(f"trained {epochs} epochs (best {best_epoch}, stopped by {result['stopped_by']}) in "
-          f"{train_seconds:.0f} s wall on {args.threads} torch thread(s); logs and checkpoint in {out}")
+    if "epochs" in trained:
+        print(f"trained {trained['epochs']} epochs (best {trained['best_epoch']}, stopped by "
+              f"{trained['stopped_by']}) in {trained['train_seconds']:.0f} s wall on {args.threads} torch "
+              f"thread(s); logs and checkpoint in {out}")
     if args.json:
         print(json.dumps(result))
 
