@@ -2,9 +2,10 @@
 
 Run through scripts/peer-recbole, which makes the virtualenv this needs. Beside RecBole's own test metrics
 (full ranking, no seen-item filtering for sequential models) it scores the best model again the way
-`evokernel recsys eval` does: seen items filtered and not, equal scores ranked against the target. It also
-checks that RecBole's split is ours: the same counts, and per user the same validation and test items as a
-stable time sort of the file gives (our loader's rule).
+`evokernel recsys eval` does: seen items filtered and not. It also compares RecBole's split with ours: the
+counts must be equal, and it reports how many validation and test items differ from those that a
+stable time sort of the file gives (our loader's rule). RecBole sorts min-max normalised timestamps held as
+float32, about one-second steps on ML-100K, so interactions a second apart can tie there and keep file order.
 """
 
 import argparse
