@@ -1,7 +1,8 @@
 //! Full-ranking evaluation: every item is a candidate, and a case scores by the rank of its
 //! held-out target. HR@10, NDCG@10 and NDCG@20 are reported twice: with the items already in
-//! the case's history removed from the candidates ("seen filtered", the usual RecBole
-//! convention and our headline) and with nothing removed ("unfiltered"). The target itself is
+//! the case's history removed from the candidates ("seen filtered", our headline, as for
+//! RecBole's general recommenders) and with nothing removed ("unfiltered", as RecBole scores
+//! its sequential ones, SASRec among them). The target itself is
 //! never removed. Ties are broken against the target by item id: an item with an equal
 //! score ranks above the target if its id is lower, so a constant scorer earns nothing
 //! for free.
