@@ -204,12 +204,24 @@ fn an_llm_campaign_records_its_calls_and_replays_without_the_model() {
         replayed, recorded,
         "the replay made the same programs with the same scores"
     );
-    assert_eq!(replay_calls.len(), calls.len());
+    // The campaign ends when its last evaluation lands; jobs still running then, or done
+    // but behind it in plan order, are dropped wherever they are, in the recording and the
+    // replay alike, so the two runs may differ by those jobs' calls. None of them made a
+    // program: every call that did is in both, and none of those diverged.
+    let linked =
+        |calls: &[agent::db::LlmCall]| calls.iter().filter(|c| c.program_id.is_some()).count();
+    assert_eq!(
+        linked(&replay_calls),
+        linked(&calls),
+        "every program's calls were replayed"
+    );
+    let diverged: Vec<_> = replay_calls
+        .iter()
+        .filter(|c| c.error.as_deref().unwrap_or("").contains("diverged"))
+        .collect();
     assert!(
-        replay_calls
-            .iter()
-            .all(|c| !c.error.as_deref().unwrap_or("").contains("diverged")),
-        "every call was found in the recording"
+        diverged.iter().all(|c| c.program_id.is_none()),
+        "every call that made a program was found in the recording"
     );
 }
 
