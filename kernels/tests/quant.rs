@@ -3,9 +3,9 @@
 //!
 //! Tolerance against the reference: the kernels use the weights exactly as stored and
 //! quantize each activation block to `d·q` with `d = amax / 127` (the K-quants, blocks of
-//! 256) or the next whole multiple of the row's unit `row_amax / (127 · 32767)` (the
+//! 256) or the next whole multiple of the row's unit `row_amax / (127 · 16383)` (the
 //! 32-element formats, blocks of 32), so each activation is off by at most `amax / 254`, plus
-//! `row_amax / (254 · 32767)` for the 32-element formats. Hence `|ours − reference| ≤
+//! `row_amax / (254 · 16383)` for the 32-element formats. Hence `|ours − reference| ≤
 //! Σ_i |W[o, i]| · that`, plus f32 rounding, allowed as `1e-4 · Σ_i |W[o, i] · x[i]|`. `f32`
 //! weights see no quantization and get the rounding allowance alone.
 
@@ -44,6 +44,12 @@ impl Case {
                 rng.random_range(-1.0f32..1.0) * outlier
             })
             .collect();
+        Case::new(format, w, out_dim, x, rows)
+    }
+
+    /// `w` (`[out_dim, in_dim]`) quantized to `format`, against the rows of `x`.
+    fn new(format: BlockFormat, w: Vec<f32>, out_dim: usize, x: Vec<f32>, rows: usize) -> Case {
+        let in_dim = w.len() / out_dim;
         let tensor = Tensor::from_vec(w, (out_dim, in_dim), &Device::Cpu).unwrap();
         let qtensor = QTensor::quantize(&tensor, format.dtype()).unwrap();
         let weights = qtensor
@@ -98,7 +104,7 @@ impl Case {
         let (block, unit) = match format {
             BlockFormat::F32 => return rounding,
             BlockFormat::Q4K | BlockFormat::Q6K => (256, 0.0),
-            _ => (32, amax(self.x_row(r)) / (127.0 * 32767.0)),
+            _ => (32, amax(self.x_row(r)) / (127.0 * 16383.0)),
         };
         let quantization: f64 = self
             .x_row(r)
@@ -221,12 +227,12 @@ proptest! {
     }
 }
 
-/// Q4_0, Q4_1 and Q5_0 unpack their weights for prefill (from 16 rows) and sum the
+/// Q4_0, Q4_1 and Q5_0 pack their weights into panels for prefill (from 16 rows) and sum the
 /// offsets in another order there, so their rows agree to rounding; the rest bit for bit.
 #[test]
 fn a_decode_row_equals_its_row_of_a_prefill() {
     for format in BlockFormat::ALL {
-        let unpacked = matches!(
+        let panels = matches!(
             format,
             BlockFormat::Q4_0 | BlockFormat::Q4_1 | BlockFormat::Q5_0
         );
@@ -239,7 +245,7 @@ fn a_decode_row_equals_its_row_of_a_prefill() {
                 let mut decode = vec![f32::NAN; case.out_dim];
                 matrix.matmul_with(isa, case.x_row(r), 1, &mut decode);
                 let row = &prefill[r * case.out_dim..(r + 1) * case.out_dim];
-                if !unpacked {
+                if !panels {
                     // Each row is quantized alone and summed in the same order in every group size.
                     assert_eq!(decode, row, "{format:?} {isa:?} row {r}");
                     continue;
@@ -251,8 +257,41 @@ fn a_decode_row_equals_its_row_of_a_prefill() {
                         "{format:?} {isa:?} ({r}, {o}): decode {d}, prefill {p}"
                     );
                 }
-                assert_ne!(decode, row, "{format:?} {isa:?}: prefill did not unpack");
+                assert_ne!(
+                    decode, row,
+                    "{format:?} {isa:?}: prefill did not use panels"
+                );
             }
+        }
+    }
+}
+
+/// The largest integer sums a kernel can meet: Q5_0 quants of 31 (a block of +1 whose largest
+/// magnitude is a −1) against activations whose every block takes the largest scale. A whole
+/// block of a weight row is summed in one `i32` lane in prefill, so the scale's cap must keep
+/// `s · 31 · 31 · 127` below 2³¹.
+#[test]
+fn the_largest_integer_sums_do_not_overflow() {
+    let (out_dim, in_dim, rows) = (9, 64, 17);
+    let w = (0..out_dim * in_dim)
+        .map(|i| if i % 32 == 0 { -1.0 } else { 1.0 })
+        .collect();
+    let case = Case::new(
+        BlockFormat::Q5_0,
+        w,
+        out_dim,
+        vec![1.0; rows * in_dim],
+        rows,
+    );
+    for isa in supported_isas() {
+        let y = case.run(isa);
+        for (i, &got) in y.iter().enumerate() {
+            let (r, o) = (i / out_dim, i % out_dim);
+            let want = case.reference(r, o);
+            assert!(
+                (f64::from(got) - want).abs() <= case.bound(BlockFormat::Q5_0, r, o),
+                "{isa:?} ({r}, {o}): {got} vs {want}"
+            );
         }
     }
 }

@@ -160,16 +160,16 @@ impl Weights {
 }
 
 /// What our Q8_0 matmuls do to an input row: each block of 32 becomes `d·q` with `q` an
-/// integer and `d` the smallest whole multiple `s` of the row's unit `amax / (127 · 32767)`
+/// integer and `d` the smallest whole multiple `s` of the row's unit `amax / (127 · 16383)`
 /// that covers the block's `amax / 127`, the scales computed in f32 as the kernels do.
 fn quantize_activations(x: &[f64]) -> Vec<f64> {
     let amax = |block: &[f64]| block.iter().fold(0f32, |m, &v| m.max((v as f32).abs()));
-    let unit = amax(x) / (127.0 * 32767.0);
+    let unit = amax(x) / (127.0 * 16383.0);
     x.chunks(32)
         .flat_map(|block| {
             let amax = amax(block);
             let s = if amax > 0.0 {
-                ((amax / (127.0 * unit)).ceil() as i32).clamp(1, 32767)
+                ((amax / (127.0 * unit)).ceil() as i32).clamp(1, 16383)
             } else {
                 0
             };

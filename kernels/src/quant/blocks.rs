@@ -121,56 +121,46 @@ impl Layout32 {
     }
 }
 
-/// A row of 32-element blocks unpacked for prefill, 40 bytes a block in three runs: every
-/// block's 32 quants as bytes, then every block's `d`, then every block's `m`, as `f32`;
-/// value `d · q + m`. Decoding is most of the work of a Q5_0 dot product (each quant is a
-/// nibble and a bit), so prefill unpacks a tile's weight rows once and runs all its activation
-/// rows against them; the `m` run lets their offsets be summed eight blocks at a time.
-pub(crate) mod unpacked32 {
+/// Eight weight rows of 32-element blocks interleaved for prefill (a "panel"), 320 bytes a
+/// block: the eight rows' quants as bytes, four at a time row after row (byte `32g + 4r + j`
+/// is quant `4g + j` of row `r`), then the rows' `d`, then their `m`, as `f32`; value
+/// `d · q + m`. One 32-byte load holds four quants of every row, so a broadcast group of four
+/// activations meets all eight rows in one multiply, and the float work of a block (a
+/// conversion and two fused multiply-adds) serves eight rows at once. Decoding a Q5_0 block
+/// also costs more than its dot products, so prefill packs a tile's weight rows once and runs
+/// all its activation rows against them.
+pub(crate) mod panel32 {
     use super::{array_at, f32_at, QK};
 
-    pub const BYTES: usize = 40;
+    /// Weight rows in a panel.
+    pub const ROWS: usize = 8;
+    /// Bytes of one block of a panel.
+    pub const BLOCK_BYTES: usize = ROWS * (QK + 8);
+    /// Where a panel block's `d` run starts; its `m` run follows.
+    pub const D_AT: usize = ROWS * QK;
+    pub const M_AT: usize = D_AT + 4 * ROWS;
 
-    /// An unpacked row's three runs.
-    #[derive(Clone, Copy)]
-    pub struct Row<'a> {
-        pub qs: &'a [u8],
-        pub ds: &'a [u8],
-        pub ms: &'a [u8],
+    /// Quant `i` of row `r` in a panel block.
+    pub fn quant(block: &[u8; BLOCK_BYTES], r: usize, i: usize) -> u8 {
+        block[32 * (i / 4) + 4 * r + i % 4]
     }
 
-    impl<'a> Row<'a> {
-        pub fn of(row: &'a [u8]) -> Self {
-            let blocks = row.len() / BYTES;
-            let (qs, rest) = row.split_at(blocks * QK);
-            let (ds, ms) = rest.split_at(blocks * 4);
-            Row { qs, ds, ms }
-        }
-
-        pub fn blocks(&self) -> usize {
-            self.ds.len() / 4
-        }
-
-        pub fn quants(&self, b: usize) -> &'a [u8; QK] {
-            array_at(self.qs, b * QK)
-        }
-
-        pub fn d(&self, b: usize) -> f32 {
-            f32_at(self.ds, 4 * b)
-        }
-
-        pub fn m(&self, b: usize) -> f32 {
-            f32_at(self.ms, 4 * b)
-        }
+    pub fn d(block: &[u8; BLOCK_BYTES], r: usize) -> f32 {
+        f32_at(block, D_AT + 4 * r)
     }
 
-    /// Writes block `b` of a row of `blocks` blocks.
-    pub fn write(out: &mut [u8], blocks: usize, b: usize, q: &[u8; QK], d: f32, m: f32) {
-        out[b * QK..(b + 1) * QK].copy_from_slice(q);
-        let d_at = blocks * QK + 4 * b;
-        out[d_at..d_at + 4].copy_from_slice(&d.to_le_bytes());
-        let m_at = blocks * (QK + 4) + 4 * b;
-        out[m_at..m_at + 4].copy_from_slice(&m.to_le_bytes());
+    pub fn m(block: &[u8; BLOCK_BYTES], r: usize) -> f32 {
+        f32_at(block, M_AT + 4 * r)
+    }
+
+    /// Writes row `r` of a panel block.
+    pub fn write(block: &mut [u8; BLOCK_BYTES], r: usize, q: &[u8; QK], d: f32, m: f32) {
+        for g in 0..QK / 4 {
+            let at = 32 * g + 4 * r;
+            block[at..at + 4].copy_from_slice(array_at::<u8, 4>(q, 4 * g));
+        }
+        block[D_AT + 4 * r..D_AT + 4 * r + 4].copy_from_slice(&d.to_le_bytes());
+        block[M_AT + 4 * r..M_AT + 4 * r + 4].copy_from_slice(&m.to_le_bytes());
     }
 }
 
@@ -249,12 +239,16 @@ pub(crate) fn decode_q8_0(block: &[u8]) -> Block32 {
     }
 }
 
-/// Unpacks a row of `layout` blocks into `out` (`unpacked32`), with the portable decoder.
-pub(crate) fn unpack_row(layout: Layout32, row: &[u8], out: &mut [u8]) {
-    let blocks = row.len() / layout.bytes();
-    for (b, block) in row.chunks_exact(layout.bytes()).enumerate() {
-        let w = decode_unsigned32(layout, block);
-        unpacked32::write(out, blocks, b, &w.q.map(|q| q as u8), w.d, w.m);
+/// Packs up to eight rows of `layout` blocks into a panel (`panel32`), in `out`, with the
+/// portable decoder; rows past `rows.len()` are zeros.
+pub(crate) fn pack_panel(layout: Layout32, rows: &[&[u8]], out: &mut [u8]) {
+    out.fill(0);
+    let blocks = out.as_chunks_mut::<{ panel32::BLOCK_BYTES }>().0;
+    for (r, row) in rows.iter().enumerate() {
+        for (block, into) in row.chunks_exact(layout.bytes()).zip(blocks.iter_mut()) {
+            let w = decode_unsigned32(layout, block);
+            panel32::write(into, r, &w.q.map(|q| q as u8), w.d, w.m);
+        }
     }
 }
 

@@ -8,8 +8,8 @@
 //! sums of the activations: Q4_0 (q − 8), Q5_0 (q − 16), Q4_1 (+ m), Q4_K (− min) and Q6_K
 //! (q − 32). Only Q8_0 needs the sign trick. No pair sum can saturate: |q_a| ≤ 127 and the
 //! unsigned quants are below 64 (Q8_0's |q_w| ≤ 128 gives 2·128·127 < 2¹⁵). The 32-element
-//! formats' `madd` multiplies by the activation block's integer scale `s ≤ 32767` instead of
-//! by one (2·2¹⁵·32767 < 2³¹), which leaves one float product per block: by the weight's `d`.
+//! formats' `madd` multiplies by the activation block's integer scale `s ≤ 16383` instead of
+//! by one, which leaves one float product per block: by the weight's `d`.
 //!
 //! The only unsafe code is the `load_*` and `store_*` helpers, which go through array
 //! references and so stay in bounds by type; intrinsics are safe to call in functions
@@ -17,7 +17,7 @@
 
 use std::arch::x86_64::*;
 
-use super::blocks::{array_at, q4k, q6k, unpacked32, Layout32, QK, QK_K};
+use super::blocks::{array_at, panel32, q4k, q6k, Layout32, QK, QK_K};
 use super::kernel::{Kernel, Unsigned32, WeightRows};
 use super::q8::{KSums, Q8KRow, Q8Row};
 
@@ -153,18 +153,68 @@ pub(super) fn unsigned_block(layout: Layout32, block: &[u8]) -> (__m256i, f32, f
     }
 }
 
-/// Unpacks a row of `layout` blocks into `out` (`unpacked32`); the same bytes as
-/// `blocks::unpack_row`.
+/// Packs up to eight rows of `layout` blocks into a panel (`panel32`); the same bytes as
+/// `blocks::pack_panel`. Each block of the eight rows is decoded to eight vectors of eight
+/// four-quant groups, and an 8 × 8 transpose of those groups gives the panel's order.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) fn unpack_row(layout: Layout32, row: &[u8], out: &mut [u8]) {
-    let blocks = row.len() / layout.bytes();
-    for (b, block) in row.chunks_exact(layout.bytes()).enumerate() {
-        let (q, d, m) = unsigned_block(layout, block);
-        let mut bytes = [0u8; QK];
-        // SAFETY: writes the 32 bytes of `bytes`; unaligned stores are allowed.
-        unsafe { _mm256_storeu_si256(bytes.as_mut_ptr().cast(), q) };
-        unpacked32::write(out, blocks, b, &bytes, d, m);
+pub(crate) fn pack_panel(layout: Layout32, rows: &[&[u8]], out: &mut [u8]) {
+    assert!(rows.len() <= panel32::ROWS);
+    let bytes = layout.bytes();
+    for (b, into) in out
+        .as_chunks_mut::<{ panel32::BLOCK_BYTES }>()
+        .0
+        .iter_mut()
+        .enumerate()
+    {
+        let mut quants = [_mm256_setzero_si256(); panel32::ROWS];
+        let (mut d, mut m) = ([0f32; panel32::ROWS], [0f32; panel32::ROWS]);
+        for (r, row) in rows.iter().enumerate() {
+            (quants[r], d[r], m[r]) = unsigned_block(layout, &row[b * bytes..(b + 1) * bytes]);
+        }
+        for (g, group) in transpose_8x8_i32(quants).into_iter().enumerate() {
+            // SAFETY: writes 32 bytes of `into` at `32 g ≤ 224`; unaligned stores are allowed.
+            unsafe { _mm256_storeu_si256(into[32 * g..32 * g + 32].as_mut_ptr().cast(), group) };
+        }
+        for (at, values) in [(panel32::D_AT, d), (panel32::M_AT, m)] {
+            for (r, v) in values.iter().enumerate() {
+                into[at + 4 * r..at + 4 * r + 4].copy_from_slice(&v.to_le_bytes());
+            }
+        }
     }
+}
+
+/// Lane `j` of vector `i` to lane `i` of vector `j`, for 32-bit lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn transpose_8x8_i32(v: [__m256i; 8]) -> [__m256i; 8] {
+    // Pairs of rows interleaved, then pairs of pairs: each 128-bit half then holds four rows'
+    // lanes j and j + 4, and the halves are swapped into place last.
+    let t: [__m256i; 8] = std::array::from_fn(|i| {
+        let (a, b) = (v[i / 2 * 2], v[i / 2 * 2 + 1]);
+        if i % 2 == 0 {
+            _mm256_unpacklo_epi32(a, b)
+        } else {
+            _mm256_unpackhi_epi32(a, b)
+        }
+    });
+    let u: [__m256i; 8] = std::array::from_fn(|i| {
+        let base = i / 4 * 4 + i % 4 / 2;
+        let (a, b) = (t[base], t[base + 2]);
+        if i % 2 == 0 {
+            _mm256_unpacklo_epi64(a, b)
+        } else {
+            _mm256_unpackhi_epi64(a, b)
+        }
+    });
+    // `u[k]` (k < 4) holds rows 0–3 of lanes k and k + 4; `u[k + 4]` the same of rows 4–7.
+    std::array::from_fn(|j| {
+        let (a, b) = (u[j % 4], u[j % 4 + 4]);
+        if j < 4 {
+            _mm256_permute2x128_si256::<0x20>(a, b)
+        } else {
+            _mm256_permute2x128_si256::<0x31>(a, b)
+        }
+    })
 }
 
 /// An activation block's integer scale in every pair of 16-bit lanes, for `madd`.
@@ -173,23 +223,6 @@ pub(crate) fn unpack_row(layout: Layout32, row: &[u8], out: &mut [u8]) {
 fn scale_pairs(scale: &[i16; 2]) -> __m256i {
     let [low, high] = scale.map(|s| s as u16 as u32);
     _mm256_set1_epi32((low | high << 16) as i32)
-}
-
-/// `Σ_i a[i] · b[i]` over `f32` in `a`'s bytes and in `b`, eight at a time.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn dot_f32(a: &[u8], b: &[f32]) -> f32 {
-    let whole = b.len() / 8 * 8;
-    let mut acc = _mm256_setzero_ps();
-    for i in (0..whole).step_by(8) {
-        acc = _mm256_fmadd_ps(
-            load_f32x8_le(array_at(a, 4 * i)),
-            load_f32x8(array_at(b, i)),
-            acc,
-        );
-    }
-    let tail = (whole..b.len()).map(|i| f32::from_le_bytes(*array_at(a, 4 * i)) * b[i]);
-    hsum(acc) + tail.sum::<f32>()
 }
 
 /// The horizontal sums of `M × N` accumulators.
@@ -238,35 +271,53 @@ pub(crate) fn unsigned32<K: Unsigned32, const M: usize, const N: usize>(
     out
 }
 
-/// Unpacked rows (`blocks::unpacked32`): the same sum, with the quants a plain load, and the
-/// offsets `m_w · (s · Σ q_a)` summed after the products, eight blocks at a time.
+/// A panel (`blocks::panel32`) against `N` activation rows: each activation row's outputs for
+/// the panel's eight weight rows, `unit · Σ_blocks d_w · (s · Σ q_w·q_a) + m_w · (s · Σ q_a)`.
+/// Per block and activation row, eight multiplies of a four-quant group of every weight row by
+/// the activations' broadcast group, summed as `i16` four at a time (at most 4 · 2 · 31 · 127
+/// < 2¹⁵) and widened by `madd` with the block's scale `s`; then one conversion and two fused
+/// multiply-adds cover all eight rows.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) fn unpacked32<K: Kernel, const M: usize, const N: usize>(
-    w: &WeightRows<'_, M>,
-    acts: &[Q8Row<'_>; N],
-) -> [[f32; N]; M] {
-    let rows: [unpacked32::Row<'_>; M] = std::array::from_fn(|m| unpacked32::Row::of(w[m]));
-    let mut acc = [[_mm256_setzero_ps(); N]; M];
-    for b in 0..rows[0].blocks() {
-        let qa: [&[i8; QK]; N] = std::array::from_fn(|n| array_at(acts[n].qs, b * QK));
-        for row in 0..M {
-            let qw = load_u8x32(rows[row].quants(b));
-            let dw = _mm256_set1_ps(rows[row].d(b));
+pub(crate) fn panel32<const N: usize>(panel: &[u8], acts: &[Q8Row<'_>; N]) -> [[f32; 8]; N] {
+    let blocks = panel.as_chunks::<{ panel32::BLOCK_BYTES }>().0;
+    let qa: [&[[i8; QK]]; N] = std::array::from_fn(|n| acts[n].qs.as_chunks().0);
+    for a in acts {
+        assert!(a.scales.len() >= blocks.len() && a.sums.len() >= blocks.len());
+    }
+    let mut acc = [_mm256_setzero_ps(); N];
+    for (b, block) in blocks.iter().enumerate() {
+        let mut dots = [_mm256_setzero_si256(); N];
+        for half in [0, 4] {
+            let mut pairs = [_mm256_setzero_si256(); N];
+            for g in half..half + 4 {
+                let w = load_u8x32(array_at(block, 32 * g));
+                for n in 0..N {
+                    let group =
+                        i32::from_le_bytes(array_at::<i8, 4>(&qa[n][b], 4 * g).map(|q| q as u8));
+                    let products = _mm256_maddubs_epi16(w, _mm256_set1_epi32(group));
+                    pairs[n] = _mm256_add_epi16(pairs[n], products);
+                }
+            }
             for n in 0..N {
-                let pairs = _mm256_maddubs_epi16(qw, load_i8x32(qa[n]));
-                let dot = _mm256_madd_epi16(pairs, scale_pairs(&acts[n].scales[b]));
-                acc[row][n] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), dw, acc[row][n]);
+                let widened = _mm256_madd_epi16(pairs[n], scale_pairs(&acts[n].scales[b]));
+                dots[n] = _mm256_add_epi32(dots[n], widened);
             }
         }
-    }
-    let mut out = hsums(&acc);
-    for (out, row) in out.iter_mut().zip(&rows) {
-        for (out, a) in out.iter_mut().zip(acts) {
-            *out = (*out + dot_f32(row.ms, a.sums)) * a.unit;
+        let d = load_f32x8_le(array_at(block, panel32::D_AT));
+        let m = load_f32x8_le(array_at(block, panel32::M_AT));
+        for n in 0..N {
+            acc[n] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dots[n]), d, acc[n]);
+            acc[n] = _mm256_fmadd_ps(m, _mm256_set1_ps(acts[n].sums[b]), acc[n]);
         }
     }
-    out
+    std::array::from_fn(|n| {
+        let mut out = [0f32; 8];
+        let scaled = _mm256_mul_ps(acc[n], _mm256_set1_ps(acts[n].unit));
+        // SAFETY: writes the 32 bytes of `out`; unaligned stores are allowed.
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), scaled) };
+        out
+    })
 }
 
 /// Q8_0: the sign trick, `|q_w| · (q_a · sign q_w)`.

@@ -4,7 +4,7 @@
 //! do, and simply runs every pair.
 
 use super::blocks::{
-    array_at, decode_q8_0, decode_unsigned32, f16_at, q4k, q6k, unpacked32, Block32, QK, QK_K,
+    array_at, decode_q8_0, decode_unsigned32, f16_at, panel32, q4k, q6k, Block32, QK, QK_K,
 };
 use super::kernel::{Kernel, Unsigned32, WeightRows};
 use super::q8::{Q8KRow, Q8Row};
@@ -53,27 +53,25 @@ pub(crate) fn unsigned32<K: Unsigned32, const M: usize, const N: usize>(
     })
 }
 
-/// Unpacked rows (`blocks::unpacked32`): the same sum, the offsets `m_w · (s · Σ q_a)` added
-/// after the products.
-pub(crate) fn unpacked32<K: Kernel, const M: usize, const N: usize>(
-    w: &WeightRows<'_, M>,
-    acts: &[Q8Row<'_>; N],
-) -> [[f32; N]; M] {
-    each_pair(w, acts, |w_row, a| {
-        let w = unpacked32::Row::of(w_row);
-        let mut products = 0f32;
-        for b in 0..w.blocks() {
-            let qa = array_at::<i8, QK>(a.qs, b * QK);
-            let dot: i64 = w
-                .quants(b)
-                .iter()
-                .zip(qa)
-                .map(|(&w, &a)| i64::from(w) * i64::from(a))
-                .sum();
-            products += w.d(b) * (dot * i64::from(a.scales[b][0])) as f32;
-        }
-        let offsets: f32 = (0..w.blocks()).map(|b| w.m(b) * a.sums[b]).sum();
-        (products + offsets) * a.unit
+/// A panel (`blocks::panel32`) against `N` activation rows, in the AVX2 kernel's order of
+/// float operations, so both give the same bits.
+pub(crate) fn panel32<const N: usize>(panel: &[u8], acts: &[Q8Row<'_>; N]) -> [[f32; 8]; N] {
+    let blocks = panel.as_chunks::<{ panel32::BLOCK_BYTES }>().0;
+    std::array::from_fn(|n| {
+        let a = &acts[n];
+        std::array::from_fn(|r| {
+            let mut acc = 0f32;
+            for (b, block) in blocks.iter().enumerate() {
+                let qa = array_at::<i8, QK>(a.qs, b * QK);
+                let dot: i32 = (0..QK)
+                    .map(|i| i32::from(panel32::quant(block, r, i)) * i32::from(qa[i]))
+                    .sum();
+                let scaled = (dot * i32::from(a.scales[b][0])) as f32;
+                acc = scaled.mul_add(panel32::d(block, r), acc);
+                acc = panel32::m(block, r).mul_add(a.sums[b], acc);
+            }
+            acc * a.unit
+        })
     })
 }
 

@@ -1,6 +1,6 @@
 //! The table that ties each weight format to its activation layout and its two kernels.
 
-use super::blocks::{unpacked32, Layout32, QK, QK_K};
+use super::blocks::{Layout32, QK, QK_K};
 #[cfg(target_arch = "x86_64")]
 use super::dot_avx2;
 use super::dot_portable;
@@ -109,13 +109,6 @@ kernel!(F32, (4, 1), F32Rows, f32, f32);
 unsigned32!(Q4_0);
 unsigned32!(Q4_1);
 unsigned32!(Q5_0);
-kernel!(
-    Unpacked,
-    (unpacked32::BYTES, QK),
-    Q8Blocks,
-    unpacked32,
-    unpacked32
-);
 kernel!(
     Q8_0,
     (BlockFormat::Q8_0.block_bytes(), QK),

@@ -9,11 +9,12 @@
 //! four weight rows per kernel call, whose independent sums hide the float latency; as four
 //! interleaved short rows defeat the hardware prefetcher, decode prefetches rows itself.
 //!
-//! The unsigned 32-element formats (Q4_0, Q4_1, Q5_0) unpack each tile's weight rows once
-//! (`blocks::unpacked32`) when there are enough activation rows to repay it: the tile then
-//! runs every group against quants that are a plain load, where decoding a Q5_0 block costs
-//! more than its dot products. The unpacked kernels sum the blocks' offsets eight at a time
-//! after the products, so those rows agree with the packed kernels' to rounding.
+//! The unsigned 32-element formats (Q4_0, Q4_1, Q5_0) pack each tile's weight rows once into
+//! panels of eight interleaved rows (`blocks::panel32`) when there are enough activation rows
+//! to repay it: the tile then runs every group against quants that are a plain load, where
+//! decoding a Q5_0 block costs more than its dot products, and each block's float work serves
+//! eight weight rows. The panel kernels add the products and offsets in another order, so
+//! those rows agree with the packed kernels' to rounding.
 
 use std::marker::PhantomData;
 use std::ops::Range;
@@ -23,9 +24,9 @@ use rayon::prelude::*;
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::blocks::{unpack_row, unpacked32};
-use super::kernel::{Kernel, Row, Unpacked, Unsigned32, WeightRows};
-use super::q8::Activations;
+use super::blocks::{pack_panel, panel32};
+use super::kernel::{Kernel, Row, Unsigned32, WeightRows};
+use super::q8::{Activations, Q8Blocks, Q8Row};
 use super::{Isa, QuantMatrix};
 
 /// Activation rows per kernel call.
@@ -46,19 +47,19 @@ const TILES_PER_THREAD: usize = 4;
 /// the pool would cost more than it saves.
 const SEQUENTIAL_WORK: usize = 32 * 1024;
 
-/// Activation rows from which the unsigned 32-element formats unpack their tiles' weights.
-const UNPACK_ROWS: usize = 16;
+/// Activation rows from which the unsigned 32-element formats pack their tiles' weights.
+const PANEL_ROWS: usize = 16;
 
-/// A tile's unpacked weight rows, and which call and first row they came from.
-type UnpackedRows = (Vec<u8>, Option<(u64, usize)>);
+/// A tile's panels, and which call and first weight row they came from.
+type TilePanels = (Vec<u8>, Option<(u64, usize)>);
 
 thread_local! {
-    /// Each thread's unpacked weight rows.
-    static UNPACKED: Cell<UnpackedRows> = const { Cell::new((Vec::new(), None)) };
+    /// Each thread's panels.
+    static PANELS: Cell<TilePanels> = const { Cell::new((Vec::new(), None)) };
 }
 
-/// Numbers the unpacking calls, so a buffer is reused only within its call.
-static UNPACKING_CALLS: AtomicU64 = AtomicU64::new(0);
+/// Numbers the packing calls, so a thread's panels are reused only within their call.
+static PACKING_CALLS: AtomicU64 = AtomicU64::new(0);
 
 /// `y = x · Wᵀ` with `K`'s kernels for `isa`.
 pub(super) fn run<K: Kernel>(m: &QuantMatrix, isa: Isa, x: &[f32], rows: usize, y: &mut [f32]) {
@@ -73,8 +74,8 @@ pub(super) fn run<K: Kernel>(m: &QuantMatrix, isa: Isa, x: &[f32], rows: usize, 
     );
 }
 
-/// `run` for an unsigned 32-element format, unpacking each tile's weight rows first when
-/// there are `UNPACK_ROWS` activation rows or more.
+/// `run` for an unsigned 32-element format, packing each tile's weight rows into panels
+/// first when there are `PANEL_ROWS` activation rows or more.
 pub(super) fn run_unsigned32<K: Unsigned32>(
     m: &QuantMatrix,
     isa: Isa,
@@ -82,35 +83,90 @@ pub(super) fn run_unsigned32<K: Unsigned32>(
     rows: usize,
     y: &mut [f32],
 ) {
-    if rows < UNPACK_ROWS {
+    if rows < PANEL_ROWS {
         return run::<K>(m, isa, x, rows, y);
     }
-    let row_bytes = m.in_dim / K::BLOCK.1 * unpacked32::BYTES;
-    let call = UNPACKING_CALLS.fetch_add(1, Ordering::Relaxed);
+    let panel_bytes = m.in_dim / K::BLOCK.1 * panel32::BLOCK_BYTES;
+    let call = PACKING_CALLS.fetch_add(1, Ordering::Relaxed);
     let order = Order::WeightsFirst;
-    run_tiles::<K::Acts>(m, isa, x, rows, y, order, |acts, rows, outs, out| {
-        let (mut unpacked, held) = UNPACKED.take();
+    run_tiles::<Q8Blocks>(m, isa, x, rows, y, order, |acts, rows, outs, out| {
+        let (mut panels, held) = PANELS.take();
         // Tiles go weight rows first, so a thread's next tile often has the same ones.
         if held != Some((call, outs.start)) {
-            unpacked.resize(outs.len() * row_bytes, 0);
-            for (o, into) in outs.clone().zip(unpacked.chunks_exact_mut(row_bytes)) {
+            panels.resize(outs.len().div_ceil(panel32::ROWS) * panel_bytes, 0);
+            let firsts = outs.clone().step_by(panel32::ROWS);
+            for (first, into) in firsts.zip(panels.chunks_exact_mut(panel_bytes)) {
+                let last = (first + panel32::ROWS).min(outs.end);
+                let rows: Vec<&[u8]> = (first..last).map(|o| m.row(o)).collect();
                 match isa {
                     // SAFETY: `run_tiles` asserted that the CPU supports `isa`.
                     #[cfg(target_arch = "x86_64")]
-                    Isa::Avx2 => unsafe { super::dot_avx2::unpack_row(K::LAYOUT, m.row(o), into) },
-                    _ => unpack_row(K::LAYOUT, m.row(o), into),
+                    Isa::Avx2 => unsafe { super::dot_avx2::pack_panel(K::LAYOUT, &rows, into) },
+                    _ => pack_panel(K::LAYOUT, &rows, into),
                 }
             }
         }
-        let first = outs.start;
-        let weights = Weights {
-            data: &unpacked,
-            row_bytes,
-            first,
-        };
-        tile::<Unpacked>(weights, isa, acts, rows, outs, out);
-        UNPACKED.set((unpacked, Some((call, first))));
+        panel_tile(isa, &panels, panel_bytes, acts, rows, outs.clone(), out);
+        PANELS.set((panels, Some((call, outs.start))));
     });
+}
+
+/// One tile from its panels: each panel against the tile's activation rows, `GROUP` at a time
+/// (the panel, a few kilobytes, stays in L1 while the activation rows stream past).
+fn panel_tile(
+    isa: Isa,
+    panels: &[u8],
+    panel_bytes: usize,
+    acts: &Q8Blocks,
+    rows: Range<usize>,
+    outs: Range<usize>,
+    out: &SharedOutput<'_>,
+) {
+    let tile_rows: Vec<Q8Row<'_>> = rows.clone().map(|r| acts.row(r)).collect();
+    let firsts = outs.clone().step_by(panel32::ROWS);
+    for (first_out, panel) in firsts.zip(panels.chunks_exact(panel_bytes)) {
+        let width = panel32::ROWS.min(outs.end - first_out);
+        let write = |row: usize, values: &[f32; panel32::ROWS]| {
+            // SAFETY: the plan's tiles partition the output, so only this tile writes there.
+            unsafe {
+                match width {
+                    panel32::ROWS => out.write_array(row, first_out, values),
+                    _ => out.write(row, first_out, &values[..width]),
+                }
+            }
+        };
+        for (at, group) in tile_rows.chunks(GROUP).enumerate() {
+            let first = rows.start + at * GROUP;
+            match group.len() {
+                1 => panel_group::<1>(isa, panel, group, first, write),
+                2 => panel_group::<2>(isa, panel, group, first, write),
+                3 => panel_group::<3>(isa, panel, group, first, write),
+                _ => panel_group::<GROUP>(isa, panel, group, first, write),
+            }
+        }
+    }
+}
+
+/// The activation rows `group` (`N` of them, from row `first`) against one panel;
+/// `write(row, values)` takes each row's outputs.
+#[inline(always)]
+fn panel_group<const N: usize>(
+    isa: Isa,
+    panel: &[u8],
+    group: &[Q8Row<'_>],
+    first: usize,
+    write: impl Fn(usize, &[f32; panel32::ROWS]),
+) {
+    let rows: &[Q8Row<'_>; N] = group.try_into().expect("a group of N rows");
+    let dots = match isa {
+        // SAFETY: `run_tiles` asserted that the CPU supports `isa`.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { super::dot_avx2::panel32(panel, rows) },
+        _ => super::dot_portable::panel32(panel, rows),
+    };
+    for (i, values) in dots.iter().enumerate() {
+        write(first + i, values);
+    }
 }
 
 /// Quantizes `x` once and runs `tile(acts, rows, outs, out)` over the plan's tiles, in
@@ -147,12 +203,11 @@ fn run_tiles<A: Activations>(
     scratch.set(acts);
 }
 
-/// Weight rows `first..` as a kernel reads them: `row_bytes` each, from `data`.
+/// Weight rows as a kernel reads them: `row_bytes` each, from `data`.
 #[derive(Clone, Copy)]
 struct Weights<'a> {
     data: &'a [u8],
     row_bytes: usize,
-    first: usize,
 }
 
 impl<'a> Weights<'a> {
@@ -161,19 +216,18 @@ impl<'a> Weights<'a> {
         Weights {
             data: &m.data,
             row_bytes: m.row_bytes,
-            first: 0,
         }
     }
 
     fn row(&self, o: usize) -> &'a [u8] {
-        let at = (o - self.first) * self.row_bytes;
+        let at = o * self.row_bytes;
         &self.data[at..at + self.row_bytes]
     }
 
     /// The bytes of rows `rows`, cut at the last row held.
     fn rows(&self, rows: Range<usize>) -> &'a [u8] {
-        let end = ((rows.end - self.first) * self.row_bytes).min(self.data.len());
-        &self.data[((rows.start - self.first) * self.row_bytes).min(end)..end]
+        let end = (rows.end * self.row_bytes).min(self.data.len());
+        &self.data[(rows.start * self.row_bytes).min(end)..end]
     }
 }
 
@@ -371,6 +425,22 @@ impl<'a> SharedOutput<'a> {
             std::ptr::copy_nonoverlapping(values.as_ptr(), dst, values.len());
         }
     }
+
+    /// `write` for a fixed number of values, which compiles to plain moves.
+    ///
+    /// # Safety
+    /// As for `write`.
+    #[inline(always)]
+    unsafe fn write_array<const L: usize>(&self, row: usize, first: usize, values: &[f32; L]) {
+        assert!(row < self.rows && first + L <= self.outs);
+        // SAFETY: as in `write`.
+        unsafe {
+            self.ptr
+                .add(row * self.outs + first)
+                .cast::<[f32; L]>()
+                .write_unaligned(*values)
+        };
+    }
 }
 
 #[cfg(test)]
@@ -416,44 +486,62 @@ mod tests {
     }
 
     #[test]
-    fn avx2_unpacking_gives_the_portable_bytes() {
+    fn avx2_packing_gives_the_portable_bytes() {
         if !Isa::Avx2.is_supported() {
             return;
         }
         for layout in [Layout32::Q4_0, Layout32::Q4_1, Layout32::Q5_0] {
-            // The same bytes read as each layout's blocks.
+            // The same bytes read as each layout's blocks, in a full panel and a partial one.
             let row = q5_0_row(9);
             let row = &row[..row.len() / layout.bytes() * layout.bytes()];
             let blocks = row.len() / layout.bytes();
-            let mut portable = vec![0u8; blocks * unpacked32::BYTES];
-            let mut avx2 = vec![1u8; blocks * unpacked32::BYTES];
-            unpack_row(layout, row, &mut portable);
-            // SAFETY: AVX2 was detected above.
-            unsafe { super::super::dot_avx2::unpack_row(layout, row, &mut avx2) };
-            assert_eq!(portable, avx2, "{layout:?}");
+            for count in [panel32::ROWS, 3] {
+                let rows: Vec<&[u8]> = vec![row; count];
+                let mut portable = vec![0u8; blocks * panel32::BLOCK_BYTES];
+                let mut avx2 = vec![1u8; blocks * panel32::BLOCK_BYTES];
+                pack_panel(layout, &rows, &mut portable);
+                // SAFETY: AVX2 was detected above.
+                unsafe { super::super::dot_avx2::pack_panel(layout, &rows, &mut avx2) };
+                assert_eq!(portable, avx2, "{layout:?}, {count} rows");
+            }
         }
     }
 
     #[test]
-    fn unpacking_q5_0_restores_every_fifth_bit() {
-        let row = q5_0_row(3);
-        let mut out = vec![0u8; 3 * unpacked32::BYTES];
-        unpack_row(Layout32::Q5_0, &row, &mut out);
-        let unpacked = unpacked32::Row::of(&out);
-        for b in 0..3 {
-            let block = &row[b * 22..(b + 1) * 22];
-            let high = u32::from_le_bytes(block[2..6].try_into().unwrap());
-            for (i, &q) in unpacked.quants(b).iter().enumerate() {
-                let nibble = if i < 16 {
-                    block[6 + i] & 15
-                } else {
-                    block[6 + i - 16] >> 4
-                };
-                let want = nibble | (((high >> i) & 1) as u8) << 4;
-                assert_eq!(q, want, "block {b} quant {i}");
+    fn a_panel_holds_every_quant_of_its_rows_and_zeros_after_them() {
+        let rows: Vec<Vec<u8>> = (0..3).map(|r| q5_0_row(3 + r)[..3 * 22].to_vec()).collect();
+        let rows: Vec<&[u8]> = rows.iter().map(Vec::as_slice).collect();
+        let mut panel = vec![7u8; 3 * panel32::BLOCK_BYTES];
+        pack_panel(Layout32::Q5_0, &rows, &mut panel);
+        let panel = panel.as_chunks::<{ panel32::BLOCK_BYTES }>().0;
+        for (r, row) in rows.iter().enumerate() {
+            for (b, (block, packed)) in row.chunks_exact(22).zip(panel).enumerate() {
+                let high = u32::from_le_bytes(block[2..6].try_into().unwrap());
+                for i in 0..32 {
+                    let nibble = if i < 16 {
+                        block[6 + i] & 15
+                    } else {
+                        block[6 + i - 16] >> 4
+                    };
+                    let want = nibble | (((high >> i) & 1) as u8) << 4;
+                    assert_eq!(
+                        panel32::quant(packed, r, i),
+                        want,
+                        "row {r} block {b} quant {i}"
+                    );
+                }
+                let d = half::f16::from_le_bytes([block[0], block[1]]).to_f32();
+                assert_eq!(
+                    (panel32::d(packed, r), panel32::m(packed, r)),
+                    (d, -16.0 * d)
+                );
             }
-            let d = half::f16::from_le_bytes([block[0], block[1]]).to_f32();
-            assert_eq!((unpacked.d(b), unpacked.m(b)), (d, -16.0 * d));
+        }
+        for packed in panel {
+            for r in rows.len()..panel32::ROWS {
+                assert!((0..32).all(|i| panel32::quant(packed, r, i) == 0));
+                assert_eq!((panel32::d(packed, r), panel32::m(packed, r)), (0.0, 0.0));
+            }
         }
     }
 

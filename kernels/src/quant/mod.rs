@@ -9,7 +9,7 @@
 //!
 //! Accuracy: the only approximation is the activations' 8-bit quantization, at most
 //! `amax / 254` per element (`amax` the largest magnitude in its block of 32, or 256 for the
-//! K-quants), plus `row_amax / (254 · 32767)` for the 32-element formats, whose block scales
+//! K-quants), plus `row_amax / (254 · 16383)` for the 32-element formats, whose block scales
 //! are whole multiples of a unit per row (`q8`); the weights are used exactly as stored.
 //! `f32` weights take `f32` activations.
 

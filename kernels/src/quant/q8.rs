@@ -1,7 +1,7 @@
 //! Activation rows, quantized once per matmul so the kernels can take integer dot products
 //! against the weights, as llama.cpp does:
 //! - `Q8Blocks`: 32 `i8` a block, for the 32-element weight formats. A block's scale is a
-//!   whole multiple `s` (at most 32767) of one unit per row, `d = s · unit`, so the kernels
+//!   whole multiple `s` (at most 16383) of one unit per row, `d = s · unit`, so the kernels
 //!   multiply by `s` in the integer unit (`madd`, which also widens the pair sums) and leave
 //!   a single float product per block, by the weight's `d_w`. Each block also carries
 //!   `s · Σq`, for Q4_1's `m` and the offsets of Q4_0 and Q5_0.
@@ -11,7 +11,7 @@
 //!
 //! Each block is `q = round(x / d)`, so `|x − d·q| ≤ d / 2`: for Q8_K `d = amax / 127`, the
 //! error bound `amax / 254`; for `Q8Blocks` `s` is rounded up, `d ≤ amax / 127 + unit`, which
-//! adds at most `row_amax / (254 · 32767)`. Scales stay `f32` (ggml stores `f16`) so that
+//! adds at most `row_amax / (254 · 16383)`. Scales stay `f32` (ggml stores `f16`) so that
 //! bound holds.
 
 use std::cell::Cell;
@@ -133,9 +133,10 @@ fn refill<T: Copy + Default>(v: &mut Vec<T>, len: usize) {
     v.resize(len, T::default());
 }
 
-/// The largest block scale `s` of a `Q8Blocks` row: the largest that `madd` can multiply a
-/// sum of two products of `i8` quants by (`2 · 128 · 127 · 32767 < 2³¹`).
-pub(crate) const MAX_SCALE: i32 = i16::MAX as i32;
+/// The largest block scale `s` of a `Q8Blocks` row. A prefill panel (`blocks::panel32`) sums
+/// a whole block of one weight row in one `i32` lane, `s · 32 · 31 · 127 < 2³¹`; so it is
+/// 2¹⁴ − 1, not `i16::MAX`.
+pub(crate) const MAX_SCALE: i32 = (1 << 14) - 1;
 
 /// Rows in blocks of 32 with integer scales: `d = s · unit`.
 #[derive(Default)]
@@ -164,7 +165,7 @@ thread_local! {
     static F32_SCRATCH: Cell<F32Rows> = Cell::default();
 }
 
-/// The unit of a row whose largest magnitude is `row_amax`: its largest block gets `s = 32767`.
+/// The unit of a row whose largest magnitude is `row_amax`: its largest block gets `s = MAX_SCALE`.
 fn unit(row_amax: f32) -> f32 {
     row_amax / (127.0 * MAX_SCALE as f32)
 }
