@@ -125,7 +125,7 @@ impl Case {
 }
 
 fn supported_isas() -> Vec<Isa> {
-    [Isa::Portable, Isa::Avx2]
+    [Isa::Portable, Isa::Avx2, Isa::Avx512]
         .into_iter()
         .filter(|isa| isa.is_supported())
         .collect()
@@ -177,6 +177,14 @@ fn every_format_matches_the_dequantized_reference() {
 /// only the order of the f32 sums differs.
 fn assert_kernels_agree(case: &Case, format: BlockFormat) {
     let (avx2, portable) = (case.run(Isa::Avx2), case.run(Isa::Portable));
+    // The AVX-512 build differs only in how Q5_0's fifth bits get in: the same bits out.
+    if Isa::Avx512.is_supported() {
+        assert_eq!(
+            case.run(Isa::Avx512),
+            avx2,
+            "{format:?}: AVX-512 against AVX2"
+        );
+    }
     for r in 0..case.rows {
         for o in 0..case.out_dim {
             let i = r * case.out_dim + o;

@@ -132,23 +132,41 @@ fn fifth_bits(bits: u32) -> __m256i {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn unsigned_block(layout: Layout32, block: &[u8]) -> (__m256i, f32, f32) {
-    match layout {
-        Layout32::Q4_0 => {
-            let d = f16(block, 0);
-            (nibbles(array_at(block, 2)), d, -8.0 * d)
-        }
-        Layout32::Q4_1 => {
-            let dm = f16x2(array_at(block, 0));
-            (nibbles(array_at(block, 4)), _mm_cvtss_f32(dm), lane1(dm))
-        }
-        Layout32::Q5_0 => {
-            let d = f16(block, 0);
-            let high = fifth_bits(u32::from_le_bytes(*array_at(block, 2)));
-            (
-                _mm256_or_si256(nibbles(array_at(block, 6)), high),
-                d,
-                -16.0 * d,
-            )
+    // SAFETY: AVX2, FMA and F16C are enabled here; no AVX-512 is asked for.
+    unsafe { unsigned_block_with::<false>(layout, block) }
+}
+
+/// `unsigned_block`, with Q5_0's fifth bits added through an AVX-512 byte mask if `MASKED`.
+///
+/// # Safety
+/// The caller must be compiled for AVX2, FMA and F16C, and for AVX-512 BW and VL if `MASKED`.
+#[inline(always)]
+unsafe fn unsigned_block_with<const MASKED: bool>(
+    layout: Layout32,
+    block: &[u8],
+) -> (__m256i, f32, f32) {
+    // SAFETY: the caller promises the features these intrinsics need.
+    unsafe {
+        match layout {
+            Layout32::Q4_0 => {
+                let d = f16(block, 0);
+                (nibbles(array_at(block, 2)), d, -8.0 * d)
+            }
+            Layout32::Q4_1 => {
+                let dm = f16x2(array_at(block, 0));
+                (nibbles(array_at(block, 4)), _mm_cvtss_f32(dm), lane1(dm))
+            }
+            Layout32::Q5_0 => {
+                let d = f16(block, 0);
+                let bits = u32::from_le_bytes(*array_at(block, 2));
+                let low = nibbles(array_at(block, 6));
+                let q = if MASKED {
+                    _mm256_mask_add_epi8(low, _cvtu32_mask32(bits), low, _mm256_set1_epi8(16))
+                } else {
+                    _mm256_or_si256(low, fifth_bits(bits))
+                };
+                (q, d, -16.0 * d)
+            }
         }
     }
 }
@@ -238,7 +256,7 @@ fn hsums<const M: usize, const N: usize>(acc: &[[__m256; N]; M]) -> [[f32; N]; M
     out
 }
 
-/// Q4_0, Q4_1, Q5_0 and unpacked blocks:
+/// Q4_0, Q4_1 and Q5_0 blocks:
 /// `unit · Σ_blocks d_w · (s · Σ q_w·q_a) + m_w · (s · Σ q_a)`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -246,29 +264,56 @@ pub(crate) fn unsigned32<K: Unsigned32, const M: usize, const N: usize>(
     w: &WeightRows<'_, M>,
     acts: &[Q8Row<'_>; N],
 ) -> [[f32; N]; M] {
-    let bytes = K::BLOCK.0;
-    let mut acc = [[_mm256_setzero_ps(); N]; M];
-    let mut offsets = [[0f32; N]; M];
-    for b in 0..w[0].len() / bytes {
-        let qa: [&[i8; QK]; N] = std::array::from_fn(|n| array_at(acts[n].qs, b * QK));
-        for m in 0..M {
-            let (qw, d, min) = unsigned_block(K::LAYOUT, &w[m][b * bytes..(b + 1) * bytes]);
-            let dw = _mm256_set1_ps(d);
-            for n in 0..N {
-                let pairs = _mm256_maddubs_epi16(qw, load_i8x32(qa[n]));
-                let dot = _mm256_madd_epi16(pairs, scale_pairs(&acts[n].scales[b]));
-                acc[m][n] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), dw, acc[m][n]);
-                offsets[m][n] = min.mul_add(acts[n].sums[b], offsets[m][n]);
+    // SAFETY: AVX2, FMA and F16C are enabled here; no AVX-512 is asked for.
+    unsafe { unsigned32_with::<K, false, M, N>(w, acts) }
+}
+
+/// `unsigned32` compiled for AVX-512 BW and VL too, for Q5_0's masked fifth bits (and the
+/// extra registers).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512bw,avx512vl")]
+pub(crate) fn unsigned32_avx512<K: Unsigned32, const M: usize, const N: usize>(
+    w: &WeightRows<'_, M>,
+    acts: &[Q8Row<'_>; N],
+) -> [[f32; N]; M] {
+    // SAFETY: every feature `MASKED` needs is enabled here.
+    unsafe { unsigned32_with::<K, true, M, N>(w, acts) }
+}
+
+/// # Safety
+/// As for `unsigned_block_with`.
+#[inline(always)]
+unsafe fn unsigned32_with<K: Unsigned32, const MASKED: bool, const M: usize, const N: usize>(
+    w: &WeightRows<'_, M>,
+    acts: &[Q8Row<'_>; N],
+) -> [[f32; N]; M] {
+    // SAFETY: the caller promises the features these intrinsics need.
+    unsafe {
+        let bytes = K::BLOCK.0;
+        let mut acc = [[_mm256_setzero_ps(); N]; M];
+        let mut offsets = [[0f32; N]; M];
+        for b in 0..w[0].len() / bytes {
+            let qa: [&[i8; QK]; N] = std::array::from_fn(|n| array_at(acts[n].qs, b * QK));
+            for m in 0..M {
+                let (qw, d, min) =
+                    unsigned_block_with::<MASKED>(K::LAYOUT, &w[m][b * bytes..(b + 1) * bytes]);
+                let dw = _mm256_set1_ps(d);
+                for n in 0..N {
+                    let pairs = _mm256_maddubs_epi16(qw, load_i8x32(qa[n]));
+                    let dot = _mm256_madd_epi16(pairs, scale_pairs(&acts[n].scales[b]));
+                    acc[m][n] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), dw, acc[m][n]);
+                    offsets[m][n] = min.mul_add(acts[n].sums[b], offsets[m][n]);
+                }
             }
         }
-    }
-    let mut out = hsums(&acc);
-    for (out, offsets) in out.iter_mut().zip(offsets) {
-        for ((out, offset), a) in out.iter_mut().zip(offsets).zip(acts) {
-            *out = (*out + offset) * a.unit;
+        let mut out = hsums(&acc);
+        for (out, offsets) in out.iter_mut().zip(offsets) {
+            for ((out, offset), a) in out.iter_mut().zip(offsets).zip(acts) {
+                *out = (*out + offset) * a.unit;
+            }
         }
+        out
     }
-    out
 }
 
 /// A panel (`blocks::panel32`) against `N` activation rows: each activation row's outputs for

@@ -34,6 +34,20 @@ pub(crate) trait Kernel: Sized + 'static {
         acts: &[Row<'_, Self>; N],
     ) -> [[f32; N]; M];
 
+    /// The AVX2 kernel compiled for `Isa::Avx512`, where that helps.
+    ///
+    /// # Safety
+    /// The CPU must support `Isa::Avx512`.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn avx512<const M: usize, const N: usize>(
+        w: &WeightRows<'_, M>,
+        acts: &[Row<'_, Self>; N],
+    ) -> [[f32; N]; M] {
+        // SAFETY: `Avx512` includes AVX2, FMA and F16C.
+        unsafe { Self::avx2(w, acts) }
+    }
+
     /// # Safety
     /// The CPU must support `isa`.
     #[inline(always)]
@@ -46,6 +60,9 @@ pub(crate) trait Kernel: Sized + 'static {
             // SAFETY: the caller promises the CPU supports AVX2 (and FMA, F16C with it).
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => unsafe { Self::avx2(w, acts) },
+            // SAFETY: as above, for AVX-512 BW and VL too.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => unsafe { Self::avx512(w, acts) },
             _ => Self::portable(w, acts),
         }
     }
@@ -59,7 +76,7 @@ pub(crate) trait Unsigned32: Kernel<Acts = Q8Blocks> {
 /// Declares a layout's marker type and its `Kernel` impl; the kernels take the marker as a
 /// type parameter to read its constants.
 macro_rules! kernel {
-    ($format:ident, $block:expr, $acts:ty, $portable:ident, $avx2:ident) => {
+    ($format:ident, $block:expr, $acts:ty, $portable:ident, $avx2:ident $(, $avx512:ident)?) => {
         #[allow(non_camel_case_types)] // named as ggml names the format
         pub(crate) struct $format;
 
@@ -84,6 +101,18 @@ macro_rules! kernel {
                 // SAFETY: our caller promises AVX2, FMA and F16C.
                 unsafe { dot_avx2::$avx2::<Self, M, N>(w, acts) }
             }
+
+            $(
+                #[cfg(target_arch = "x86_64")]
+                #[inline(always)]
+                unsafe fn avx512<const M: usize, const N: usize>(
+                    w: &WeightRows<'_, M>,
+                    acts: &[Row<'_, Self>; N],
+                ) -> [[f32; N]; M] {
+                    // SAFETY: our caller promises AVX-512 BW and VL with AVX2, FMA and F16C.
+                    unsafe { dot_avx2::$avx512::<Self, M, N>(w, acts) }
+                }
+            )?
         }
     };
 }
@@ -96,7 +125,8 @@ macro_rules! unsigned32 {
             (Layout32::$layout.bytes(), QK),
             Q8Blocks,
             unsigned32,
-            unsigned32
+            unsigned32,
+            unsigned32_avx512
         );
 
         impl Unsigned32 for $layout {

@@ -101,7 +101,9 @@ pub(super) fn run_unsigned32<K: Unsigned32>(
                 match isa {
                     // SAFETY: `run_tiles` asserted that the CPU supports `isa`.
                     #[cfg(target_arch = "x86_64")]
-                    Isa::Avx2 => unsafe { super::dot_avx2::pack_panel(K::LAYOUT, &rows, into) },
+                    Isa::Avx2 | Isa::Avx512 => unsafe {
+                        super::dot_avx2::pack_panel(K::LAYOUT, &rows, into)
+                    },
                     _ => pack_panel(K::LAYOUT, &rows, into),
                 }
             }
@@ -161,7 +163,7 @@ fn panel_group<const N: usize>(
     let dots = match isa {
         // SAFETY: `run_tiles` asserted that the CPU supports `isa`.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { super::dot_avx2::panel32(panel, rows) },
+        Isa::Avx2 | Isa::Avx512 => unsafe { super::dot_avx2::panel32(panel, rows) },
         _ => super::dot_portable::panel32(panel, rows),
     };
     for (i, values) in dots.iter().enumerate() {

@@ -216,7 +216,7 @@ impl Activations for Q8Blocks {
         refill(&mut self.units, x.len() / cols);
         let row: RowFn<[i16; 2], f32, f32> = match isa {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => avx2::q8_row,
+            Isa::Avx2 | Isa::Avx512 => avx2::q8_row,
             _ => q8_row,
         };
         let blocks = (&mut self.scales[..], &mut self.sums[..], cols / QK);
@@ -286,7 +286,7 @@ impl Activations for Q8KBlocks {
         refill(&mut self.sums, x.len() / QK_K);
         let row: RowFn<KSums, (), ()> = match isa {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => avx2::q8k_row,
+            Isa::Avx2 | Isa::Avx512 => avx2::q8k_row,
             _ => q8k_row,
         };
         // Q8_K keeps nothing else per block or per row: `()` takes no room.
