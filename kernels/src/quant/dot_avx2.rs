@@ -290,19 +290,33 @@ unsafe fn unsigned32_with<K: Unsigned32, const MASKED: bool, const M: usize, con
     // SAFETY: the caller promises the features these intrinsics need.
     unsafe {
         let bytes = K::BLOCK.0;
+        // Q4_0 and Q5_0 take a fixed 8 or 16 off every quant: per pair of activations that is
+        // one `maddubs` of the activation block, shared by the M weight rows and subtracted
+        // from theirs in `i16` (|q·a pairs − offset pairs| ≤ 2·31·127 + 2·16·127 < 2¹⁵), so
+        // no float offset is left per weight row and block. Q4_1's `m` is a float of its own.
+        let offset = match K::LAYOUT {
+            Layout32::Q4_0 => Some(_mm256_set1_epi8(8)),
+            Layout32::Q5_0 => Some(_mm256_set1_epi8(16)),
+            Layout32::Q4_1 => None,
+        };
         let mut acc = [[_mm256_setzero_ps(); N]; M];
         let mut offsets = [[0f32; N]; M];
         for b in 0..w[0].len() / bytes {
-            let qa: [&[i8; QK]; N] = std::array::from_fn(|n| array_at(acts[n].qs, b * QK));
+            let qa: [__m256i; N] =
+                std::array::from_fn(|n| load_i8x32(array_at(acts[n].qs, b * QK)));
+            let offset_pairs = offset.map(|o| qa.map(|qa| _mm256_maddubs_epi16(o, qa)));
             for m in 0..M {
                 let (qw, d, min) =
                     unsigned_block_with::<MASKED>(K::LAYOUT, &w[m][b * bytes..(b + 1) * bytes]);
                 let dw = _mm256_set1_ps(d);
                 for n in 0..N {
-                    let pairs = _mm256_maddubs_epi16(qw, load_i8x32(qa[n]));
+                    let mut pairs = _mm256_maddubs_epi16(qw, qa[n]);
+                    match &offset_pairs {
+                        Some(o) => pairs = _mm256_sub_epi16(pairs, o[n]),
+                        None => offsets[m][n] = min.mul_add(acts[n].sums[b], offsets[m][n]),
+                    }
                     let dot = _mm256_madd_epi16(pairs, scale_pairs(&acts[n].scales[b]));
                     acc[m][n] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), dw, acc[m][n]);
-                    offsets[m][n] = min.mul_add(acts[n].sums[b], offsets[m][n]);
                 }
             }
         }
