@@ -41,7 +41,7 @@ fn row32(
     out * a.unit
 }
 
-/// Q4_0, Q4_1, Q5_0 and unpacked blocks.
+/// Q4_0, Q4_1 and Q5_0 blocks.
 pub(crate) fn unsigned32<K: Unsigned32, const M: usize, const N: usize>(
     w: &WeightRows<'_, M>,
     acts: &[Q8Row<'_>; N],

@@ -475,7 +475,7 @@ mod tests {
         }
     }
 
-    /// Q5_0 blocks with fifth bits all over and scales of both signs, for the unpackers.
+    /// Q5_0 blocks with fifth bits all over and scales of both signs, for the packers.
     fn q5_0_row(blocks: usize) -> Vec<u8> {
         let mut row = Vec::new();
         for b in 0..blocks {
