@@ -159,7 +159,7 @@ pub struct TrainArgs {
     /// The file written by `recsys semantic-ids build` (for --retriever semantic-id).
     #[arg(long)]
     semantic_ids: Option<PathBuf>,
-    /// Longest history the model reads, in items (default: 50 for sasrec, 20 for
+    /// Longest history the model reads, in items (default: 200 for sasrec, 20 for
     /// semantic-id, whose items are 4 tokens each).
     #[arg(long)]
     max_len: Option<usize>,
@@ -178,11 +178,11 @@ pub struct TrainArgs {
     /// AdamW's decoupled weight decay.
     #[arg(long, default_value_t = 0.0)]
     weight_decay: f64,
-    /// Training windows per optimiser step.
-    #[arg(long, default_value_t = 128)]
-    batch_size: usize,
+    /// Training windows per optimiser step (default: 64 for sasrec, 128 for semantic-id).
+    #[arg(long)]
+    batch_size: Option<usize>,
     /// How many transitions apart the windows cut from one long history end (1 to max_len);
-    /// the rest of each window is context only (default: max_len, no overlap).
+    /// the rest of each window is context only (sasrec only; default: half of max_len).
     #[arg(long)]
     window_step: Option<usize>,
     /// Keep only ratings at least this high (default: every rating is an interaction).
@@ -279,15 +279,20 @@ fn run_train(args: TrainArgs) -> anyhow::Result<()> {
         split.test.len()
     );
     let kernel = kernel_text(args.kernel.as_deref())?;
+    let sasrec = args.retriever == Retriever::Sasrec;
+    let max_len = args.max_len.unwrap_or(if sasrec { 200 } else { 20 });
     let train_config = TrainConfig {
         epochs: args.epochs,
-        batch_size: args.batch_size,
+        batch_size: args.batch_size.unwrap_or(if sasrec { 64 } else { 128 }),
         learning_rate: args.learning_rate,
         weight_decay: args.weight_decay,
         patience: args.patience,
         seed: args.seed,
         max_seconds: args.max_seconds,
-        window_step: args.window_step,
+        window_step: match args.window_step {
+            None if sasrec => Some(max_len.div_ceil(2)),
+            step => step,
+        },
     };
     if args.retriever == Retriever::SemanticId {
         let ids = args.semantic_ids.as_deref().context(
@@ -299,7 +304,7 @@ fn run_train(args: TrainArgs) -> anyhow::Result<()> {
             "--window-step is for --retriever sasrec (the semantic-ID retriever's windows do not overlap)"
         );
         let config = GenerativeConfig {
-            history_items: args.max_len.unwrap_or(20),
+            history_items: max_len,
             d_model: args.d_model,
             n_blocks: args.blocks,
             n_heads: args.heads,
@@ -314,7 +319,7 @@ fn run_train(args: TrainArgs) -> anyhow::Result<()> {
     );
     let config = SasRecConfig {
         n_items: dataset.items.len(),
-        max_len: args.max_len.unwrap_or(50),
+        max_len,
         d_model: args.d_model,
         n_blocks: args.blocks,
         n_heads: args.heads,
