@@ -243,7 +243,7 @@ pub fn kernel_text(path: Option<&Path>) -> anyhow::Result<String> {
 /// Keeps memory that training frees in the process for its next step. A step allocates and
 /// frees score tensors of tens of MB; glibc hands blocks that large back to the kernel on
 /// every free, and faulting their pages in again took as much time as the training itself
-/// (19 s of system time against 29 s of user time over two ML-100K epochs; 0.8 s with this).
+/// (19 s of system time against 29 s of user time over two ML-100K epochs; 0.7 s with this).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn keep_freed_memory_for_reuse() {
     // SAFETY: mallopt only sets allocator parameters; it is called before training starts.

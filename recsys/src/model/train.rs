@@ -178,6 +178,15 @@ pub fn fit(
             "no user has two training interactions: nothing to train on".into(),
         ));
     }
+    let malformed = |w: &Window| {
+        w.input.is_empty() || w.target.len() != w.input.len() || w.first_target >= w.input.len()
+    };
+    if let Some(bad) = windows.iter().position(malformed) {
+        return Err(Error::InvalidRequest(format!(
+            "training window {bad} needs as many targets as inputs (at least one) and its \
+             first_target below that count"
+        )));
+    }
     let started = Instant::now();
     let vars = model.params().vars();
     let mut optimiser = AdamW::new(
@@ -298,6 +307,33 @@ mod tests {
                 (vec![0, 1, 2, 3, 4], 0),
             ]
         );
+    }
+
+    #[test]
+    fn a_malformed_window_is_refused_before_training() {
+        let model = SasRec::new(
+            crate::model::SasRecConfig {
+                n_items: 4,
+                max_len: 4,
+                d_model: 8,
+                d_ff: 8,
+                ..Default::default()
+            },
+            crate::model::EXACT,
+            1,
+        )
+        .unwrap();
+        let window = Window {
+            input: vec![1, 2],
+            target: vec![2, 3],
+            first_target: 2,
+        };
+        let never = |_: &SasRec| -> Result<Metrics> { unreachable!("no epoch may run") };
+        let err = fit(&model, &[window], &TrainConfig::default(), never, |_, _| {
+            Ok(())
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("training window 0"), "{err}");
     }
 
     #[test]
