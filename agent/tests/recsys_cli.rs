@@ -123,3 +123,28 @@ fn a_kernel_the_recommender_cannot_train_is_named() {
     assert!(err.contains("linear.akl"), "{err}");
     assert!(err.contains("mechanism `linear`"), "{err}");
 }
+
+#[test]
+fn a_window_step_longer_than_the_model_reads_is_named() {
+    let data = walking_data("step");
+    let out = scratch("step-out");
+    let mut args = vec![
+        "recsys",
+        "train",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--window-step",
+        "9",
+    ];
+    args.extend(TINY);
+    let output = evokernel(&args);
+    let err = stderr(&output);
+    assert!(!output.status.success());
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        err.contains("window_step 9") && err.contains("max_len 8"),
+        "{err}"
+    );
+}

@@ -318,6 +318,7 @@ impl Task for RecsysTask {
                 patience: c.patience,
                 seed,
                 max_seconds: c.max_seconds,
+                window_step: None,
             };
             let report = train(&model, &split, &budget, |_, _| Ok(())).map_err(could_not_run)?;
             let valid = report.best_valid;

@@ -64,6 +64,54 @@ fn every_parameter_receives_a_gradient_with_score_modifiers() {
     every_parameter_receives_a_gradient(CAPPED);
 }
 
+/// The loss, which scores only weighted positions, equals the weighted mean cross-entropy of
+/// the full per-position logits, with and without a per-position restriction of the next item.
+#[test]
+fn the_loss_is_the_weighted_cross_entropy_of_every_positions_logits() {
+    let mut model = SasRec::new(config(12), EXACT, 9).unwrap();
+    let input = tokens(&[&[1, 2, 3, 4, 5], &[6, 7, 8, 0, 0]]);
+    let targets = tokens(&[&[2, 3, 4, 5, 6], &[7, 8, 9, 0, 0]]);
+    let w = [0f32, 0., 1., 1., 1., 1., 1., 1., 0., 0.];
+    let weights = Tensor::from_vec(w.to_vec(), (2, 5), &Device::Cpu).unwrap();
+    for restricted in [false, true] {
+        if restricted {
+            model.restrict_next(|p| p % 3..12).unwrap();
+        }
+        let loss: f32 = model
+            .loss(&input, &targets, &weights, None)
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        let logits: Vec<Vec<Vec<f32>>> = model.logits(&input, None).unwrap().to_vec3().unwrap();
+        let target_rows: Vec<Vec<u32>> = targets.to_vec2().unwrap();
+        let mut slow = 0f64;
+        for (i, &weight) in w.iter().enumerate() {
+            let (b, p) = (i / 5, i % 5);
+            let row = &logits[b][p];
+            let max = row.iter().fold(f32::MIN, |m, &x| m.max(x)) as f64;
+            let log_z = max
+                + row
+                    .iter()
+                    .map(|&x| (x as f64 - max).exp())
+                    .sum::<f64>()
+                    .ln();
+            slow += weight as f64 * (log_z - row[target_rows[b][p] as usize] as f64);
+        }
+        slow /= w.iter().sum::<f32>() as f64;
+        assert!(
+            (loss as f64 - slow).abs() < 1e-4,
+            "restricted {restricted}: {loss} vs {slow}"
+        );
+    }
+    let nothing = Tensor::zeros((2, 5), candle_core::DType::F32, &Device::Cpu).unwrap();
+    let zero: f32 = model
+        .loss(&input, &targets, &nothing, None)
+        .unwrap()
+        .to_scalar()
+        .unwrap();
+    assert_eq!(zero, 0.0);
+}
+
 /// Per-position scores `[t][n_items]` of one sequence.
 fn position_scores(model: &SasRec, items: &[u32]) -> Vec<Vec<f32>> {
     model

@@ -444,8 +444,10 @@ impl SasRec {
         })
     }
 
-    /// Mean full-softmax cross-entropy of predicting `targets` (`[batch, t]` u32) at the
-    /// positions where `weights` (`[batch, t]` f32) is 1.
+    /// Mean full-softmax cross-entropy of predicting `targets` (`[batch, t]` u32), weighted by
+    /// `weights` (`[batch, t]` f32, 1 where a position trains, 0 for padding and context).
+    /// Scores are computed only at positions with a weight: the full softmax over every item
+    /// is most of a step's work, and padding or context positions would waste it.
     pub fn loss(
         &self,
         tokens: &Tensor,
@@ -453,15 +455,37 @@ impl SasRec {
         weights: &Tensor,
         dropout: Option<&mut Dropout>,
     ) -> Result<Tensor> {
-        let logits = self.logits(tokens, dropout)?.flatten_to(1)?;
+        let (b, t) = tokens.dims2()?;
+        let device = tokens.device();
+        let flat_weights = weights.flatten_all()?.to_vec1::<f32>()?;
+        let rows: Vec<u32> = (0..b * t)
+            .filter(|&i| flat_weights[i] != 0.0)
+            .map(|i| i as u32)
+            .collect();
+        if rows.is_empty() {
+            return Ok(Tensor::zeros((), candle_core::DType::F32, device)?);
+        }
+        let n = rows.len();
+        let positions: Vec<u32> = rows.iter().map(|&r| r % t as u32).collect();
+        let rows = Tensor::from_vec(rows, n, device)?;
+        let hidden = self
+            .hidden(tokens, dropout)?
+            .flatten_to(1)?
+            .index_select(&rows, 0)?;
+        let mut logits = self.scores_of_hidden(&hidden)?;
+        if let Some(bias) = &self.allowed_next {
+            let positions = Tensor::from_vec(positions, n, device)?;
+            logits = (logits + bias.index_select(&positions, 0)?)?;
+        }
         let max = logits.max_keepdim(D::Minus1)?.detach();
         let shifted = logits.broadcast_sub(&max)?;
         let log_z = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
-        let picked = shifted.gather(&targets.flatten_all()?.unsqueeze(1)?, 1)?;
+        let targets = targets.flatten_all()?.index_select(&rows, 0)?;
+        let picked = shifted.gather(&targets.unsqueeze(1)?, 1)?;
         let nll = (log_z - picked)?.squeeze(1)?;
-        let weights = weights.flatten_all()?;
-        let n = weights.sum_all()?.to_scalar::<f32>()?.max(1.0);
-        Ok(((nll * weights)?.sum_all()? / f64::from(n))?)
+        let weights = weights.flatten_all()?.index_select(&rows, 0)?;
+        let total = weights.sum_all()?.to_scalar::<f32>()?.max(1.0);
+        Ok(((nll * weights)?.sum_all()? / f64::from(total))?)
     }
 
     /// Scores of every item after each history (most recent `max_len` items), one row per

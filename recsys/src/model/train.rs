@@ -33,6 +33,11 @@ pub struct TrainConfig {
     /// evaluator's recsys task sets one); `None`: no limit.
     #[serde(default)]
     pub max_seconds: Option<f64>,
+    /// How many transitions apart consecutive windows of one long sequence end (1 to the
+    /// model's `max_len`); the rest of a window is context that an earlier window already
+    /// trained on. `None`: `max_len`, windows that do not overlap.
+    #[serde(default)]
+    pub window_step: Option<usize>,
 }
 
 impl Default for TrainConfig {
@@ -45,6 +50,7 @@ impl Default for TrainConfig {
             patience: 10,
             seed: 42,
             max_seconds: None,
+            window_step: None,
         }
     }
 }
@@ -71,33 +77,44 @@ pub struct TrainReport {
     pub seconds: f64,
 }
 
-/// A training window: tokens and, position by position, the token that follows.
+/// A training window: tokens and, position by position, the token that follows. Positions
+/// before `first_target` are context only: their transitions train in another window.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Window {
     pub input: Vec<u32>,
     pub target: Vec<u32>,
+    pub first_target: usize,
 }
 
-/// Cuts each training sequence from its end into windows of `max_len` transitions, so that
-/// every transition trains once per epoch and the most recent ones see the longest context.
-pub(crate) fn windows(train: &[Vec<u32>], max_len: usize) -> Vec<Window> {
+/// Cuts each training sequence from its end into windows of up to `max_len` transitions
+/// whose ends lie `step` transitions apart (`1 ≤ step ≤ max_len`), so that every transition
+/// trains exactly once per epoch, in the window that ends nearest after it, with at least
+/// `max_len − step` items of context wherever the sequence has them. `step = max_len`: windows
+/// that do not overlap. The first window of a sequence trains everything before the second.
+pub(crate) fn windows(train: &[Vec<u32>], max_len: usize, step: usize) -> Result<Vec<Window>> {
+    if max_len == 0 || !(1..=max_len).contains(&step) {
+        return Err(Error::InvalidRequest(format!(
+            "window_step {step} must lie between 1 and the model's max_len {max_len}"
+        )));
+    }
     let mut out = Vec::new();
     for seq in train {
+        // Transition j predicts seq[j] from seq[..j]; a window ending at `end` (exclusive)
+        // trains transitions first..end.
         let mut end = seq.len();
         while end >= 2 {
             let start = end.saturating_sub(max_len + 1);
+            let first = if start == 0 { 1 } else { end - step };
             let w = &seq[start..end];
             out.push(Window {
                 input: w[..w.len() - 1].to_vec(),
                 target: w[1..].to_vec(),
+                first_target: first - start - 1,
             });
-            end = start + 1;
-            if start == 0 {
-                break;
-            }
+            end = first;
         }
     }
-    out
+    Ok(out)
 }
 
 /// Right-padded `[batch, t]` inputs, targets and 0/1 weights of some windows.
@@ -110,7 +127,7 @@ fn batch(windows: &[&Window]) -> Result<(Tensor, Tensor, Tensor)> {
         let row = i * t..i * t + w.input.len();
         tokens[row.clone()].copy_from_slice(&w.input);
         targets[row.clone()].copy_from_slice(&w.target);
-        weights[row].fill(1.0);
+        weights[row.start + w.first_target..row.end].fill(1.0);
     }
     let dev = Device::Cpu;
     Ok((
@@ -135,7 +152,8 @@ pub fn train(
             split.n_items, model.config.n_items
         )));
     }
-    let windows = windows(&split.train, model.config.max_len);
+    let max_len = model.config.max_len;
+    let windows = windows(&split.train, max_len, config.window_step.unwrap_or(max_len))?;
     let validate = |model: &SasRec| Ok(evaluate(model, &split.valid)?.seen_filtered);
     fit(model, &windows, config, validate, on_epoch)
 }
@@ -159,6 +177,15 @@ pub fn fit(
         return Err(Error::InvalidRequest(
             "no user has two training interactions: nothing to train on".into(),
         ));
+    }
+    let malformed = |w: &Window| {
+        w.input.is_empty() || w.target.len() != w.input.len() || w.first_target >= w.input.len()
+    };
+    if let Some(bad) = windows.iter().position(malformed) {
+        return Err(Error::InvalidRequest(format!(
+            "training window {bad} needs as many targets as inputs (at least one) and its \
+             first_target below that count"
+        )));
     }
     let started = Instant::now();
     let vars = model.params().vars();
@@ -232,21 +259,122 @@ pub fn fit(
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
-    #[test]
-    fn windows_cover_every_transition_once() {
-        let seq: Vec<u32> = (0..12).collect();
-        let ws = windows(&[seq], 5);
+    /// The (previous item, next item) pairs that `ws` trains, sorted.
+    fn trained_pairs(ws: &[Window]) -> Vec<(u32, u32)> {
         let mut pairs: Vec<(u32, u32)> = ws
             .iter()
-            .flat_map(|w| w.input.iter().copied().zip(w.target.iter().copied()))
+            .flat_map(|w| {
+                let trained = w.first_target..w.input.len();
+                w.input[trained.clone()]
+                    .iter()
+                    .copied()
+                    .zip(w.target[trained].iter().copied())
+            })
             .collect();
         pairs.sort_unstable();
+        pairs
+    }
+
+    #[test]
+    fn windows_that_do_not_overlap_cover_every_transition_once() {
+        let seq: Vec<u32> = (0..12).collect();
+        let ws = windows(&[seq], 5, 5).unwrap();
         let expected: Vec<(u32, u32)> = (0..11).map(|i| (i, i + 1)).collect();
-        assert_eq!(pairs, expected);
-        assert!(ws.iter().all(|w| w.input.len() <= 5));
+        assert_eq!(trained_pairs(&ws), expected);
+        assert!(ws.iter().all(|w| w.input.len() <= 5 && w.first_target == 0));
         // The most recent window is full length.
         assert_eq!(ws[0].input, [6, 7, 8, 9, 10]);
+    }
+
+    #[test]
+    fn overlapping_windows_train_only_their_last_step_transitions() {
+        let seq: Vec<u32> = (0..12).collect();
+        let ws = windows(&[seq], 5, 2).unwrap();
+        let cut: Vec<(Vec<u32>, usize)> = ws
+            .iter()
+            .map(|w| (w.input.clone(), w.first_target))
+            .collect();
+        assert_eq!(
+            cut,
+            [
+                (vec![6, 7, 8, 9, 10], 3),
+                (vec![4, 5, 6, 7, 8], 3),
+                (vec![2, 3, 4, 5, 6], 3),
+                (vec![0, 1, 2, 3, 4], 0),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_malformed_window_is_refused_before_training() {
+        let model = SasRec::new(
+            crate::model::SasRecConfig {
+                n_items: 4,
+                max_len: 4,
+                d_model: 8,
+                d_ff: 8,
+                ..Default::default()
+            },
+            crate::model::EXACT,
+            1,
+        )
+        .unwrap();
+        let window = Window {
+            input: vec![1, 2],
+            target: vec![2, 3],
+            first_target: 2,
+        };
+        let never = |_: &SasRec| -> Result<Metrics> { unreachable!("no epoch may run") };
+        let err = fit(&model, &[window], &TrainConfig::default(), never, |_, _| {
+            Ok(())
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("training window 0"), "{err}");
+    }
+
+    #[test]
+    fn a_step_outside_one_to_max_len_is_refused() {
+        for step in [0, 6] {
+            let err = windows(&[vec![1, 2, 3]], 5, step).unwrap_err();
+            assert!(err.to_string().contains("window_step"), "{err}");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+
+        #[test]
+        fn every_transition_trains_once_with_the_promised_context(
+            lens in prop::collection::vec(0usize..40, 1..5),
+            max_len in 1usize..12,
+            step_seed in 0usize..100,
+        ) {
+            let step = 1 + step_seed % max_len;
+            // Distinct items, so that pairs name transitions.
+            let mut next = 0u32;
+            let train: Vec<Vec<u32>> = lens
+                .iter()
+                .map(|&n| (0..n).map(|_| { next += 1; next }).collect())
+                .collect();
+            let ws = windows(&train, max_len, step).unwrap();
+            let mut expected: Vec<(u32, u32)> = train
+                .iter()
+                .flat_map(|s| s.windows(2).map(|p| (p[0], p[1])))
+                .collect();
+            expected.sort_unstable();
+            prop_assert_eq!(trained_pairs(&ws), expected);
+            for w in &ws {
+                prop_assert!(!w.input.is_empty() && w.input.len() <= max_len);
+                prop_assert_eq!(&w.input[1..], &w.target[..w.target.len() - 1]);
+                prop_assert!(w.first_target < w.input.len());
+                // Context before the trained part: none only where the sequence starts.
+                let starts_sequence = train.iter().any(|s| s.first() == w.input.first());
+                prop_assert!(starts_sequence || w.first_target == max_len - step);
+            }
+        }
     }
 }

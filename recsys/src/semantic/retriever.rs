@@ -164,7 +164,8 @@ impl GenerativeRetriever {
     /// Training windows of token transitions: each training sequence is cut from its end
     /// into windows of `history_items + 1` items (as item windows are), then spelled out.
     pub fn windows(&self, train: &[Vec<u32>]) -> Result<Vec<Window>> {
-        crate::model::item_windows(train, self.config.history_items)
+        let items = self.config.history_items;
+        crate::model::item_windows(train, items, items)?
             .into_iter()
             .map(|w| {
                 let mut items = w.input;
@@ -173,6 +174,7 @@ impl GenerativeRetriever {
                 Ok(Window {
                     input: tokens[..tokens.len() - 1].to_vec(),
                     target: tokens[1..].to_vec(),
+                    first_target: 0,
                 })
             })
             .collect()
