@@ -66,3 +66,29 @@ fn every_ml100k_item_gets_a_unique_semantic_id() {
     }
     assert!(ids.levels[2].residual_share < ids.levels[0].residual_share);
 }
+
+#[test]
+fn a_cache_that_the_model_no_longer_computes_is_recomputed() {
+    let dir = MOVIELENS_100K.require().unwrap_or_else(|e| panic!("{e}"));
+    let model_path = SMOLLM2.require().unwrap_or_else(|e| panic!("{e}"));
+    let dataset = Dataset::load(&dir, &LoadOptions::default()).unwrap();
+    let items = &dataset.items[..5];
+    let cache = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("semantic-stale-{}", std::process::id()));
+    let (fresh, cached) =
+        ItemEmbeddings::cached_or_compute(&model_path, items, &cache, |_| {}).unwrap();
+    assert!(!cached);
+
+    // As if an earlier build's kernels had rounded the first item differently.
+    let mut stale = fresh.clone();
+    stale.vectors[0] += 0.01;
+    stale.save(&fresh.key.cache_path(&cache)).unwrap();
+    let (again, cached) =
+        ItemEmbeddings::cached_or_compute(&model_path, items, &cache, |_| {}).unwrap();
+    assert!(!cached, "a stale cache was read as is");
+    assert_eq!(again, fresh);
+    let (_, cached) =
+        ItemEmbeddings::cached_or_compute(&model_path, items, &cache, |_| {}).unwrap();
+    assert!(cached, "the recomputed cache was not written back");
+    std::fs::remove_dir_all(&cache).unwrap();
+}

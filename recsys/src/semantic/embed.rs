@@ -1,7 +1,8 @@
 //! Item embeddings from a language model on our core: each item's text (title, year,
 //! genres) run through the model, its final hidden states (after the final norm) averaged
 //! over the text's tokens. Embedding a catalogue takes a while, so the vectors are cached in
-//! a file keyed by a fingerprint of the item texts and the model file's name.
+//! a file keyed by a fingerprint of the item texts and the model file's name; reading it
+//! recomputes the first item and recomputes everything if that vector moved.
 //!
 //! The cache file: the 8 bytes `EKITEMB1`, a little-endian u32 header length, the header
 //! as JSON (`{"key": …, "items": n, "dim": d}`), then `n · d` little-endian f32.
@@ -16,6 +17,10 @@ use crate::model::write_atomically;
 use crate::{Error, Result};
 
 const MAGIC: &[u8; 8] = b"EKITEMB1";
+
+/// How far a recomputed vector may move from its cached copy (the same build and model give
+/// the same bits; another kernel build moves them by quantization noise, about 0.1).
+const STALE_TOLERANCE: f32 = 1e-4;
 
 /// What a set of embeddings was computed from.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -179,9 +184,24 @@ impl ItemEmbeddings {
         })
     }
 
+    /// Whether the first item's cached vector is what `model` computes now. The cache key
+    /// names the model file, not the kernels that run it, so a build whose kernels round
+    /// differently would otherwise keep reading vectors it no longer computes.
+    fn matches_model(&self, model: &Model, items: &[Item]) -> Result<bool> {
+        let Some(first) = items.first() else {
+            return Ok(true);
+        };
+        let fresh = mean_hidden_state(model, &item_text(&first.meta))?;
+        Ok(fresh.len() == self.dim
+            && fresh
+                .iter()
+                .zip(&self.vectors)
+                .all(|(a, b)| (a - b).abs() <= STALE_TOLERANCE))
+    }
+
     /// The embeddings of `items` under the GGUF model at `model_path`: from the cache file in
-    /// `cache_dir` when one exists for the same items and model, else computed (loading the
-    /// model) and cached. Says whether they came from the cache.
+    /// `cache_dir` when one exists for the same items and model and its first vector is what
+    /// the model computes now, else computed and cached. Says whether they came from the cache.
     pub fn cached_or_compute(
         model_path: &Path,
         items: &[Item],
@@ -190,13 +210,13 @@ impl ItemEmbeddings {
     ) -> Result<(ItemEmbeddings, bool)> {
         let key = EmbeddingKey::new(items, model_path);
         let path = key.cache_path(cache_dir);
+        let model = Model::load(model_path)?;
         if path.is_file() {
             let cached = ItemEmbeddings::load(&path, &key)?;
-            if cached.len() == items.len() {
+            if cached.len() == items.len() && cached.matches_model(&model, items)? {
                 return Ok((cached, true));
             }
         }
-        let model = Model::load(model_path)?;
         let embeddings = ItemEmbeddings::compute(&model, key, items, progress)?;
         embeddings.save(&path)?;
         Ok((embeddings, false))
