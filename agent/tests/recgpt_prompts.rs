@@ -2,10 +2,12 @@
 //! malformed, empty and overlong replies, and tags that always come out normalised.
 
 use agent::recgpt::parse::{
-    normalise_tag, parse_explanation, parse_profile, parse_tags, MAX_PROFILE_CHARS,
-    MAX_SENTENCE_CHARS, MAX_TAGS, MAX_TAG_CHARS,
+    grounding, normalise_tag, parse_explanation, parse_profile, parse_tags, Grounding,
+    MAX_PROFILE_CHARS, MAX_SENTENCE_CHARS, MAX_TAGS, MAX_TAG_CHARS,
 };
-use agent::recgpt::prompt::{explanation_request, item_tags_request, profile_request};
+use agent::recgpt::prompt::{
+    display_title, explanation_request, item_tags_request, liked_like, profile_request, MAX_LIKED,
+};
 use agent::recgpt::{dataset_fingerprint, profile_history, Plan, PlanConfig, MAX_PROFILE_ITEMS};
 use proptest::prelude::*;
 use recsys::data::{Dataset, Item, ItemMeta};
@@ -63,16 +65,115 @@ fn item_and_explanation_prompts_carry_what_they_are_about() {
     assert!(tags
         .user
         .contains("Toy Story (1995), a Animation, Comedy movie"));
+    let aladdin = film("Aladdin", Some(1992), &["Animation", "Musical"]);
     let why = explanation_request(
-        "Likes warm family films.",
         &["family".into(), "animation".into()],
+        &[&aladdin],
         &toy,
+        &["toys".into(), "friendship".into()],
     );
-    assert!(why.user.contains("Likes warm family films."));
-    assert!(why.user.contains("family, animation"));
-    assert!(why.user.contains("Toy Story (1995)"));
+    assert!(why.user.contains("The viewer's tastes: family, animation."));
+    assert!(why
+        .user
+        .contains("Movies this viewer liked: Aladdin (1992) [Animation, Musical]."));
+    assert!(why.user.contains(
+        "Recommended movie: Toy Story (1995) [Animation, Comedy]. Keywords: toys, friendship."
+    ));
+    assert!(why
+        .user
+        .ends_with("why they may enjoy Toy Story, comparing it with a movie they liked."));
+    let bare = explanation_request(&[], &[], &film("Usual Suspects, The", None, &[]), &[]);
+    assert_eq!(
+        bare.user,
+        "Recommended movie: The Usual Suspects.\nIn one sentence, tell the viewer why they may enjoy The Usual Suspects."
+    );
     assert!(tags.max_tokens > 0 && why.max_tokens > 0);
     assert_eq!((tags.seed, why.seed), (0, 0));
+}
+
+#[test]
+fn catalogue_titles_read_with_their_article_first() {
+    assert_eq!(display_title("Usual Suspects, The"), "The Usual Suspects");
+    assert_eq!(
+        display_title("Cité des enfants perdus, La"),
+        "La Cité des enfants perdus"
+    );
+    assert_eq!(display_title("Room with a View, A"), "A Room with a View");
+    assert_eq!(display_title("Toy Story"), "Toy Story");
+    assert_eq!(display_title("Theme, The, The"), "The Theme, The");
+    assert_eq!(display_title(""), "");
+}
+
+#[test]
+fn an_explanation_points_to_the_watched_movies_most_like_the_item() {
+    let drama = film("Old Drama", None, &["Drama"]);
+    let crime = film("Crime One", None, &["Crime", "Drama"]);
+    let thriller = film("Thriller Two", None, &["Thriller"]);
+    let newer_crime = film("Crime Three", None, &["Crime", "Thriller"]);
+    let comedy = film("Comedy", None, &["Comedy"]);
+    let item = film("Heist", None, &["Crime", "Drama", "Thriller"]);
+    let none: &[String] = &[];
+    let noir = ["noir".to_string()];
+    let history = [
+        (&drama, none),
+        (&crime, none),
+        (&thriller, &noir[..]),
+        (&newer_crime, none),
+        (&comedy, none),
+        (&item, none),
+    ];
+    // Crime One and Crime Three share two genres; Thriller Two one genre and the tag.
+    let liked = liked_like(&history, &item, &noir);
+    assert_eq!(liked.len(), MAX_LIKED);
+    assert_eq!(
+        liked,
+        [&newer_crime, &thriller],
+        "ties go to the more recent"
+    );
+    let liked_no_tags = liked_like(&history, &item, &[]);
+    assert_eq!(liked_no_tags, [&newer_crime, &crime]);
+    assert!(
+        liked_like(&[(&comedy, none)], &item, &[]).is_empty(),
+        "nothing in common, nothing shown"
+    );
+}
+
+#[test]
+fn grounding_finds_the_titles_a_sentence_names() {
+    let liked = ["Godfather, The", "Star Wars: Episode IV"];
+    assert_eq!(
+        grounding(
+            "Like The Godfather, the usual suspects is a twisty crime story.",
+            "Usual Suspects, The",
+            &liked
+        ),
+        Grounding {
+            names_item: true,
+            names_liked: true
+        }
+    );
+    assert_eq!(
+        grounding(
+            "You enjoy thrilling star-wars adventures.",
+            "Usual Suspects, The",
+            &liked
+        ),
+        Grounding {
+            names_item: false,
+            names_liked: true
+        },
+        "punctuation aside, the core title's words in order"
+    );
+    assert_eq!(
+        grounding(
+            "This viewer enjoys action movies.",
+            "Usual Suspects, The",
+            &liked
+        ),
+        Grounding::default()
+    );
+    assert!(!grounding("Suspects, usual.", "Usual Suspects, The", &[]).names_item);
+    assert!(!grounding("Anything at all.", "", &[""]).names_item);
 }
 
 #[test]

@@ -707,6 +707,12 @@ fn run_enrich(db_path: &Path, args: EnrichArgs) -> anyhow::Result<()> {
             stage.made, stage.skipped, stage.unusable
         );
     }
+    if report.explanations.made > 0 {
+        println!(
+            "explanations made: {} name the recommended movie, {} a watched one their prompt showed",
+            report.explanations_naming_item, report.explanations_naming_liked
+        );
+    }
     if report.explanations_without_profile > 0 {
         println!(
             "{} explanations not asked: their user has no usable profile",

@@ -21,7 +21,8 @@ pub use plan::{Plan, PlanConfig};
 pub use runner::{Enricher, RunOptions, RunReport, StageReport};
 
 /// Bump when a prompt or the parsing changes: rows made by older prompts are then not read.
-pub const PROMPT_VERSION: i64 = 1;
+/// Version 2: explanations show similar watched movies and the item's tags, not the profile sentence.
+pub const PROMPT_VERSION: i64 = 2;
 
 /// The seed every request carries (decoding is greedy, so it only matters if that changes).
 pub const SEED: u64 = 0;

@@ -2,6 +2,8 @@
 //! (markdown, bullet lists, a missing label, a cut-off last tag), so the parsers take what
 //! they can and say what was missing; nothing here panics on any reply.
 
+use serde::Serialize;
+
 /// The most tags kept from one reply.
 pub const MAX_TAGS: usize = 6;
 /// A longer tag is dropped (it is a sentence, not a tag).
@@ -262,4 +264,50 @@ pub fn parse_explanation(reply: &str) -> ParsedSentence {
         sentence,
         problem: None,
     }
+}
+
+/// What an explanation sentence names: the recommended movie, and one of the watched movies
+/// its prompt showed. A sentence that names neither says little about the film.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Grounding {
+    pub names_item: bool,
+    pub names_liked: bool,
+}
+
+/// Which of `item_title` and `liked_titles` (catalogue titles) `sentence` names. A title
+/// counts as named when its words, without a leading article and without a bracketed or
+/// subtitle part, appear in order in the sentence, case and punctuation aside.
+pub fn grounding(sentence: &str, item_title: &str, liked_titles: &[&str]) -> Grounding {
+    let said = words(sentence);
+    let names = |title: &str| {
+        let core = words(&title_core(title));
+        !core.is_empty() && said.windows(core.len()).any(|w| w == core.as_slice())
+    };
+    Grounding {
+        names_item: names(item_title),
+        names_liked: liked_titles.iter().any(|t| names(t)),
+    }
+}
+
+/// `Usual Suspects, The (a.k.a. X)` → `Usual Suspects`; `Star Wars: Episode IV` → `Star Wars`.
+fn title_core(title: &str) -> String {
+    let display = super::prompt::display_title(title);
+    let mut core = display.as_str();
+    for cut in [" (", ": "] {
+        core = core.split(cut).next().unwrap_or(core);
+    }
+    let lower = core.to_lowercase();
+    for article in ["the ", "a ", "an "] {
+        if let Some(rest) = lower.strip_prefix(article) {
+            return rest.to_string();
+        }
+    }
+    lower
+}
+
+fn words(text: &str) -> Vec<String> {
+    text.split(|c: char| !c.is_alphanumeric() && c != '\'')
+        .filter(|w| !w.is_empty())
+        .map(|w| w.to_lowercase())
+        .collect()
 }

@@ -11,9 +11,10 @@ use anyhow::Context;
 use indicatif::ProgressBar;
 use recsys::data::Dataset;
 use serde::Serialize;
+use tokio::sync::OnceCell;
 
-use super::parse::{parse_explanation, parse_profile, parse_tags};
-use super::prompt::{explanation_request, item_tags_request, profile_request};
+use super::parse::{grounding, parse_explanation, parse_profile, parse_tags, Grounding};
+use super::prompt::{explanation_request, item_tags_request, liked_like, profile_request};
 use super::{enrichment_key, profile_history, EnrichmentKey, Plan};
 use crate::db::{Db, Explanation, ItemTags, UserProfile};
 use crate::llm::local::LocalLlm;
@@ -62,6 +63,10 @@ pub struct RunReport {
     pub explanations: StageReport,
     /// Explanations not asked because the user has no usable profile.
     pub explanations_without_profile: usize,
+    /// Of the explanations made, those that name the recommended movie.
+    pub explanations_naming_item: usize,
+    /// Of the explanations made, those that name a watched movie their prompt showed.
+    pub explanations_naming_liked: usize,
     /// Whether the run ended before its plan did (`max_new` or the stop flag).
     pub stopped: bool,
 }
@@ -77,6 +82,8 @@ enum Job {
 struct Made {
     problem: Option<String>,
     seconds: f64,
+    /// For an explanation, what its sentence names.
+    grounding: Option<Grounding>,
 }
 
 /// Runs plans for one dataset with one model, under their key.
@@ -85,6 +92,8 @@ pub struct Enricher<'a> {
     llm: Arc<LocalLlm>,
     dataset: &'a Dataset,
     key: EnrichmentKey,
+    /// The stored item tags, read at the first explanation (after this run's tagging).
+    item_tags: OnceCell<HashMap<String, Vec<String>>>,
 }
 
 impl<'a> Enricher<'a> {
@@ -95,6 +104,7 @@ impl<'a> Enricher<'a> {
             llm,
             dataset,
             key,
+            item_tags: OnceCell::new(),
         }
     }
 
@@ -183,6 +193,7 @@ impl<'a> Enricher<'a> {
                     let made = Made {
                         problem: profile.problem.clone(),
                         seconds: profile.seconds,
+                        grounding: None,
                     };
                     profiles.insert(profile.user_id.clone(), profile);
                     made
@@ -190,7 +201,7 @@ impl<'a> Enricher<'a> {
                 Job::Explain(user, item) => {
                     let raw_user = &self.dataset.users[user];
                     match profiles.get(raw_user).filter(|p| !p.profile.is_empty()) {
-                        Some(profile) => self.explain(profile, item).await?,
+                        Some(profile) => self.explain(user, profile, item).await?,
                         None => {
                             report.explanations_without_profile += 1;
                             continue;
@@ -202,6 +213,10 @@ impl<'a> Enricher<'a> {
                 tracing::warn!("{job:?}: {problem}");
             }
             stage.record(&made);
+            if let Some(g) = made.grounding {
+                report.explanations_naming_item += usize::from(g.names_item);
+                report.explanations_naming_liked += usize::from(g.names_liked);
+            }
             done.insert(job);
             made_total += 1;
         }
@@ -258,6 +273,7 @@ impl<'a> Enricher<'a> {
         Ok(Made {
             problem: row.problem,
             seconds: row.seconds,
+            grounding: None,
         })
     }
 
@@ -281,11 +297,23 @@ impl<'a> Enricher<'a> {
         Ok(row)
     }
 
-    async fn explain(&self, profile: &UserProfile, item: u32) -> anyhow::Result<Made> {
+    async fn explain(&self, user: usize, profile: &UserProfile, item: u32) -> anyhow::Result<Made> {
         let entry = &self.dataset.items[item as usize];
-        let request = explanation_request(&profile.profile, &profile.tags, &entry.meta);
+        let tags = self.item_tags().await?;
+        let no_tags = Vec::new();
+        let tags_of = |raw_id: &str| tags.get(raw_id).unwrap_or(&no_tags).as_slice();
+        let history: Vec<_> = profile_history(self.dataset, user)
+            .iter()
+            .map(|&i| &self.dataset.items[i as usize])
+            .map(|watched| (&watched.meta, tags_of(&watched.raw_id)))
+            .collect();
+        let item_tags = tags_of(&entry.raw_id);
+        let liked = liked_like(&history, &entry.meta, item_tags);
+        let request = explanation_request(&profile.tags, &liked, &entry.meta, item_tags);
         let reply = self.ask(request).await?;
         let parsed = parse_explanation(&reply.text);
+        let liked_titles: Vec<&str> = liked.iter().map(|m| m.title.as_str()).collect();
+        let grounding = grounding(&parsed.sentence, &entry.meta.title, &liked_titles);
         let row = Explanation {
             user_id: profile.user_id.clone(),
             item_id: entry.raw_id.clone(),
@@ -298,6 +326,17 @@ impl<'a> Enricher<'a> {
         Ok(Made {
             problem: row.problem,
             seconds: row.seconds,
+            grounding: Some(grounding),
         })
+    }
+
+    /// Every item's stored tags by raw id, read once per run.
+    async fn item_tags(&self) -> anyhow::Result<&HashMap<String, Vec<String>>> {
+        self.item_tags
+            .get_or_try_init(|| async {
+                let rows = self.db.item_tags(&self.key).await?;
+                anyhow::Ok(rows.into_iter().map(|r| (r.item_id, r.tags)).collect())
+            })
+            .await
     }
 }
