@@ -2,8 +2,6 @@
 //! (markdown, bullet lists, a missing label, a cut-off last tag), so the parsers take what
 //! they can and say what was missing; nothing here panics on any reply.
 
-use serde::Serialize;
-
 /// The most tags kept from one reply.
 pub const MAX_TAGS: usize = 6;
 /// A longer tag is dropped (it is a sentence, not a tag).
@@ -268,7 +266,7 @@ pub fn parse_explanation(reply: &str) -> ParsedSentence {
 
 /// What an explanation sentence names: the recommended movie, and one of the watched movies
 /// its prompt showed. A sentence that names neither says little about the film.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Grounding {
     pub names_item: bool,
     pub names_liked: bool,
