@@ -1,32 +1,7 @@
 //! Pareto fronts over two metrics, and their hypervolume (the area they dominate), for
 //! `kernels pareto` and for comparing campaigns.
 
-use serde::Serialize;
-
-/// Which way a metric is better.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Direction {
-    Min,
-    Max,
-}
-
-impl Direction {
-    pub fn name(self) -> &'static str {
-        match self {
-            Direction::Min => "min",
-            Direction::Max => "max",
-        }
-    }
-
-    /// The value as something to maximise.
-    fn gain(self, value: f64) -> f64 {
-        match self {
-            Direction::Min => -value,
-            Direction::Max => value,
-        }
-    }
-}
+pub use evaluator::metric::Direction;
 
 /// True when `a` is at least as good as `b` in both coordinates and better in one.
 pub fn dominates(a: [f64; 2], b: [f64; 2], directions: [Direction; 2]) -> bool {

@@ -62,7 +62,7 @@ bins = 6
 
 const STRUCTURAL: &str = "[mutators.perturb]\nweight = 2.0\n[mutators.mask_arm]\nweight = 1.0\n\
      [mutators.crossover]\nweight = 1.0\n[mutators.rule_edit]\nweight = 1.0\n\
-     [mutators.subtree_swap]\nweight = 1.0\n";
+     [mutators.library_swap]\nweight = 1.0\n";
 
 fn evokernel(dir: &Path, args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_evokernel"));

@@ -104,7 +104,7 @@ fn fill(path: &Path) -> Filled {
                 None,
                 "local_llm",
                 Some("drop the window"),
-                Some((1.0, 1.0, 0.0)),
+                Some((1.0, 0.7, 0.0)),
             ),
         ];
         let mut ids = Vec::new();
@@ -132,9 +132,13 @@ fn fill(path: &Path) -> Filled {
                     &hash,
                     0,
                     Some(score),
-                    &[("speedup", speedup), ("kl_vs_exact", kl)],
+                    &[
+                        ("attention_speedup", speedup),
+                        ("attention_speedup_hi", speedup + 0.1),
+                        ("kl_max_mean", kl),
+                    ],
                 ),
-                None => evaluation(&hash, 0, None, &[("kl_vs_exact", 0.9)]),
+                None => evaluation(&hash, 0, None, &[("kl_max_mean", 0.9)]),
             };
             db.insert_evaluation(id, &e).await.unwrap();
             filled.texts.insert(id, text.clone());
@@ -266,8 +270,8 @@ fn the_query_commands_read_a_campaign() {
     let shown = json(&db, &["kernels", "show", &f.exact.to_string(), "--json"]);
     assert_eq!(shown["program"]["proposal"], "drop the window");
     assert_eq!(
-        shown["evaluations"][0]["evaluation"]["metrics"]["speedup"],
-        1.0
+        shown["evaluations"][0]["evaluation"]["metrics"]["attention_speedup"],
+        0.7
     );
 
     // best: score by default, any metric, either direction.
@@ -282,7 +286,7 @@ fn the_query_commands_read_a_campaign() {
             "kernels",
             "best",
             "--metric",
-            "kl_vs_exact",
+            "kl_max_mean",
             "--json",
             "--limit",
             "1",
@@ -290,19 +294,29 @@ fn the_query_commands_read_a_campaign() {
     );
     assert_eq!(best["direction"], "min", "KL is known to be better small");
     assert_eq!(ids(&best["programs"], "program_id"), vec![f.exact]);
+    assert_eq!(best["programs"][0]["slower_than_exact"], true);
+    let table = ok(&db, &["kernels", "best", "--metric", "kl_max_mean"]);
+    assert!(table.contains("0.70× slower"), "{table}");
+    assert!(
+        table.contains(&format!(
+            "#{} ranks first by kl_max_mean but runs measurably slower",
+            f.exact
+        )),
+        "{table}"
+    );
     let best = json(
         &db,
         &[
             "kernels",
             "best",
             "--metric",
-            "kl_vs_exact",
+            "kl_max_mean",
             "--max",
             "--json",
         ],
     );
     assert_eq!(ids(&best["programs"], "program_id")[0], f.chunked);
-    let table = ok(&db, &["kernels", "best", "--metric", "speedup"]);
+    let table = ok(&db, &["kernels", "best", "--metric", "attention_speedup"]);
     assert!(
         table
             .lines()
@@ -326,9 +340,9 @@ fn the_query_commands_read_a_campaign() {
             "kernels",
             "pareto",
             "--x",
-            "kl_vs_exact:max",
+            "kl_max_mean:max",
             "--y",
-            "speedup:min",
+            "attention_speedup:min",
             "--json",
         ],
     );
@@ -338,7 +352,7 @@ fn the_query_commands_read_a_campaign() {
     );
     let table = ok(&db, &["kernels", "pareto"]);
     assert!(
-        table.contains("speedup (max) against kl_vs_exact (min)"),
+        table.contains("attention_speedup (max) against kl_max_mean (min)"),
         "{table}"
     );
     assert!(fails(&db, &["kernels", "pareto", "--x", "speedup:up"]).contains("`max` or `min`"));
@@ -484,7 +498,14 @@ fn bad_references_and_bad_databases_get_clear_errors() {
     );
     assert!(fails(&db, &["kernels", "export", "xyz"])
         .contains("neither a program id nor a hash prefix"));
-    assert!(fails(&db, &["kernels", "best", "--metric", "a b"]).contains("not a metric name"));
+    assert!(
+        fails(&db, &["kernels", "best", "--metric", "a b", "--max"]).contains("not a metric name")
+    );
+    let unknown = fails(&db, &["kernels", "best", "--metric", "speed"]);
+    assert!(
+        unknown.contains("unknown metric `speed`") && unknown.contains("attention_speedup"),
+        "{unknown}"
+    );
 
     // A database from a newer evokernel.
     let runtime = tokio::runtime::Builder::new_current_thread()

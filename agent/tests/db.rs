@@ -305,9 +305,9 @@ async fn evaluations_round_trip_and_are_committed_as_they_are_stored() {
         &h,
         0,
         Some(1.5),
-        &[("kl_vs_exact", 0.01), ("ppl_ratio_max", 1.02)],
+        &[("kl_max_mean", 0.01), ("ppl_ratio_max", 1.02)],
     );
-    let failed = evaluation(&h, 1, None, &[("kl_vs_exact", 0.9)]);
+    let failed = evaluation(&h, 1, None, &[("kl_max_mean", 0.9)]);
     db.insert_evaluation(p, &first).await.unwrap();
 
     // Another connection sees the row at once: it was committed, not buffered.
@@ -331,9 +331,9 @@ async fn evaluations_round_trip_and_are_committed_as_they_are_stored() {
         db.insert_evaluation(p, &wrong).await,
         Err(Error::HashMismatch { .. })
     ));
-    let nan = evaluation(&h, 3, Some(1.0), &[("speedup", f64::NAN)]);
+    let nan = evaluation(&h, 3, Some(1.0), &[("attention_speedup", f64::NAN)]);
     let error = db.insert_evaluation(p, &nan).await.unwrap_err();
-    assert!(error.to_string().contains("speedup"), "{error}");
+    assert!(error.to_string().contains("attention_speedup"), "{error}");
     assert!(matches!(
         db.insert_evaluation(999, &evaluation(&h, 0, None, &[]))
             .await,
@@ -379,8 +379,8 @@ async fn filled(db: &Db) -> (i64, [i64; 4]) {
             trial,
             score,
             &[
-                ("speedup", speedup),
-                ("kl_vs_exact", kl),
+                ("attention_speedup", speedup),
+                ("kl_max_mean", kl),
                 ("ppl_ratio_max", 1.0 + kl),
             ],
         );
@@ -413,8 +413,8 @@ async fn summaries_average_trials_and_count_only_programs_that_passed_every_one(
     assert!(first.passed);
     assert_eq!(first.trials, 2);
     assert_eq!(first.score, Some(2.0));
-    assert_eq!(first.speedup, Some(1.5));
-    assert_eq!(first.kl_vs_exact, Some(0.03));
+    assert_eq!(first.attention_speedup, Some(1.5));
+    assert_eq!(first.kl_max_mean, Some(0.03));
     let crossed = db.program_summary(ids[3]).await.unwrap();
     assert!(!crossed.passed, "a failed confirmation fails the program");
     assert_eq!(crossed.score, None);
@@ -453,7 +453,7 @@ async fn best_programs_sort_by_indexed_columns_and_by_any_recorded_metric() {
         vec![(ids[0], 2.0), (ids[1], 2.5)]
     );
     assert_eq!(
-        best("kl_vs_exact", Direction::Min).await,
+        best("kl_max_mean", Direction::Min).await,
         vec![(ids[0], 0.03), (ids[1], 0.10)]
     );
     // Not an indexed column: read from the metrics JSON.
@@ -478,7 +478,7 @@ async fn best_programs_sort_by_indexed_columns_and_by_any_recorded_metric() {
     ));
 
     let pairs = db
-        .metric_pairs("speedup", "ppl_ratio_max", None)
+        .metric_pairs("attention_speedup", "ppl_ratio_max", None)
         .await
         .unwrap();
     let pairs: Vec<(i64, f64, Option<f64>)> = pairs
@@ -653,7 +653,7 @@ async fn concurrent_writers_on_two_handles_all_commit() {
             let text = format!("(kernel k{k})");
             let id = handle.insert_program(&program(c, &h, &text)).await?.id();
             // The evaluation and the bandit's statistics commit together.
-            let e = evaluation(&h, 0, Some(k as f64), &[("speedup", 1.0)]);
+            let e = evaluation(&h, 0, Some(k as f64), &[("attention_speedup", 1.0)]);
             handle
                 .store_evaluation(id, &e, Some(&outcome("perturb", k % 3 == 0, 1.0)))
                 .await
@@ -721,7 +721,10 @@ async fn writer_child() {
             .unwrap()
             .id();
         let e = db
-            .insert_evaluation(id, &evaluation(&h, 0, Some(1.0), &[("speedup", 1.0)]))
+            .insert_evaluation(
+                id,
+                &evaluation(&h, 0, Some(1.0), &[("attention_speedup", 1.0)]),
+            )
             .await
             .unwrap();
         println!("committed {e}");
@@ -795,7 +798,7 @@ fn kill_9_loses_nothing_that_was_committed() {
 }
 
 #[tokio::test]
-async fn summaries_show_a_drop_in_evaluations_kl_and_attention_speedup() {
+async fn summaries_show_the_measured_speedup_and_whether_it_is_slower_than_exact() {
     let dir = ScratchDir::new("db-drop-in-summary");
     let db = Db::open(&dir.db()).await.unwrap();
     let c = db.create_campaign(&campaign("c")).await.unwrap();
@@ -805,16 +808,21 @@ async fn summaries_show_a_drop_in_evaluations_kl_and_attention_speedup() {
         .await
         .unwrap()
         .id();
-    // The drop-in task records `kl_mean` and `attention_speedup`, not `kl_vs_exact` and
-    // `speedup`; the list's columns fall back to them.
+    // The drop-in task's fidelity and measured speed-up; an interval below 1 marks the
+    // program slower than exact attention.
     let e = evaluation(
         &h,
         0,
         Some(2.0),
-        &[("kl_mean", 0.07), ("attention_speedup", 1.5)],
+        &[
+            ("kl_max_mean", 0.07),
+            ("attention_speedup", 0.8),
+            ("attention_speedup_hi", 0.9),
+        ],
     );
     db.insert_evaluation(id, &e).await.unwrap();
     let summary = db.program_summary(id).await.unwrap();
-    assert_eq!(summary.kl_vs_exact, Some(0.07));
-    assert_eq!(summary.speedup, Some(1.5));
+    assert_eq!(summary.kl_max_mean, Some(0.07));
+    assert_eq!(summary.attention_speedup, Some(0.8));
+    assert!(summary.slower_than_exact());
 }

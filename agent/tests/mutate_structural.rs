@@ -116,15 +116,26 @@ fn mask_arm_adds_or_removes_an_arm() {
 }
 
 #[test]
-fn layer_and_head_edits_touch_only_their_overrides() {
-    for (parent, child) in children(Structural::LayerRule) {
-        assert_eq!(parent.rule, child.rule);
-        assert_ne!(parent.layers, child.layers);
+fn a_rule_edit_touches_the_layer_or_the_head_overrides_only() {
+    let (mut layer_edits, mut head_edits) = (0, 0);
+    for (parent, child) in children(Structural::RuleEdit) {
+        let layers_changed = parent.layers != child.layers;
+        let heads_changed = parent.rule.heads != child.rule.heads;
+        assert!(
+            layers_changed != heads_changed,
+            "exactly one override list changes"
+        );
+        let mut rest = child.clone();
+        rest.layers = parent.layers.clone();
+        rest.rule.heads = parent.rule.heads.clone();
+        assert_eq!(rest, parent, "nothing else changes");
+        layer_edits += usize::from(layers_changed);
+        head_edits += usize::from(heads_changed);
     }
-    for (parent, child) in children(Structural::HeadRule) {
-        assert_eq!(parent.layers, child.layers);
-        assert_ne!(parent.rule.heads, child.rule.heads);
-    }
+    assert!(
+        layer_edits > 0 && head_edits > 0,
+        "{layer_edits} layer and {head_edits} head edits"
+    );
 }
 
 #[test]

@@ -22,9 +22,11 @@ mod confirm;
 pub mod drop_in;
 mod error;
 mod evaluation;
+pub mod metric;
 pub mod probe;
 pub mod recommender;
 pub mod seeds;
+pub mod stats;
 
 pub use confirm::{confirm, ConfirmOptions, Confirmation};
 pub use error::{Error, Result};

@@ -52,6 +52,7 @@ use serde::{Deserialize, Serialize};
 use toml::de::{DeTable, DeValue};
 
 use crate::engine::population::ParentMix;
+use crate::mutate::{self, Mutator, Which};
 
 /// What can be wrong with a campaign config; each error names the file, and the field
 /// or seed at fault.
@@ -250,11 +251,12 @@ pub struct Descriptor {
 pub struct Mutators {
     /// Perturbs a numeric parameter within its range.
     pub perturb: Option<Structural>,
-    /// Swaps a subtree for one from `kernels/library`.
-    pub subtree_swap: Option<Structural>,
+    /// Swaps a clause for one from `kernels/library` (`subtree_swap` in older configs).
+    #[serde(alias = "subtree_swap")]
+    pub library_swap: Option<Structural>,
     /// Adds or removes an arm of the mask's `or`/`and`.
     pub mask_arm: Option<Structural>,
-    /// Edits the rule of one layer or one range of heads.
+    /// Adds, retargets or removes the rule of a range of layers or heads.
     pub rule_edit: Option<Structural>,
     /// Combines two parents.
     pub crossover: Option<Structural>,
@@ -443,10 +445,10 @@ impl CampaignConfig {
             }
         }
         let weights = self.mutator_weights();
-        for (name, weight) in &weights {
+        for (mutator, weight) in &weights {
             if !(weight.is_finite() && *weight >= 0.0) {
                 return invalid(
-                    &format!("mutators.{name}.weight"),
+                    &format!("mutators.{}.weight", mutator.name()),
                     "must be a finite number >= 0",
                 );
             }
@@ -511,21 +513,29 @@ impl CampaignConfig {
         Ok(())
     }
 
-    /// The mutators present, by name, with their weights.
-    pub fn mutator_weights(&self) -> Vec<(&'static str, f64)> {
+    /// The mutators present, with their weights.
+    pub fn mutator_weights(&self) -> Vec<(Mutator, f64)> {
         let m = &self.mutators;
         let structural = [
-            ("perturb", &m.perturb),
-            ("subtree_swap", &m.subtree_swap),
-            ("mask_arm", &m.mask_arm),
-            ("rule_edit", &m.rule_edit),
-            ("crossover", &m.crossover),
+            (mutate::Structural::Perturb, &m.perturb),
+            (mutate::Structural::LibrarySwap, &m.library_swap),
+            (mutate::Structural::MaskArm, &m.mask_arm),
+            (mutate::Structural::RuleEdit, &m.rule_edit),
+            (mutate::Structural::Crossover, &m.crossover),
         ];
         structural
             .into_iter()
-            .filter_map(|(name, s)| s.as_ref().map(|s| (name, s.weight)))
-            .chain(m.local_llm.as_ref().map(|l| ("local_llm", l.weight)))
-            .chain(m.remote_llm.as_ref().map(|r| ("remote_llm", r.weight)))
+            .filter_map(|(kind, s)| s.as_ref().map(|s| (Mutator::Structural(kind), s.weight)))
+            .chain(
+                m.local_llm
+                    .as_ref()
+                    .map(|l| (Mutator::Llm(Which::Local), l.weight)),
+            )
+            .chain(
+                m.remote_llm
+                    .as_ref()
+                    .map(|r| (Mutator::Llm(Which::Remote), r.weight)),
+            )
             .collect()
     }
 

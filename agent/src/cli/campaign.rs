@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use agent::campaign::config::Budget;
 use agent::campaign::{CampaignConfig, Strategy};
-use agent::db::{Campaign, CampaignProgress, CampaignStatus, Db, MetricValue};
+use agent::db::{Campaign, CampaignProgress, CampaignStatus, Db, MetricValue, ProgramSummary};
 use agent::engine::run::{self, Options, Summary};
 use agent::llm::replay::ReplayBook;
 use agent::pareto::{hypervolume, pareto_front, Direction};
@@ -189,11 +189,19 @@ where
             db.path().display()
         );
         let summary = run::run(&db, &campaign, Options { progress, replay }).await;
+        let best = match &summary {
+            Ok(Summary {
+                best: Some((id, _)),
+                ..
+            }) => Some(db.program_summary(*id).await?),
+            _ => None,
+        };
         db.close().await?;
-        summary
+        summary.map(|s| (s, best))
     });
     runtime.shutdown_background();
-    print_summary(&result?);
+    let (summary, best) = result?;
+    print_summary(&summary, best.as_ref());
     Ok(())
 }
 
@@ -239,7 +247,7 @@ impl Drop for BarWriter {
     }
 }
 
-fn print_summary(s: &Summary) {
+fn print_summary(s: &Summary, best: Option<&ProgramSummary>) {
     println!(
         "campaign {}: {} ({})",
         s.campaign,
@@ -252,11 +260,25 @@ fn print_summary(s: &Summary) {
         s.evaluations_total,
         s.evaluations_per_hour()
     );
-    match s.best {
-        Some((id, score)) => {
-            println!("  best         #{id}, score {score:.4} (`evokernel kernels show {id}`)")
+    match (s.best, best) {
+        (Some((id, score)), Some(program)) => {
+            let label = if program.slower_than_exact() {
+                "top score"
+            } else {
+                "best"
+            };
+            println!(
+                "  {label:<12} #{id}, score {score:.4}{} (`evokernel kernels show {id}`)",
+                super::kernels::measured(program)
+            );
+            if program.slower_than_exact() {
+                println!(
+                    "               it runs measurably slower than exact attention: no \
+                     program of this run is a faster kernel"
+                );
+            }
         }
-        None => println!("  best         none passed"),
+        _ => println!("  best         none passed"),
     }
     let share = |x: f64| 100.0 * x / s.wall_seconds.max(1e-9);
     println!(

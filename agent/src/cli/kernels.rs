@@ -2,12 +2,13 @@
 
 use std::path::{Path, PathBuf};
 
-use agent::db::{Db, MetricValue, INDEXED_METRICS};
+use agent::db::{Db, MetricValue, ProgramSummary};
 use agent::diff::unified_diff;
 use agent::lineage::Lineage;
 use agent::pareto::{pareto_front, Direction};
 use anyhow::Context;
 use clap::{Args, Subcommand};
+use evaluator::metric;
 use serde_json::json;
 
 use super::table::{number, render, short_hash};
@@ -37,10 +38,10 @@ pub enum Command {
     /// The programs no other beats on both of two metrics.
     Pareto {
         /// The first metric, as NAME or NAME:max / NAME:min.
-        #[arg(long, default_value = "speedup")]
+        #[arg(long, default_value = "attention_speedup")]
         x: String,
         /// The second metric, as NAME or NAME:max / NAME:min.
-        #[arg(long, default_value = "kl_vs_exact")]
+        #[arg(long, default_value = "kl_max_mean")]
         y: String,
         /// Only this campaign (name or id).
         #[arg(long)]
@@ -81,7 +82,8 @@ pub struct BestArgs {
     /// Any metric the evaluations recorded, or `score`.
     #[arg(long, default_value = "score")]
     metric: String,
-    /// Smaller is better (default: the metric's known direction, else larger is better).
+    /// Smaller is better (default: the registered metric's direction; a metric of your own
+    /// task needs --min or --max).
     #[arg(long, conflicts_with = "max")]
     min: bool,
     /// Larger is better.
@@ -153,8 +155,8 @@ async fn list(db: &Db, campaign: Option<String>, limit: u32, json: bool) -> anyh
                     (_, false) => format!("failed: {}", p.stage_reached.as_deref().unwrap_or("?")),
                 },
                 number(p.score),
-                number(p.kl_vs_exact),
-                number(p.speedup),
+                number(p.kl_max_mean),
+                speed_cell(p),
             ]
         })
         .collect();
@@ -167,8 +169,8 @@ async fn list(db: &Db, campaign: Option<String>, limit: u32, json: bool) -> anyh
         "mutator",
         "result",
         "score",
-        "kl_vs_exact",
-        "speedup",
+        "kl_max_mean",
+        "attention_speedup",
     ];
     print!("{}", render(&headers, &rows));
     Ok(())
@@ -227,7 +229,12 @@ async fn show(db: &Db, reference: &str, json: bool) -> anyhow::Result<()> {
             e.seconds()
         ));
         for (name, value) in &e.metrics {
-            out.push_str(&format!("  {name:<24} {}\n", number(Some(*value))));
+            let note = match metric::lookup(name) {
+                Some(m) if m.estimate => format!("  {} (cost-model estimate)", m.unit),
+                Some(m) => format!("  {}", m.unit),
+                None => String::new(),
+            };
+            out.push_str(&format!("  {name:<24} {}{note}\n", number(Some(*value))));
         }
         if !e.feedback.trim().is_empty() {
             out.push_str("  feedback:\n");
@@ -242,53 +249,99 @@ async fn show(db: &Db, reference: &str, json: bool) -> anyhow::Result<()> {
 }
 
 /// A metric and its direction from `NAME`, `NAME:max` or `NAME:min`; without a suffix,
-/// the direction the metric is known to have, else larger is better.
+/// the registered metric's direction (an unregistered metric needs the suffix).
 pub(super) fn metric_spec(spec: &str) -> anyhow::Result<(String, Direction)> {
     let (name, direction) = match spec.rsplit_once(':') {
-        Some((name, "max")) => (name, Some(Direction::Max)),
-        Some((name, "min")) => (name, Some(Direction::Min)),
+        Some((name, "max")) => (name, Direction::Max),
+        Some((name, "min")) => (name, Direction::Min),
         Some((_, other)) => {
             anyhow::bail!("`{spec}`: the direction after `:` must be `max` or `min`, not `{other}`")
         }
-        None => (spec, None),
+        None => (spec, metric::direction(spec)?),
     };
-    Ok((
-        name.to_string(),
-        direction.unwrap_or_else(|| known_direction(name)),
-    ))
+    Ok((name.to_string(), direction))
 }
 
-fn known_direction(metric: &str) -> Direction {
-    INDEXED_METRICS
-        .iter()
-        .find(|m| m.name == metric)
-        .map_or(Direction::Max, |m| m.direction)
+/// The measured speed-up as a cell: `1.45×`, or `0.73× slower` when it is slower than exact
+/// attention beyond noise, or `-` when the task measures none.
+fn speed_cell(p: &ProgramSummary) -> String {
+    match p.attention_speedup {
+        Some(s) if p.slower_than_exact() => format!("{s:.2}× slower"),
+        Some(s) => format!("{s:.2}×"),
+        None => "-".to_string(),
+    }
+}
+
+/// A program's measured speed-up and fidelity as a phrase (empty when it has neither):
+/// what a user deploys for, beside whatever it was ranked by.
+pub(super) fn measured(p: &ProgramSummary) -> String {
+    match (p.attention_speedup, p.kl_max_mean) {
+        (Some(_), Some(kl)) => format!("; attention {} exact's speed, KL {kl:.4}", speed_cell(p)),
+        (Some(_), None) => format!("; attention {} exact's speed", speed_cell(p)),
+        (None, Some(kl)) => format!("; KL {kl:.4}"),
+        (None, None) => String::new(),
+    }
 }
 
 async fn best(db: &Db, args: BestArgs) -> anyhow::Result<()> {
     let direction = match (args.min, args.max) {
         (true, _) => Direction::Min,
         (_, true) => Direction::Max,
-        _ => known_direction(&args.metric),
+        _ => metric::direction(&args.metric)?,
     };
     let campaign_id = campaign_filter(db, args.campaign.as_deref()).await?;
     let best = db
         .best_programs(&args.metric, direction, campaign_id, args.limit)
         .await?;
+    let mut summaries = Vec::with_capacity(best.len());
+    for v in &best {
+        summaries.push(db.program_summary(v.program_id).await?);
+    }
     if args.json {
         return print_json(&json!({
             "metric": args.metric,
             "direction": direction,
-            "programs": best,
+            "programs": best.iter().zip(&summaries).map(|(v, p)| json!({
+                "program_id": v.program_id,
+                "hash": v.hash,
+                "campaign": v.campaign,
+                "trials": v.trials,
+                "value": v.value,
+                "kl_max_mean": p.kl_max_mean,
+                "attention_speedup": p.attention_speedup,
+                "slower_than_exact": p.slower_than_exact(),
+            })).collect::<Vec<_>>(),
         }));
     }
     if best.is_empty() {
         println!("no passed program has a value for `{}`", args.metric);
         return Ok(());
     }
-    let rows = value_rows(&best, |v| vec![number(Some(v.value))]);
-    let headers = ["id", "hash", "campaign", "trials", args.metric.as_str()];
+    let rows: Vec<Vec<String>> = value_rows(&best, |v| vec![number(Some(v.value))])
+        .into_iter()
+        .zip(&summaries)
+        .map(|(mut row, p)| {
+            row.extend([number(p.kl_max_mean), speed_cell(p)]);
+            row
+        })
+        .collect();
+    let headers = [
+        "id",
+        "hash",
+        "campaign",
+        "trials",
+        args.metric.as_str(),
+        "kl_max_mean",
+        "attention_speedup",
+    ];
     print!("{}", render(&headers, &rows));
+    if summaries[0].slower_than_exact() {
+        println!(
+            "#{} ranks first by {} but runs measurably slower than exact attention: it is \
+             not a faster kernel.",
+            summaries[0].id, args.metric
+        );
+    }
     Ok(())
 }
 

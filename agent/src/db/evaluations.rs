@@ -6,37 +6,42 @@ use evaluator::{Evaluation, Provenance, Stage, StageTiming};
 use serde::Serialize;
 
 use super::{Db, Error, MutatorOutcome, Result};
-use crate::pareto::Direction;
 
-/// A metric with a column of its own, so that sorting by it can use an index.
+/// A registered metric (`evaluator::metric`) with a column of its own, so that sorting by it
+/// can use an index.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IndexedMetric {
-    /// The name in `Evaluation::metrics`.
+    /// The name in `Evaluation::metrics`, or `score`.
     pub name: &'static str,
     pub column: &'static str,
-    /// Which way is better.
-    pub direction: Direction,
 }
 
-const fn indexed(name: &'static str, column: &'static str, direction: Direction) -> IndexedMetric {
-    IndexedMetric {
-        name,
-        column,
-        direction,
-    }
-}
-
-/// The metrics copied into columns of their own (each has one in `migrations/`); `score`
-/// is the search's scalar, the rest are keys of `Evaluation::metrics`.
+/// The metrics copied into columns of their own (each has one in `migrations/`).
 pub const INDEXED_METRICS: &[IndexedMetric] = &[
-    indexed("score", "score", Direction::Max),
-    indexed("kl_vs_exact", "kl_vs_exact", Direction::Min),
-    indexed("kl_max_mean", "kl_max_mean", Direction::Min),
-    indexed("speedup", "speedup", Direction::Max),
-    indexed("attention_speedup", "attention_speedup", Direction::Max),
-    indexed("attn_flops_ratio", "attn_flops_ratio", Direction::Min),
-    indexed("kv_bytes_held_ratio", "kv_bytes_held_ratio", Direction::Min),
-    indexed("ndcg@10", "ndcg_at_10", Direction::Max),
+    IndexedMetric {
+        name: "score",
+        column: "score",
+    },
+    IndexedMetric {
+        name: "kl_max_mean",
+        column: "kl_max_mean",
+    },
+    IndexedMetric {
+        name: "attention_speedup",
+        column: "attention_speedup",
+    },
+    IndexedMetric {
+        name: "attn_flops_ratio",
+        column: "attn_flops_ratio",
+    },
+    IndexedMetric {
+        name: "kv_bytes_held_ratio",
+        column: "kv_bytes_held_ratio",
+    },
+    IndexedMetric {
+        name: "ndcg@10",
+        column: "ndcg_at_10",
+    },
 ];
 
 /// The indexed column of a metric, if it has one.

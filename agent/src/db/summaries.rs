@@ -28,12 +28,22 @@ pub struct ProgramSummary {
     /// The stage the latest trial reached.
     pub stage_reached: Option<String>,
     pub score: Option<f64>,
-    /// Mean next-token KL against exact attention (`kl_vs_exact`, or the drop-in task's
-    /// `kl_mean`), averaged over the trials.
-    pub kl_vs_exact: Option<f64>,
-    /// `speedup`, or the drop-in task's `attention_speedup`.
-    pub speedup: Option<f64>,
+    /// The drop-in task's fidelity, `kl_max_mean`, averaged over the trials.
+    pub kl_max_mean: Option<f64>,
+    /// The drop-in task's measured `attention_speedup`, averaged over the trials.
+    pub attention_speedup: Option<f64>,
+    /// The upper end of its confidence interval, the largest over the trials: below 1, the
+    /// program is measurably slower than exact attention.
+    pub attention_speedup_hi: Option<f64>,
     pub created_at: String,
+}
+
+impl ProgramSummary {
+    /// Whether its measured attention time is slower than exact attention's beyond the
+    /// measurement's noise, in every trial.
+    pub fn slower_than_exact(&self) -> bool {
+        self.attention_speedup_hi.is_some_and(|hi| hi < 1.0)
+    }
 }
 
 /// A passed program's value of one or two metrics.
@@ -83,11 +93,11 @@ const SUMMARY_SELECT: &str = "SELECT p.id, p.hash, c.name AS campaign, p.island,
      (SELECT stage_reached FROM evaluations WHERE program_id = p.id ORDER BY trial DESC LIMIT 1) \
          AS stage_reached, \
      CASE WHEN min(e.passed) = 1 THEN avg(e.score) END AS score, \
+     CASE WHEN min(e.passed) = 1 THEN avg(e.kl_max_mean) END AS kl_max_mean, \
+     CASE WHEN min(e.passed) = 1 THEN avg(e.attention_speedup) END AS attention_speedup, \
      CASE WHEN min(e.passed) = 1 THEN \
-         avg(coalesce(e.kl_vs_exact, json_extract(e.metrics_json, '$.kl_mean'))) END \
-         AS kl_vs_exact, \
-     CASE WHEN min(e.passed) = 1 THEN avg(coalesce(e.speedup, e.attention_speedup)) END \
-         AS speedup, p.created_at \
+         max(json_extract(e.metrics_json, '$.attention_speedup_hi')) END \
+         AS attention_speedup_hi, p.created_at \
      FROM programs p JOIN campaigns c ON c.id = p.campaign_id \
      LEFT JOIN evaluations e ON e.program_id = p.id";
 

@@ -3,12 +3,13 @@
 //! mutator weighted 0 is never chosen and a heavier one is tried more while evidence is thin.
 
 use rand::Rng;
-use serde::{Deserialize, Serialize};
+
+use crate::mutate::Mutator;
 
 /// One mutator's record; the database keeps it so that a resumed campaign goes on learning.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Arm {
-    pub name: String,
+    pub mutator: Mutator,
     pub weight: f64,
     pub uses: u64,
     /// Sum of rewards in [0, 1].
@@ -16,9 +17,9 @@ pub struct Arm {
 }
 
 impl Arm {
-    pub fn new(name: impl Into<String>, weight: f64) -> Self {
+    pub fn new(mutator: Mutator, weight: f64) -> Self {
         Self {
-            name: name.into(),
+            mutator,
             weight,
             uses: 0,
             reward: 0.0,
@@ -103,13 +104,14 @@ mod tests {
     use rand::rngs::StdRng;
     use rand::SeedableRng;
 
+    /// The i-th mutator, for arms whose identity does not matter here.
+    fn arm(i: usize, weight: f64) -> Arm {
+        Arm::new(Mutator::ALL[i], weight)
+    }
+
     #[test]
     fn untried_arms_come_first_and_zero_weights_never() {
-        let mut bandit = Bandit::new(vec![
-            Arm::new("a", 1.0),
-            Arm::new("off", 0.0),
-            Arm::new("b", 1.0),
-        ]);
+        let mut bandit = Bandit::new(vec![arm(0, 1.0), arm(1, 0.0), arm(2, 1.0)]);
         let mut rng = StdRng::seed_from_u64(1);
         let first = bandit.choose(&mut rng).unwrap();
         bandit.record(first, 0.0);
@@ -121,14 +123,12 @@ mod tests {
             assert_ne!(arm, 1, "a weight of 0 turns an arm off");
             bandit.record(arm, 0.0);
         }
-        assert!(Bandit::new(vec![Arm::new("off", 0.0)])
-            .choose(&mut rng)
-            .is_none());
+        assert!(Bandit::new(vec![arm(0, 0.0)]).choose(&mut rng).is_none());
     }
 
     #[test]
     fn the_better_arm_is_pulled_far_more_often() {
-        let mut bandit = Bandit::new(vec![Arm::new("good", 1.0), Arm::new("bad", 1.0)]);
+        let mut bandit = Bandit::new(vec![arm(0, 1.0), arm(1, 1.0)]);
         let mut rng = StdRng::seed_from_u64(2);
         for _ in 0..400 {
             let arm = bandit.choose(&mut rng).unwrap();
@@ -149,7 +149,7 @@ mod tests {
 
     #[test]
     fn rewards_are_clamped() {
-        let mut bandit = Bandit::new(vec![Arm::new("a", 1.0)]);
+        let mut bandit = Bandit::new(vec![arm(0, 1.0)]);
         bandit.record(0, 7.0);
         bandit.record(0, f64::NAN);
         bandit.record(0, -1.0);

@@ -28,6 +28,7 @@ use crate::llm::replay::ReplayBook;
 use crate::llm::{Reply, Request};
 use crate::mutate::prompt::{self, Brief, Proposal, Scored};
 use crate::mutate::structural::{self, Structural};
+pub use crate::mutate::Which;
 
 /// Tokens the research stage may write: a two-line answer.
 const RESEARCH_TOKENS: usize = 160;
@@ -47,22 +48,6 @@ pub enum Backend {
     Remote(RemoteLlm),
     /// Answered from a recording; no model is loaded.
     Replay,
-}
-
-/// Which configured model an LLM mutation uses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Which {
-    Local,
-    Remote,
-}
-
-impl Which {
-    pub fn name(self) -> &'static str {
-        match self {
-            Which::Local => "local_llm",
-            Which::Remote => "remote_llm",
-        }
-    }
 }
 
 /// What every job of a campaign shares.
@@ -168,7 +153,6 @@ pub enum Work {
     Pending(Program),
     Edit {
         arm: usize,
-        arm_name: &'static str,
         kind: Structural,
         island: u32,
         parent: Parent,
@@ -277,7 +261,6 @@ pub async fn run(ctx: Arc<Context>, plan: Plan) -> anyhow::Result<Report> {
         }
         Work::Edit {
             arm,
-            arm_name,
             kind,
             island,
             parent,
@@ -313,7 +296,7 @@ pub async fn run(ctx: Arc<Context>, plan: Plan) -> anyhow::Result<Report> {
                         mutator: kind.name(),
                         proposal: None,
                     };
-                    let scored = Some((arm_name, parent.score));
+                    let scored = Some((kind.name(), parent.score));
                     let candidate = Candidate::of(&child);
                     match store_and_evaluate(&ctx, &mut budget, &candidate, &lineage, scored)
                         .await?
@@ -330,7 +313,7 @@ pub async fn run(ctx: Arc<Context>, plan: Plan) -> anyhow::Result<Report> {
                 }
             }
             if report.evaluated.is_empty() && !report.out_of_budget {
-                count_unevaluated(&ctx, arm_name, &mut report).await?;
+                count_unevaluated(&ctx, kind.name(), &mut report).await?;
             }
             report
         }
@@ -409,11 +392,11 @@ impl Budget {
 /// Counts a use that produced nothing to evaluate, so the bandit learns from it too.
 async fn count_unevaluated(
     ctx: &Context,
-    arm_name: &str,
+    mutator: &str,
     report: &mut Report,
 ) -> anyhow::Result<()> {
     let outcome = MutatorOutcome {
-        mutator: arm_name,
+        mutator,
         improved: false,
         reward: 0.0,
     };

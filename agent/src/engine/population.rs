@@ -37,9 +37,19 @@ impl Axis {
 pub struct Member {
     pub id: i64,
     pub score: f64,
+    /// Breaks ties between equal scores, larger first: a deterministic estimate such as the
+    /// cost model's, so that programs a measured score cannot tell apart still rank.
+    pub tiebreak: f64,
     pub descriptors: BTreeMap<String, f64>,
     /// Two objectives, both to maximise (negate one to be minimised).
     pub objectives: [f64; 2],
+}
+
+impl Member {
+    /// What ranks it: the score, then the tiebreak.
+    fn standing(&self) -> (f64, f64) {
+        (self.score, self.tiebreak)
+    }
 }
 
 /// How often a parent comes from each source, and how strongly rank favours the best.
@@ -92,7 +102,9 @@ impl Island {
             return false;
         };
         match self.cells.get(&cell) {
-            Some(&elite) if self.members[elite].score >= self.members[index].score => false,
+            Some(&elite) if self.members[elite].standing() >= self.members[index].standing() => {
+                false
+            }
             _ => {
                 self.cells.insert(cell, index);
                 true
@@ -123,10 +135,15 @@ impl Island {
             .collect()
     }
 
-    /// Members by score, best first (ties by id, for reproducibility).
+    /// Members by score, best first (ties by the tiebreak, then by id for reproducibility).
     pub fn ranked(&self) -> Vec<&Member> {
         let mut ranked: Vec<&Member> = self.members.iter().collect();
-        ranked.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.id.cmp(&b.id)));
+        ranked.sort_by(|a, b| {
+            b.standing()
+                .partial_cmp(&a.standing())
+                .unwrap_or(std::cmp::Ordering::Equal)
+                .then(a.id.cmp(&b.id))
+        });
         ranked
     }
 
@@ -219,6 +236,7 @@ mod tests {
         Member {
             id,
             score,
+            tiebreak: 0.0,
             descriptors: BTreeMap::from([("kv_bytes_held_ratio".to_string(), kv)]),
             objectives: [score, -kv],
         }
@@ -255,6 +273,25 @@ mod tests {
             "an id enters once"
         );
         assert_eq!(island.elites(), vec![(vec![0], 3), (vec![3], 4)]);
+    }
+
+    #[test]
+    fn equal_scores_rank_by_the_tiebreak() {
+        let mut island = Island::default();
+        let with_tiebreak = |id, tiebreak| Member {
+            tiebreak,
+            ..member(id, 1.0, 0.1)
+        };
+        island.add(&axes(), with_tiebreak(1, 1.5));
+        assert!(
+            island.add(&axes(), with_tiebreak(2, 2.5)),
+            "same score, cheaper"
+        );
+        island.add(&axes(), with_tiebreak(3, 2.0));
+        island.add(&axes(), member(4, 1.1, 0.9));
+        let order: Vec<i64> = island.ranked().iter().map(|m| m.id).collect();
+        assert_eq!(order, vec![4, 2, 3, 1]);
+        assert_eq!(island.elites()[0], (vec![0], 2));
     }
 
     #[test]

@@ -27,14 +27,14 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use tokio::task::JoinHandle;
 
-use super::job::{self, Backend, LlmSlot, Parent, Plan, Report, Which, Work};
+use super::job::{self, Backend, LlmSlot, Parent, Plan, Report, Work};
 use super::search::{Origin, Search};
 use crate::campaign::{CampaignConfig, Strategy, TaskName};
 use crate::db::{Campaign, CampaignStatus, Db, NewCampaign, NewProgram, Program};
 use crate::llm::local::LocalLlm;
 use crate::llm::remote::{RemoteConfig, RemoteLlm};
 use crate::llm::replay::ReplayBook;
-use crate::mutate::Structural;
+use crate::mutate::{Mutator, Structural};
 
 /// Consecutive jobs that evaluate nothing (failed or repeated proposals) before the
 /// campaign concludes its mutators have nothing new to offer.
@@ -364,37 +364,26 @@ impl Turns<'_> {
             .llm_tokens
             .is_none_or(|b| self.ctx.tokens_used.load(Ordering::Relaxed) < b);
         let arm = self.choose_arm(rng, token_budget_left)?;
-        let arm_name = name_of(&search.bandit.arms[arm].name);
-        let which = match arm_name {
-            "local_llm" => Some(Which::Local),
-            "remote_llm" => Some(Which::Remote),
-            _ => None,
-        };
-        if let Some(which) = which {
-            let k = self.config.search.inspirations as usize;
-            let inspirations = members
-                .inspirations(parent.id, k, rng)
-                .into_iter()
-                .filter_map(|m| self.parent(m.id))
-                .collect();
-            let work = Work::Llm {
-                arm,
-                which,
-                island,
-                parent,
-                inspirations,
-                insights: search.insights.clone(),
-                seed: rng.random(),
-            };
-            return Some((work, island));
-        }
-        let kind = match arm_name {
-            "perturb" => Structural::Perturb,
-            "subtree_swap" => Structural::LibrarySwap,
-            "mask_arm" => Structural::MaskArm,
-            "rule_edit" if rng.random_bool(0.5) => Structural::LayerRule,
-            "rule_edit" => Structural::HeadRule,
-            _ => Structural::Crossover,
+        let kind = match search.bandit.arms[arm].mutator {
+            Mutator::Structural(kind) => kind,
+            Mutator::Llm(which) => {
+                let k = self.config.search.inspirations as usize;
+                let inspirations = members
+                    .inspirations(parent.id, k, rng)
+                    .into_iter()
+                    .filter_map(|m| self.parent(m.id))
+                    .collect();
+                let work = Work::Llm {
+                    arm,
+                    which,
+                    island,
+                    parent,
+                    inspirations,
+                    insights: search.insights.clone(),
+                    seed: rng.random(),
+                };
+                return Some((work, island));
+            }
         };
         // Crossover's second parent: another draw from the island.
         let other = (kind == Structural::Crossover)
@@ -407,7 +396,6 @@ impl Turns<'_> {
             .flatten();
         let work = Work::Edit {
             arm,
-            arm_name,
             kind,
             island,
             parent,
@@ -422,7 +410,7 @@ impl Turns<'_> {
         let mut bandit = self.search.bandit.clone();
         if !llm_allowed {
             for arm in &mut bandit.arms {
-                if arm.name.ends_with("_llm") {
+                if matches!(arm.mutator, Mutator::Llm(_)) {
                     arm.weight = 0.0;
                 }
             }
@@ -500,23 +488,6 @@ fn job_seed(seed: u64, index: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
-}
-
-/// An arm's name as a `'static` string (arms are named from the config's fixed list).
-fn name_of(name: &str) -> &'static str {
-    const NAMES: [&str; 7] = [
-        "perturb",
-        "subtree_swap",
-        "mask_arm",
-        "rule_edit",
-        "crossover",
-        "local_llm",
-        "remote_llm",
-    ];
-    NAMES
-        .into_iter()
-        .find(|n| *n == name)
-        .expect("arms come from CampaignConfig::mutator_weights")
 }
 
 fn origin(program: &Program) -> Origin<'_> {

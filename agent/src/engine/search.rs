@@ -71,7 +71,7 @@ impl Search {
         let arms = config
             .mutator_weights()
             .into_iter()
-            .map(|(name, weight)| Arm::new(name, weight))
+            .map(|(mutator, weight)| Arm::new(mutator, weight))
             .collect();
         Search {
             axes,
@@ -89,7 +89,8 @@ impl Search {
     /// Takes in the statistics a resumed campaign's bandit had learnt.
     pub fn restore_bandit(&mut self, stats: &[MutatorStats]) {
         for arm in &mut self.bandit.arms {
-            if let Some(s) = stats.iter().find(|s| s.mutator == arm.name) {
+            let name = arm.mutator.name();
+            if let Some(s) = stats.iter().find(|s| s.mutator == name) {
                 arm.uses = s.uses.max(0) as u64;
                 arm.reward = s.reward_sum;
             }
@@ -128,6 +129,7 @@ impl Search {
             let member = Member {
                 id: origin.id,
                 score,
+                tiebreak: first.metrics.get(TIEBREAK).copied().unwrap_or(0.0),
                 descriptors: first.descriptors.clone(),
                 objectives: objectives(score, first),
             };
@@ -189,6 +191,10 @@ fn cell_key(cell: &[usize]) -> String {
         .collect::<Vec<_>>()
         .join(",")
 }
+
+/// The metric that orders programs of equal score: the cost model's FLOP reduction, which a
+/// drop-in task reports beside its measured speed-up (other tasks rank ties by id).
+const TIEBREAK: &str = "flops_reduction";
 
 /// The two objectives of the islands' Pareto fronts, both to maximise: the score, and the
 /// fidelity (KL) when the task measures one, else the first descriptor, as a cost.

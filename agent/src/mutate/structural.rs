@@ -22,21 +22,18 @@ pub enum Structural {
     LibrarySwap,
     /// Add a mask arm (sinks, window, chunk, dilation, diagonal) or remove one.
     MaskArm,
-    /// Add, retarget or remove a `(layers SEL BODY)` override.
-    LayerRule,
-    /// Add, retarget or remove a `(heads SEL BODY)` override.
-    HeadRule,
+    /// Add, retarget or remove a `(layers SEL BODY)` or `(heads SEL BODY)` override.
+    RuleEdit,
     /// Each clause from one of two parents.
     Crossover,
 }
 
 impl Structural {
-    pub const ALL: [Structural; 6] = [
+    pub const ALL: [Structural; 5] = [
         Structural::Perturb,
         Structural::LibrarySwap,
         Structural::MaskArm,
-        Structural::LayerRule,
-        Structural::HeadRule,
+        Structural::RuleEdit,
         Structural::Crossover,
     ];
 
@@ -45,8 +42,7 @@ impl Structural {
             Structural::Perturb => "perturb",
             Structural::LibrarySwap => "library_swap",
             Structural::MaskArm => "mask_arm",
-            Structural::LayerRule => "layer_rule",
-            Structural::HeadRule => "head_rule",
+            Structural::RuleEdit => "rule_edit",
             Structural::Crossover => "crossover",
         }
     }
@@ -73,8 +69,10 @@ pub fn mutate<R: Rng>(
             Structural::Perturb => perturb(&mut child, rng),
             Structural::LibrarySwap => library_swap(&mut child, rng),
             Structural::MaskArm => mask_arm(&mut child, rng),
-            Structural::LayerRule => override_edit(&mut child.layers, MAX_LAYER, rng),
-            Structural::HeadRule => override_edit(&mut child.rule.heads, MAX_HEAD, rng),
+            Structural::RuleEdit if rng.random_bool(0.5) => {
+                override_edit(&mut child.layers, MAX_LAYER, rng)
+            }
+            Structural::RuleEdit => override_edit(&mut child.rule.heads, MAX_HEAD, rng),
             Structural::Crossover => crossover(&mut child, other?, rng),
         };
         if edited && child != *parent && check(&child).is_ok() {

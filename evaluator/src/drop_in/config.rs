@@ -76,8 +76,10 @@ impl Source {
 /// perplexity exceeds `max_ppl_ratio` times exact attention's. A candidate that passes
 /// scores the `objective`'s value (higher is better), taken at the timing context:
 ///
-/// - `attention_speedup`: median exact attention time / median candidate attention time
-///   (the time inside the attention kernels of one prefill);
+/// - `attention_speedup`: exact attention time / candidate attention time (the time inside
+///   the attention kernels of one prefill), the geometric mean over `timing_repeats`
+///   interleaved pairs; it counts only beyond noise: when its 95% confidence interval
+///   holds 1, the score is exactly 1.0;
 /// - `forward_speedup`: the same for the whole prefill;
 /// - `flops_reduction`: 1 / `attn_flops_ratio` (cost model, deterministic);
 /// - `kv_held_reduction`: 1 / `kv_bytes_held_ratio` (cost model, deterministic).
@@ -159,6 +161,21 @@ impl DropInConfig {
             );
         }
         let rule = &self.score;
+        let timed = matches!(
+            rule.objective,
+            Objective::AttentionSpeedup | Objective::ForwardSpeedup
+        );
+        if timed && self.timing_repeats < 3 {
+            return bad(
+                "timing_repeats",
+                format!(
+                    "{} is too few for the measured objective {}: its confidence interval \
+                     needs at least 3 interleaved pairs (5 or more for a tight one)",
+                    self.timing_repeats,
+                    rule.objective.metric()
+                ),
+            );
+        }
         if !(rule.kl_epsilon.is_finite() && rule.kl_epsilon >= 0.0) {
             return bad(
                 "score.kl_epsilon",

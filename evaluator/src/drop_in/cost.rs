@@ -2,12 +2,14 @@
 //! measured prefill and attention time of the candidate against exact attention.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use kernels::akl::{self, ModelShape};
 
 use super::{could_not_run, Candidate, DropInTask, TrialData};
-use crate::cascade::Stop;
-use crate::probe::time_forward;
+use crate::cascade::{failed, Stop};
+use crate::probe::{time_forward, ForwardTime};
+use crate::stats::{median, Speedup};
 use crate::{Evaluation, Stage};
 
 impl DropInTask {
@@ -46,8 +48,18 @@ impl DropInTask {
                 ("flops_reduction", "attn_flops_ratio"),
                 ("kv_held_reduction", "kv_bytes_held_ratio"),
             ] {
-                let value = 1.0 / metrics[ratio];
-                metrics.insert(reduction.into(), value);
+                let value = metrics[ratio];
+                if !(value.is_finite() && value > 0.0) {
+                    return Err(failed(
+                        Stage::Cost,
+                        format!(
+                            "the cost model prices {ratio} at {value} at {timing_ctx} tokens: \
+                             a kernel that does no attention work or holds no cache is not a \
+                             kernel. Keep every query's own key visible and in the cache."
+                        ),
+                    ));
+                }
+                metrics.insert(reduction.into(), 1.0 / value);
             }
         }
         self.time(candidate, data, timing_ctx, metrics)
@@ -83,58 +95,37 @@ impl DropInTask {
                 }
             }
         }
-        let summary = |times: Vec<f64>| -> (f64, f64) {
-            let median = median(&times);
-            let (lo, hi) = times
-                .iter()
-                .fold((f64::INFINITY, 0f64), |(lo, hi), &t| (lo.min(t), hi.max(t)));
-            (median, (hi - lo) / median.max(1e-12))
-        };
-        let (forward, forward_spread) =
-            summary(ours.iter().map(|t| t.forward.as_secs_f64()).collect());
-        let (attention, attention_spread) =
-            summary(ours.iter().map(|t| t.attention.as_secs_f64()).collect());
-        let (forward_exact, forward_exact_spread) =
-            summary(theirs.iter().map(|t| t.forward.as_secs_f64()).collect());
-        let (attention_exact, attention_exact_spread) =
-            summary(theirs.iter().map(|t| t.attention.as_secs_f64()).collect());
-        for (name, value) in [
-            ("timing_context", ctx as f64),
-            ("timing_repeats", self.config.timing_repeats as f64),
-            ("forward_seconds", forward),
-            ("forward_seconds_spread", forward_spread),
-            ("forward_seconds_exact", forward_exact),
-            ("forward_seconds_exact_spread", forward_exact_spread),
-            ("attention_seconds", attention),
-            ("attention_seconds_spread", attention_spread),
-            ("attention_seconds_exact", attention_exact),
-            ("attention_seconds_exact_spread", attention_exact_spread),
-            ("forward_speedup", forward_exact / forward.max(1e-12)),
-            ("attention_speedup", attention_exact / attention.max(1e-12)),
-        ] {
-            metrics.insert(name.into(), value);
+        metrics.insert("timing_context".into(), ctx as f64);
+        metrics.insert("timing_repeats".into(), self.config.timing_repeats as f64);
+        let parts: [(&str, TimePart); 2] =
+            [("forward", |t| t.forward), ("attention", |t| t.attention)];
+        for (name, part) in parts {
+            let seconds = |times: &[ForwardTime]| -> Vec<f64> {
+                times.iter().map(|t| part(t).as_secs_f64()).collect()
+            };
+            let (ours, theirs) = (seconds(&ours), seconds(&theirs));
+            for (suffix, times) in [("", &ours), ("_exact", &theirs)] {
+                metrics.insert(format!("{name}_seconds{suffix}"), median(times));
+                metrics.insert(format!("{name}_seconds{suffix}_spread"), spread(times));
+            }
+            let speedup = Speedup::from_pairs(&theirs, &ours);
+            metrics.insert(format!("{name}_speedup"), speedup.estimate);
+            if speedup.hi.is_finite() {
+                metrics.insert(format!("{name}_speedup_lo"), speedup.lo);
+                metrics.insert(format!("{name}_speedup_hi"), speedup.hi);
+            }
         }
         Ok(())
     }
 }
 
-/// The median (the mean of the middle two for an even count).
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let mid = sorted.len() / 2;
-    if sorted.len().is_multiple_of(2) {
-        (sorted[mid - 1] + sorted[mid]) / 2.0
-    } else {
-        sorted[mid]
-    }
-}
+/// Which part of a timed prefill a speed-up is about.
+type TimePart = fn(&ForwardTime) -> Duration;
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn median_of_odd_and_even_counts() {
-        assert_eq!(super::median(&[3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(super::median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
-    }
+/// (largest − smallest) / median.
+fn spread(times: &[f64]) -> f64 {
+    let (lo, hi) = times
+        .iter()
+        .fold((f64::INFINITY, 0f64), |(lo, hi), &t| (lo.min(t), hi.max(t)));
+    (hi - lo) / median(times).max(1e-12)
 }

@@ -28,6 +28,7 @@ pub use slices::{Corpus, Slice};
 use crate::cascade::{failed, static_check, Cascade, Stop};
 use crate::probe::{self, CausalityViolation, Difference, Trace};
 use crate::seeds::{trial_seed, SplitMix64};
+use crate::stats::Speedup;
 use crate::{Evaluation, Provenance, Result, Stage, Task, EVALUATOR_VERSION};
 
 /// The drop-in task, with its model, texts and reference cache loaded once.
@@ -385,15 +386,39 @@ impl DropInTask {
 
     fn score(&self, evaluation: &mut Evaluation) -> std::result::Result<(), Stop> {
         let objective = self.config.score.objective;
-        let Some(&value) = evaluation.metrics.get(objective.metric()) else {
+        let metric = objective.metric();
+        let Some(&measured) = evaluation.metrics.get(metric) else {
             return Err(failed(
                 Stage::Score,
                 format!(
-                    "the objective {} needs the cost model, which only an AKL program has",
-                    objective.metric()
+                    "the objective {metric} needs the cost model, which only an AKL program has"
                 ),
             ));
         };
+        // A measured speed-up counts only beyond its noise: inside its confidence interval
+        // the candidate is as fast as exact attention, whatever the estimate says.
+        let value = match objective {
+            Objective::AttentionSpeedup | Objective::ForwardSpeedup => {
+                let bound = |end: &str| evaluation.metrics.get(&format!("{metric}_{end}")).copied();
+                let speedup = Speedup {
+                    estimate: measured,
+                    lo: bound("lo").unwrap_or(0.0),
+                    hi: bound("hi").unwrap_or(f64::INFINITY),
+                };
+                speedup.beyond_noise()
+            }
+            Objective::FlopsReduction | Objective::KvHeldReduction => measured,
+        };
+        if !(value.is_finite() && value > 0.0) {
+            return Err(failed(
+                Stage::Score,
+                format!(
+                    "the objective {metric} is {value}: a cost of zero or a non-finite \
+                     measurement is not a score. Keep every query's own key visible so \
+                     that attention does some work."
+                ),
+            ));
+        }
         evaluation.score = Some(value);
         for name in ["attn_flops_ratio", "kv_bytes_held_ratio"] {
             if let Some(&v) = evaluation.metrics.get(name) {
@@ -404,14 +429,17 @@ impl DropInTask {
         let get = |name: &str| m.get(name).copied().unwrap_or(f64::NAN);
         evaluation.feedback = format!(
             "passed every stage; score {value:.4} ({}). Worst mean KL {:.4} nats (limit {}); \
-             attention {:.2}× and prefill {:.2}× as fast as exact at {} tokens; cost model: \
-             {:.3} of exact's attention FLOPs, {:.3} of its KV bytes held. To score higher, \
-             do less attention work (fewer visible keys, fewer pages) while staying under \
-             the KL limit.",
+             attention {:.2}× (95% interval {:.2}–{:.2}) and prefill {:.2}× as fast as exact \
+             at {} tokens; cost model: {:.3} of exact's attention FLOPs, {:.3} of its KV \
+             bytes held. A speed-up inside its interval counts as 1.0. To score higher, do \
+             less attention work (fewer visible keys, fewer pages, simpler score and mask \
+             expressions) while staying under the KL limit.",
             objective.metric(),
             get("kl_max_mean"),
             self.config.score.kl_epsilon,
             get("attention_speedup"),
+            get("attention_speedup_lo"),
+            get("attention_speedup_hi"),
             get("forward_speedup"),
             self.config.timing_context(),
             get("attn_flops_ratio"),
