@@ -51,7 +51,7 @@ fn the_research_prompt_shows_the_parent_its_numbers_and_the_notes() {
         assert!(system.contains("AKL"));
         for needle in [
             "(kernel sink_window",
-            "kl_vs_exact 0.0345",
+            "kl_max_mean 0.0345",
             "score 2.5000",
             "fidelity passed",
             "(kernel quest",
