@@ -7,7 +7,7 @@ use kernels::akl::{self, ModelShape};
 
 use super::{could_not_run, Candidate, DropInTask, TrialData};
 use crate::cascade::Stop;
-use crate::probe::time_forward;
+use crate::probe::{time_forward, ForwardTime};
 use crate::{Evaluation, Stage};
 
 impl DropInTask {
@@ -83,6 +83,7 @@ impl DropInTask {
                 }
             }
         }
+        record_kv_held(&ours, &theirs, ctx, metrics);
         let summary = |times: Vec<f64>| -> (f64, f64) {
             let median = median(&times);
             let (lo, hi) = times
@@ -118,6 +119,26 @@ impl DropInTask {
     }
 }
 
+/// The bytes of keys and values the candidate's cache and exact attention's hold after the
+/// timed prefills of `ctx` tokens, measured: `kv_bytes_held_measured` per token, and its
+/// ratio to exact's, beside the cost model's `kv_bytes_held_ratio`.
+fn record_kv_held(
+    ours: &[ForwardTime],
+    theirs: &[ForwardTime],
+    ctx: usize,
+    metrics: &mut BTreeMap<String, f64>,
+) {
+    let (Some(ours), Some(theirs)) = (ours.last(), theirs.last()) else {
+        return;
+    };
+    let held = ours.kv_bytes_held as f64;
+    metrics.insert("kv_bytes_held_measured".into(), held / ctx.max(1) as f64);
+    metrics.insert(
+        "kv_bytes_held_measured_ratio".into(),
+        held / (theirs.kv_bytes_held as f64).max(1.0),
+    );
+}
+
 /// The median (the mean of the middle two for an even count).
 fn median(values: &[f64]) -> f64 {
     let mut sorted = values.to_vec();
@@ -132,6 +153,24 @@ fn median(values: &[f64]) -> f64 {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use crate::probe::ForwardTime;
+
+    #[test]
+    fn measured_kv_held_is_per_token_and_against_exact() {
+        let held = |kv_bytes_held| ForwardTime {
+            forward: Duration::ZERO,
+            attention: Duration::ZERO,
+            kv_bytes_held,
+        };
+        let mut metrics = BTreeMap::new();
+        super::record_kv_held(&[held(4096)], &[held(16384)], 1024, &mut metrics);
+        assert_eq!(metrics["kv_bytes_held_measured"], 4.0);
+        assert_eq!(metrics["kv_bytes_held_measured_ratio"], 0.25);
+    }
+
     #[test]
     fn median_of_odd_and_even_counts() {
         assert_eq!(super::median(&[3.0, 1.0, 2.0]), 2.0);
