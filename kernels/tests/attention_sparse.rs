@@ -12,8 +12,9 @@ use attention_case::{
     max_error, tiles_strategy, Case,
 };
 use kernels::attention::{
-    merge_partial, AttentionInput, AttentionKernel, Coverage, HeadMix, KeyRule, Mask, NaiveAttention, PageSummary,
-    RuleAttention, ScoreModifier, SinkWindow, StarAttention, StarRule, TiledAttention, TopKPages,
+    merge_partial, AttentionInput, AttentionKernel, Coverage, HeadMix, KeyRule, Mask,
+    NaiveAttention, PageSummary, RuleAttention, ScoreModifier, SinkWindow, StarAttention, StarRule,
+    TiledAttention, TopKPages,
 };
 use kernels::Error;
 use proptest::prelude::*;

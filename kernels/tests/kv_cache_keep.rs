@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use common::{write_model, ScratchFile, Spec, VOCAB};
 use kernels::akl::{self, ModelShape};
 use kernels::attention::{
-    AttentionInput, AttentionKernel, CachePolicy, HeadMix, KeyRule, LayerAttention,
-    NaiveAttention, PageSummary, RuleAttention, SinkWindow, TopKPages,
+    AttentionInput, AttentionKernel, CachePolicy, HeadMix, KeyRule, LayerAttention, NaiveAttention,
+    PageSummary, RuleAttention, SinkWindow, TopKPages,
 };
 use kernels::{Logits, Model};
 use proptest::prelude::*;
@@ -40,7 +40,9 @@ fn model() -> &'static Model {
 
 fn tokens(len: usize, seed: u64) -> Vec<u32> {
     let mut rng = StdRng::seed_from_u64(seed);
-    (0..len).map(|_| rng.random_range(0..VOCAB as u32)).collect()
+    (0..len)
+        .map(|_| rng.random_range(0..VOCAB as u32))
+        .collect()
 }
 
 /// The f64 oracle under a rule, on a cache that keeps every key.
@@ -210,7 +212,9 @@ fn allocation_stays_bounded_by_the_kept_keys() {
     let exact = model.attention_kernels().to_vec();
     let mut full = model.new_cache();
     for piece in tokens.chunks(chunk) {
-        model.forward_with(&mut full, piece, Logits::Last, &exact).unwrap();
+        model
+            .forward_with(&mut full, piece, Logits::Last, &exact)
+            .unwrap();
     }
     assert_eq!(full.bytes_held(), len * row_bytes(model));
     assert!(full.bytes_allocated() >= len * row_bytes(model));
@@ -227,9 +231,13 @@ fn akl_sink_window(keep: bool) -> Vec<Arc<dyn AttentionKernel>> {
     let text = format!("(kernel sw (mask (and causal {rule})) {cache})");
     let checked = akl::parse_and_check(&text).unwrap();
     let model = model();
-    akl::instantiate(&checked, &ModelShape::of(&model.config), model.config.attention_scale)
-        .unwrap()
-        .kernels
+    akl::instantiate(
+        &checked,
+        &ModelShape::of(&model.config),
+        model.config.attention_scale,
+    )
+    .unwrap()
+    .kernels
 }
 
 #[test]
@@ -238,13 +246,19 @@ fn a_program_drops_keys_only_with_a_keep_policy() {
     let (all_logits, all) = run_in_calls(&akl_sink_window(false), &tokens, &[7, 1]);
     let (keep_logits, kept) = run_in_calls(&akl_sink_window(true), &tokens, &[7, 1]);
     for layer in 0..2 {
-        assert_eq!(all.held_positions(layer).unwrap(), (0..60).collect::<Vec<_>>());
+        assert_eq!(
+            all.held_positions(layer).unwrap(),
+            (0..60).collect::<Vec<_>>()
+        );
         let want: Vec<usize> = (0..2).chain(40..60).collect();
         assert_eq!(kept.held_positions(layer).unwrap(), want);
     }
     assert_eq!(all.bytes_held(), 60 * row_bytes(model()));
     let diff = max_abs_diff(&all_logits, &keep_logits);
-    assert!(diff <= TOLERANCE, "keeping fewer keys moved logits by {diff:.2e}");
+    assert!(
+        diff <= TOLERANCE,
+        "keeping fewer keys moved logits by {diff:.2e}"
+    );
 }
 
 /// Kernels that read keys by position refuse a cache that dropped some, with a clear error.
@@ -253,7 +267,12 @@ fn kernels_that_need_every_key_refuse_a_dropping_cache() {
     let tokens = tokens(40, 4);
     let mut cache = model().new_cache();
     model()
-        .forward_with(&mut cache, &tokens[..30], Logits::Last, &akl_sink_window(true))
+        .forward_with(
+            &mut cache,
+            &tokens[..30],
+            Logits::Last,
+            &akl_sink_window(true),
+        )
         .unwrap();
     let quest: Vec<Arc<dyn AttentionKernel>> =
         vec![Arc::new(TopKPages::new(4, 2, PageSummary::MinMax).unwrap()); 2];
@@ -289,32 +308,24 @@ fn truncating_a_dropping_cache_is_refused_where_keys_are_gone() {
     assert_eq!(full.held_positions(1).unwrap(), vec![0, 1, 2]);
 }
 
-/// Runs a kernel without asking the cache for anything: Quest then summarises every page
-/// itself at every call.
-#[derive(Debug)]
-struct Recompute(Arc<dyn AttentionKernel>);
-
-impl AttentionKernel for Recompute {
-    fn name(&self) -> &str {
-        self.0.name()
-    }
-
-    fn forward(
-        &self,
-        input: &AttentionInput,
-        layer: &LayerAttention,
-        out: &mut [f32],
-    ) -> kernels::Result<()> {
-        assert!(input.page_summaries.is_empty());
-        self.0.forward(input, layer, out)
-    }
-}
-
-/// Runs a kernel and records how many pages the cache handed it summarised, per call.
+/// Runs a kernel and records, per call, the keys and the pages the cache handed it
+/// summarised. Unless `ask_cache`, it asks the cache for nothing: Quest then summarises
+/// every page itself at every call.
 #[derive(Debug)]
 struct Spy {
     inner: Arc<dyn AttentionKernel>,
+    ask_cache: bool,
     pages: Mutex<Vec<(usize, usize)>>,
+}
+
+impl Spy {
+    fn new(inner: Arc<dyn AttentionKernel>, ask_cache: bool) -> Arc<Spy> {
+        Arc::new(Spy {
+            inner,
+            ask_cache,
+            pages: Mutex::new(Vec::new()),
+        })
+    }
 }
 
 impl AttentionKernel for Spy {
@@ -323,7 +334,11 @@ impl AttentionKernel for Spy {
     }
 
     fn cache_policy(&self) -> CachePolicy {
-        self.inner.cache_policy()
+        if self.ask_cache {
+            self.inner.cache_policy()
+        } else {
+            CachePolicy::default()
+        }
     }
 
     fn forward(
@@ -351,26 +366,19 @@ fn page_summaries_kept_with_the_cache_equal_recomputing() {
     let tokens = tokens(150, 8);
     for summary in [PageSummary::MinMax, PageSummary::Mean] {
         let quest: Arc<dyn AttentionKernel> = Arc::new(TopKPages::new(8, 3, summary).unwrap());
-        let spy = Arc::new(Spy {
-            inner: quest.clone(),
-            pages: Mutex::new(Vec::new()),
-        });
+        let (spy, blind) = (
+            Spy::new(quest.clone(), true),
+            Spy::new(quest.clone(), false),
+        );
         // Layer 1 mixes Quest with a sink window: the mix passes the summaries through, and
         // drops no key, as Quest keeps every key.
         let window: Arc<dyn AttentionKernel> = Arc::new(sink_window(1, 9, 0).0);
-        let mixed = HeadMix::new(vec![
-            (0..2, spy.clone() as Arc<dyn AttentionKernel>),
-            (2..4, window.clone()),
-        ])
-        .unwrap();
-        let kept: Vec<Arc<dyn AttentionKernel>> = vec![quest.clone(), Arc::new(mixed)];
-        let recompute_mixed = HeadMix::new(vec![
-            (0..2, Arc::new(Recompute(quest.clone())) as Arc<dyn AttentionKernel>),
-            (2..4, window),
-        ])
-        .unwrap();
+        let mix = |quest: Arc<Spy>| -> Arc<dyn AttentionKernel> {
+            Arc::new(HeadMix::new(vec![(0..2, quest as _), (2..4, window.clone())]).unwrap())
+        };
+        let kept: Vec<Arc<dyn AttentionKernel>> = vec![quest.clone(), mix(spy.clone())];
         let recomputed: Vec<Arc<dyn AttentionKernel>> =
-            vec![Arc::new(Recompute(quest.clone())), Arc::new(recompute_mixed)];
+            vec![Spy::new(quest.clone(), false), mix(blind.clone())];
         let sizes = [37, 1, 1, 20, 1];
         let (got, _) = run_in_calls(&kept, &tokens, &sizes);
         let (want, _) = run_in_calls(&recomputed, &tokens, &sizes);
@@ -379,8 +387,18 @@ fn page_summaries_kept_with_the_cache_equal_recomputing() {
         let calls = spy.pages.lock().unwrap();
         assert!(calls.len() > 10);
         for &(kv_len, pages) in calls.iter() {
-            assert_eq!(pages, kv_len / 8, "{summary:?}: pages kept at {kv_len} keys");
+            assert_eq!(
+                pages,
+                kv_len / 8,
+                "{summary:?}: pages kept at {kv_len} keys"
+            );
         }
+        assert!(blind
+            .pages
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|&(_, pages)| pages == 0));
     }
 }
 
@@ -455,7 +473,9 @@ fn measured_bytes_held_match_the_cost_model_on_smollm2_shape() {
         cache.bytes_held() as f64 / t as f64
     };
     let measured = measure(&drop_in.kernels);
-    let priced = akl::cost(checked, &shape, t).unwrap().kv_bytes_held_per_token;
+    let priced = akl::cost(checked, &shape, t)
+        .unwrap()
+        .kv_bytes_held_per_token;
     eprintln!("sink_window at {t}: {measured:.1} bytes held per token, priced {priced:.1}");
     assert!(
         (measured / priced - 1.0).abs() <= 0.05,
@@ -463,5 +483,8 @@ fn measured_bytes_held_match_the_cost_model_on_smollm2_shape() {
     );
     let exact = measure(model.attention_kernels());
     let exact_priced = akl::exact_cost(&shape, t).unwrap().kv_bytes_held_per_token;
-    assert!((exact / exact_priced - 1.0).abs() <= 0.05, "{exact} vs {exact_priced}");
+    assert!(
+        (exact / exact_priced - 1.0).abs() <= 0.05,
+        "{exact} vs {exact_priced}"
+    );
 }

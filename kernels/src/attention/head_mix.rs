@@ -61,7 +61,8 @@ impl AttentionKernel for HeadMix {
     /// A key is dropped only if every part drops it, and every part's summaries are kept.
     fn cache_policy(&self) -> CachePolicy {
         let policies: Vec<CachePolicy> = self.parts.iter().map(|(_, k)| k.cache_policy()).collect();
-        let keeps: Option<Vec<Arc<dyn KeyRule>>> = policies.iter().map(|p| p.keep.clone()).collect();
+        let keeps: Option<Vec<Arc<dyn KeyRule>>> =
+            policies.iter().map(|p| p.keep.clone()).collect();
         let mut page_summaries: Vec<_> = Vec::new();
         for kind in policies.into_iter().flat_map(|p| p.page_summaries) {
             if !page_summaries.contains(&kind) {

@@ -46,7 +46,8 @@ impl NaiveAttention {
             let values = input.v_head(kv_head);
             for (i, query) in input.q_head(h).chunks_exact(d).enumerate() {
                 let position = input.query_position(i);
-                for (slot, (weight, key)) in weights.iter_mut().zip(keys.chunks_exact(d)).enumerate()
+                for (slot, (weight, key)) in
+                    weights.iter_mut().zip(keys.chunks_exact(d)).enumerate()
                 {
                     let k = input.key_position(slot);
                     *weight = if layer.mask.allows(position, k) && rule.allows(position, k) {

@@ -198,7 +198,9 @@ impl LayerCache {
     }
 
     fn position(&self, row: usize) -> usize {
-        self.positions.as_ref().map_or(row, |positions| positions[row])
+        self.positions
+            .as_ref()
+            .map_or(row, |positions| positions[row])
     }
 
     /// Readies the layer for `incoming` rows under `policy`: room for them, and a page
