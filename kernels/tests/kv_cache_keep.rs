@@ -261,19 +261,13 @@ fn a_program_drops_keys_only_with_a_keep_policy() {
     );
 }
 
-/// Kernels that read keys by position refuse a cache that dropped some, with a clear error.
+/// Kernels that read keys by position refuse a cache that dropped some, with a clear error,
+/// and the failed call leaves the cache as it was.
 #[test]
 fn kernels_that_need_every_key_refuse_a_dropping_cache() {
     let tokens = tokens(40, 4);
-    let mut cache = model().new_cache();
-    model()
-        .forward_with(
-            &mut cache,
-            &tokens[..30],
-            Logits::Last,
-            &akl_sink_window(true),
-        )
-        .unwrap();
+    let kernels = akl_sink_window(true);
+    let (_, mut cache) = run_in_calls(&kernels, &tokens[..30], &[30]);
     let quest: Vec<Arc<dyn AttentionKernel>> =
         vec![Arc::new(TopKPages::new(4, 2, PageSummary::MinMax).unwrap()); 2];
     let error = model()
@@ -281,6 +275,12 @@ fn kernels_that_need_every_key_refuse_a_dropping_cache() {
         .unwrap_err()
         .to_string();
     assert!(error.contains("dropped keys"), "{error}");
+    let rest = model()
+        .forward_with(&mut cache, &tokens[30..], Logits::All, &kernels)
+        .unwrap();
+    let (whole, _) = run_in_calls(&kernels, &tokens, &[40]);
+    let diff = max_abs_diff(&whole[30 * VOCAB..], &rest);
+    assert!(diff <= TOLERANCE, "after a failed call: {diff:.2e}");
 }
 
 /// A dropping cache cannot go back to before the newest position of its last drop (a query

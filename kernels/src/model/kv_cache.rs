@@ -108,19 +108,25 @@ impl KvCache {
             )));
         }
         self.len = len;
+        self.forget_rows_from(len);
+        Ok(())
+    }
+
+    /// Forgets the rows of positions from `len` on in every layer: what a forward call that
+    /// failed part way had appended, or what `truncate` drops.
+    pub(crate) fn forget_rows_from(&mut self, len: usize) {
         for layer in &mut self.layers {
             layer.rows = match &mut layer.positions {
-                None => len,
+                None => layer.rows.min(len),
                 Some(positions) => {
                     positions.truncate(positions.partition_point(|&p| p < len));
                     positions.len()
                 }
             };
             for store in layer.pages.iter_mut().flatten() {
-                store.truncate(len / store.page());
+                store.truncate(layer.rows / store.page());
             }
         }
-        Ok(())
     }
 
     /// Bytes of the keys and values held: every layer's held rows, f32.

@@ -435,9 +435,14 @@ impl Model {
             }
             Ok(x)
         })?;
-        for (i, (block, kernel)) in self.blocks.iter().zip(kernels).enumerate() {
-            let layer_cache = cache.layer_mut(i);
-            self.block_forward(i, block, kernel.as_ref(), &mut x, layer_cache, start)?;
+        let mut blocks = self.blocks.iter().zip(kernels).enumerate();
+        let ran = blocks.try_for_each(|(i, (block, kernel))| {
+            self.block_forward(i, block, kernel.as_ref(), &mut x, cache.layer_mut(i), start)
+        });
+        if let Err(e) = ran {
+            // A call that fails leaves the cache as it found it.
+            cache.forget_rows_from(start);
+            return Err(e);
         }
         cache.set_len(end);
         timed(Op::KvLayout, || {
