@@ -167,7 +167,8 @@ proptest! {
 #[test]
 fn prefill_equals_decode_when_dropping() {
     let (kernel, _) = sink_window(3, 17, 0);
-    let kernels: Vec<Arc<dyn AttentionKernel>> = vec![Arc::new(kernel); 2];
+    let kernel: Arc<dyn AttentionKernel> = Arc::new(kernel);
+    let kernels = vec![kernel; 2];
     let tokens = tokens(90, 5);
     let (prefill, _) = run_in_calls(&kernels, &tokens, &[90]);
     let (decode, cache) = run_in_calls(&kernels, &tokens, &[1]);
@@ -190,7 +191,8 @@ fn allocation_stays_bounded_by_the_kept_keys() {
     let (sinks, window, chunk, len) = (4, 700, 24, 3000);
     let model = model();
     let (kernel, _) = sink_window(sinks, window, 0);
-    let kernels: Vec<Arc<dyn AttentionKernel>> = vec![Arc::new(kernel); 2];
+    let kernel: Arc<dyn AttentionKernel> = Arc::new(kernel);
+    let kernels = vec![kernel; 2];
     let tokens = tokens(len, 9);
     let mut cache = model.new_cache();
     let mut most = 0;
@@ -268,8 +270,9 @@ fn kernels_that_need_every_key_refuse_a_dropping_cache() {
     let tokens = tokens(40, 4);
     let kernels = akl_sink_window(true);
     let (_, mut cache) = run_in_calls(&kernels, &tokens[..30], &[30]);
-    let quest: Vec<Arc<dyn AttentionKernel>> =
-        vec![Arc::new(TopKPages::new(4, 2, PageSummary::MinMax).unwrap()); 2];
+    let quest: Arc<dyn AttentionKernel> =
+        Arc::new(TopKPages::new(4, 2, PageSummary::MinMax).unwrap());
+    let quest = vec![quest; 2];
     let error = model()
         .forward_with(&mut cache, &tokens[30..], Logits::Last, &quest)
         .unwrap_err()
