@@ -94,6 +94,8 @@ pub const METRICS: &[Metric] = &[
     metric("attention_seconds_exact", Min, "s", "median exact attention time in one prefill at the timing context"),
     metric("forward_seconds", Min, "s", "median candidate prefill time at the timing context"),
     metric("forward_seconds_exact", Min, "s", "median exact prefill time at the timing context"),
+    metric("kv_bytes_held_measured", Min, "bytes/token", "KV bytes the candidate's cache really holds after a prefill at the timing context, per token"),
+    metric("kv_bytes_held_measured_ratio", Min, "ratio", "kv_bytes_held_measured / exact attention's"),
     // Drop-in cost model (estimates, deterministic).
     estimated("attn_flops_ratio", Min, "ratio", "cost model: candidate attention FLOPs / exact's"),
     estimated("kv_bytes_read_ratio", Min, "ratio", "cost model: KV bytes read / exact's"),

@@ -9,7 +9,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kernels::attention::{AttentionInput, AttentionKernel, LayerAttention};
+use kernels::attention::{AttentionInput, AttentionKernel, CachePolicy, LayerAttention};
 use kernels::Model;
 
 use crate::Result;
@@ -208,14 +208,17 @@ pub fn check_determinism(
     Ok(first_difference(baseline, &again, 0..tokens.len()))
 }
 
-/// Wall time of one prefill: the whole forward pass and the part spent in attention.
+/// Wall time of one prefill: the whole forward pass and the part spent in attention; and
+/// the bytes of keys and values the cache holds after it.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ForwardTime {
     pub forward: Duration,
     pub attention: Duration,
+    pub kv_bytes_held: usize,
 }
 
-/// Times one prefill of `tokens` with `kernels`, attention calls included separately.
+/// Times one prefill of `tokens` with `kernels`, attention calls included separately, and
+/// measures what its cache holds after it (less than every key under a keep policy).
 pub fn time_forward(
     model: &Model,
     kernels: &[Arc<dyn AttentionKernel>],
@@ -242,7 +245,11 @@ pub fn time_forward(
         .iter()
         .map(|w| *w.spent.lock().unwrap_or_else(|e| e.into_inner()))
         .sum();
-    Ok(ForwardTime { forward, attention })
+    Ok(ForwardTime {
+        forward,
+        attention,
+        kv_bytes_held: cache.bytes_held(),
+    })
 }
 
 /// Runs a kernel and keeps a copy of what it wrote.
@@ -255,6 +262,10 @@ struct Recorder {
 impl AttentionKernel for Recorder {
     fn name(&self) -> &str {
         self.inner.name()
+    }
+
+    fn cache_policy(&self) -> CachePolicy {
+        self.inner.cache_policy()
     }
 
     fn forward(
@@ -282,6 +293,10 @@ struct Stopwatch {
 impl AttentionKernel for Stopwatch {
     fn name(&self) -> &str {
         self.inner.name()
+    }
+
+    fn cache_policy(&self) -> CachePolicy {
+        self.inner.cache_policy()
     }
 
     fn forward(

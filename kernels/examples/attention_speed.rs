@@ -53,6 +53,8 @@ impl Shape {
             n_queries: self.t,
             kv_len: self.t,
             kv_capacity: self.t,
+            key_positions: None,
+            page_summaries: &[],
         }
     }
 }

@@ -12,11 +12,14 @@ use attention_case::{
     max_error, tiles_strategy, Case,
 };
 use kernels::attention::{
-    merge_partial, AttentionKernel, Coverage, HeadMix, KeyRule, Mask, NaiveAttention, PageSummary,
-    RuleAttention, ScoreModifier, SinkWindow, StarAttention, StarRule, TiledAttention, TopKPages,
+    merge_partial, AttentionInput, AttentionKernel, Coverage, HeadMix, KeyRule, Mask,
+    NaiveAttention, PageSummary, RuleAttention, ScoreModifier, SinkWindow, StarAttention, StarRule,
+    TiledAttention, TopKPages,
 };
 use kernels::Error;
 use proptest::prelude::*;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
 /// Keys whose position modulo `period` is below `shown`: a rule with many holes, under which
 /// a row can see no key at all. Its coverage is brute force, so exact.
@@ -225,6 +228,59 @@ proptest! {
         let star_rule = star.rule();
         let visible = |_: usize, q: usize, k: usize| mask.allows(q, k) && star_rule.allows(q, k);
         check_only_visible_keys_change_rows(&case, &star, kv_head, &visible)?;
+    }
+}
+
+/// Positions for the slots of `case` as a cache that dropped keys holds them: increasing,
+/// with gaps of up to `max_gap` before each key, the queries' slots consecutive at the end.
+fn held_positions(case: &Case, seed: u64, max_gap: usize) -> Vec<usize> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let first_query = case.kv_len - case.n_queries;
+    let mut next = 0;
+    (0..case.kv_len)
+        .map(|slot| {
+            if slot <= first_query {
+                next += rng.random_range(0..=max_gap);
+            }
+            next += 1;
+            next - 1
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// On a cache that dropped keys, the tiled engine (with a rule, and exact with the
+    /// layer's mask alone) matches the f64 twin, which reads each slot's position key by
+    /// key: tiles planned over slots with the coverage of the positions they span.
+    #[test]
+    fn kernels_over_held_keys_match_f64_twin(
+        case in case_strategy(150),
+        rule in rule_strategy(),
+        modified in any::<bool>(),
+        engine in tiles_strategy(),
+        seed in any::<u64>(),
+        max_gap in 0usize..40,
+    ) {
+        let positions = held_positions(&case, seed, max_gap);
+        let input = AttentionInput {
+            key_positions: Some(&positions),
+            ..case.input()
+        };
+        let kernel = rule_kernel(rule.clone(), modified, engine);
+        let (mut got, mut want) = (vec![f32::NAN; case.out_len()], vec![f32::NAN; case.out_len()]);
+        kernel.forward(&input, &case.layer, &mut got).unwrap();
+        NaiveAttention
+            .forward_rule(&input, &case.layer, kernel.rule(), kernel.modifier(), &mut want, None)
+            .unwrap();
+        let error = max_error(&case, &got, &want);
+        prop_assert!(error <= 1e-4, "rule: error {error} with {kernel:?}");
+
+        engine.forward(&input, &case.layer, &mut got).unwrap();
+        NaiveAttention.forward(&input, &case.layer, &mut want).unwrap();
+        let error = max_error(&case, &got, &want);
+        prop_assert!(error <= 1e-4, "exact: error {error}");
     }
 }
 

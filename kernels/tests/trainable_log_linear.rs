@@ -400,6 +400,8 @@ impl Cache {
             n_queries: last + 1 - first,
             kv_len: last + 1,
             kv_capacity: self.kv_len,
+            key_positions: None,
+            page_summaries: &[],
         };
         let layer = LayerAttention {
             scale: (d as f32).powf(-0.5),

@@ -124,6 +124,7 @@ fn print_report(program: &std::path::Path, e: &Evaluation) {
         "ppl_ratio_max",
         "attn_flops_ratio",
         "kv_bytes_held_ratio",
+        "kv_bytes_held_measured_ratio",
         "attention_speedup",
         "forward_speedup",
         "ndcg@10",

@@ -95,6 +95,7 @@ impl DropInTask {
                 }
             }
         }
+        record_kv_held(&ours, &theirs, ctx, metrics);
         metrics.insert("timing_context".into(), ctx as f64);
         metrics.insert("timing_repeats".into(), self.config.timing_repeats as f64);
         let parts: [(&str, TimePart); 2] =
@@ -128,4 +129,45 @@ fn spread(times: &[f64]) -> f64 {
         .iter()
         .fold((f64::INFINITY, 0f64), |(lo, hi), &t| (lo.min(t), hi.max(t)));
     (hi - lo) / median(times).max(1e-12)
+}
+
+/// The bytes of keys and values the candidate's cache and exact attention's hold after the
+/// timed prefills of `ctx` tokens, measured: `kv_bytes_held_measured` per token, and its
+/// ratio to exact's, beside the cost model's `kv_bytes_held_ratio`.
+fn record_kv_held(
+    ours: &[ForwardTime],
+    theirs: &[ForwardTime],
+    ctx: usize,
+    metrics: &mut BTreeMap<String, f64>,
+) {
+    let (Some(ours), Some(theirs)) = (ours.last(), theirs.last()) else {
+        return;
+    };
+    let held = ours.kv_bytes_held as f64;
+    metrics.insert("kv_bytes_held_measured".into(), held / ctx.max(1) as f64);
+    metrics.insert(
+        "kv_bytes_held_measured_ratio".into(),
+        held / (theirs.kv_bytes_held as f64).max(1.0),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use crate::probe::ForwardTime;
+
+    #[test]
+    fn measured_kv_held_is_per_token_and_against_exact() {
+        let held = |kv_bytes_held| ForwardTime {
+            forward: Duration::ZERO,
+            attention: Duration::ZERO,
+            kv_bytes_held,
+        };
+        let mut metrics = BTreeMap::new();
+        super::record_kv_held(&[held(4096)], &[held(16384)], 1024, &mut metrics);
+        assert_eq!(metrics["kv_bytes_held_measured"], 4.0);
+        assert_eq!(metrics["kv_bytes_held_measured_ratio"], 0.25);
+    }
 }

@@ -103,13 +103,16 @@ fn head_kernel(
             score,
             q_tile,
             kv_tile,
-            keep: _, // our cache keeps every key; the cost model counts what `keep` saves
+            keep,
         } => {
             let rule: Arc<dyn KeyRule> = mask.clone();
-            Arc::new(
-                RuleAttention::new("akl rule", rule, modifier(score))?
-                    .with_engine(TiledAttention::with_tiles(*q_tile, *kv_tile)?),
-            )
+            let kernel = RuleAttention::new("akl rule", rule, modifier(score))?
+                .with_engine(TiledAttention::with_tiles(*q_tile, *kv_tile)?);
+            Arc::new(match keep {
+                // The checker proved the mask never shows a key `keep` drops.
+                Some(keep) => kernel.with_keep(keep.clone())?,
+                None => kernel,
+            })
         }
         HeadSpec::Select {
             page,

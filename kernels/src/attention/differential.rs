@@ -95,6 +95,7 @@ impl AttentionKernel for DifferentialKernel {
         out: &mut [f32],
     ) -> Result<()> {
         input.validate(out.len())?;
+        input.require_every_key(self.name())?;
         layer.mask.validate()?;
         if !input.head_dim.is_multiple_of(2) {
             return Err(Error::InvalidRequest(format!(

@@ -3,7 +3,7 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use super::{AttentionInput, AttentionKernel, LayerAttention};
+use super::{AttentionInput, AttentionKernel, CachePolicy, Coverage, KeyRule, LayerAttention};
 use crate::{Error, Result};
 
 /// Runs each range of query heads with its own kernel. The ranges tile `0..n_q_heads` in
@@ -58,6 +58,23 @@ impl AttentionKernel for HeadMix {
         &self.name
     }
 
+    /// A key is dropped only if every part drops it, and every part's summaries are kept.
+    fn cache_policy(&self) -> CachePolicy {
+        let policies: Vec<CachePolicy> = self.parts.iter().map(|(_, k)| k.cache_policy()).collect();
+        let keeps: Option<Vec<Arc<dyn KeyRule>>> =
+            policies.iter().map(|p| p.keep.clone()).collect();
+        let mut page_summaries: Vec<_> = Vec::new();
+        for kind in policies.into_iter().flat_map(|p| p.page_summaries) {
+            if !page_summaries.contains(&kind) {
+                page_summaries.push(kind);
+            }
+        }
+        CachePolicy {
+            keep: keeps.map(|rules| Arc::new(AnyOf(rules)) as Arc<dyn KeyRule>),
+            page_summaries,
+        }
+    }
+
     fn forward(
         &self,
         input: &AttentionInput,
@@ -81,6 +98,32 @@ impl AttentionKernel for HeadMix {
             }
         }
         Ok(())
+    }
+}
+
+/// Allows a pair iff some rule does.
+#[derive(Debug)]
+struct AnyOf(Vec<Arc<dyn KeyRule>>);
+
+impl KeyRule for AnyOf {
+    fn allows(&self, q: usize, k: usize) -> bool {
+        self.0.iter().any(|rule| rule.allows(q, k))
+    }
+
+    fn coverage(&self, queries: Range<usize>, keys: Range<usize>) -> Coverage {
+        let mut all_empty = true;
+        for rule in &self.0 {
+            match rule.coverage(queries.clone(), keys.clone()) {
+                Coverage::Full => return Coverage::Full,
+                Coverage::Partial => all_empty = false,
+                Coverage::Empty => {}
+            }
+        }
+        if all_empty {
+            Coverage::Empty
+        } else {
+            Coverage::Partial
+        }
     }
 }
 
@@ -116,6 +159,7 @@ fn head_slice<'a>(input: &AttentionInput<'a>, heads: Range<usize>) -> AttentionI
         v: &input.v[kv],
         n_q_heads: heads.len(),
         n_kv_heads: kv_heads.len(),
+        page_summaries: input.page_summaries.get(kv_heads).unwrap_or_default(),
         ..*input
     }
 }

@@ -23,9 +23,10 @@ pub use rule::RuleAttention;
 pub use sink_window::SinkWindow;
 pub use star::{StarAttention, StarRule};
 pub use tiled::{merge_partial, TiledAttention};
-pub use top_k_pages::{PageSummary, TopKPages};
+pub use top_k_pages::{PageStore, PageSummary, TopKPages};
 
 use std::ops::Range;
+use std::sync::Arc;
 
 use crate::{Error, Result};
 
@@ -162,14 +163,16 @@ pub struct LayerAttention {
 
 /// Queries and the KV cache of one layer, head-major.
 ///
-/// The `n_queries` queries sit at absolute positions `kv_len - n_queries .. kv_len`: the cache
-/// already holds their own keys and values. Prefill has `n_queries == kv_len` (or a chunk of the
-/// prompt after earlier chunks), decode has `n_queries == 1`.
+/// The cache holds `kv_len` key slots; the `n_queries` queries are the tokens of the last
+/// `n_queries` slots (the cache already holds their own keys and values). Prefill has
+/// `n_queries == kv_len` (or a chunk of the prompt after earlier chunks), decode has
+/// `n_queries == 1`. Slot `j` holds position `j` unless the cache dropped keys under a keep
+/// policy: `key_positions` then gives each slot's absolute position.
 #[derive(Clone, Copy, Debug)]
 pub struct AttentionInput<'a> {
     /// `[n_q_heads, n_queries, head_dim]`, RoPE already applied, not scaled.
     pub q: &'a [f32],
-    /// `[n_kv_heads, kv_capacity, head_dim]`; positions `0..kv_len` are valid.
+    /// `[n_kv_heads, kv_capacity, head_dim]`; slots `0..kv_len` are valid.
     pub k: &'a [f32],
     /// Same layout as `k`.
     pub v: &'a [f32],
@@ -179,12 +182,46 @@ pub struct AttentionInput<'a> {
     pub n_queries: usize,
     pub kv_len: usize,
     pub kv_capacity: usize,
+    /// The absolute position of each slot `0..kv_len`, increasing; `None` when slot `j`
+    /// holds position `j` (nothing was dropped).
+    pub key_positions: Option<&'a [usize]>,
+    /// Summaries of complete pages of keys that the cache keeps up to date, indexed by KV
+    /// head (empty when it keeps none; see `AttentionKernel::cache_policy`).
+    pub page_summaries: &'a [Vec<PageStore>],
 }
 
 impl AttentionInput<'_> {
     /// Absolute position of query row `i`.
     pub fn query_position(&self, i: usize) -> usize {
-        self.kv_len - self.n_queries + i
+        self.key_position(self.kv_len - self.n_queries + i)
+    }
+
+    /// Absolute position of the key in slot `j`.
+    pub fn key_position(&self, j: usize) -> usize {
+        self.key_positions.map_or(j, |positions| positions[j])
+    }
+
+    /// The slots whose keys lie at positions `positions`: one range, as slots are in
+    /// position order.
+    pub fn slots(&self, positions: Range<usize>) -> Range<usize> {
+        match self.key_positions {
+            None => positions.start.min(self.kv_len)..positions.end.min(self.kv_len),
+            Some(held) => {
+                let start = held.partition_point(|&p| p < positions.start);
+                start..held.partition_point(|&p| p < positions.end).max(start)
+            }
+        }
+    }
+
+    /// Refuses a cache that dropped keys: for kernels that read keys by position.
+    pub fn require_every_key(&self, kernel: &str) -> Result<()> {
+        match self.key_positions {
+            None => Ok(()),
+            Some(_) => Err(Error::InvalidRequest(format!(
+                "{kernel}: the KV cache dropped keys under a keep policy, and this kernel needs \
+                 every key; only softmax rule kernels run on such a cache"
+            ))),
+        }
     }
 
     /// Query heads that share one KV head (grouped-query attention).
@@ -244,6 +281,15 @@ impl AttentionInput<'_> {
                 self.v.len()
             ));
         }
+        if let Some(positions) = self.key_positions {
+            if positions.len() != self.kv_len || !positions.is_sorted_by(|a, b| a < b) {
+                return bad(format!(
+                    "{} key positions for {} slots, or not increasing",
+                    positions.len(),
+                    self.kv_len
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -275,12 +321,14 @@ pub struct QueryRows<'a> {
 }
 
 impl QueryRows<'_> {
-    /// The rows as an input: the cache cut after the last row's position.
+    /// The rows as an input: the cache cut after the last row's slot.
     pub fn input(&self) -> AttentionInput<'_> {
+        let kv_len = self.whole.kv_len - self.whole.n_queries + self.rows.end;
         AttentionInput {
             q: &self.q,
             n_queries: self.rows.len(),
-            kv_len: self.whole.query_position(self.rows.end - 1) + 1,
+            kv_len,
+            key_positions: self.whole.key_positions.map(|p| &p[..kv_len]),
             ..self.whole
         }
     }
@@ -307,10 +355,27 @@ impl QueryRows<'_> {
     }
 }
 
+/// What a kernel asks of its layer's KV cache.
+#[derive(Clone, Debug, Default)]
+pub struct CachePolicy {
+    /// While the newest position is `q`, the key at position `k` stays iff
+    /// `keep.allows(q, k)`; `None` keeps every key. The cache drops keys after each forward
+    /// call, so a call still sees every key it brought.
+    pub keep: Option<Arc<dyn KeyRule>>,
+    /// Page summaries the cache keeps up to date for the kernel: (keys per page, kind).
+    pub page_summaries: Vec<(usize, PageSummary)>,
+}
+
 /// An attention kernel. Implementations must give the same result for a prefill of `n`
 /// queries as for `n` single-query decode calls over the growing cache.
 pub trait AttentionKernel: Send + Sync + std::fmt::Debug {
     fn name(&self) -> &str;
+
+    /// What this kernel asks of the cache: by default, keep every key and no summaries.
+    /// A kernel that sets `keep` must read keys by `AttentionInput::key_positions`.
+    fn cache_policy(&self) -> CachePolicy {
+        CachePolicy::default()
+    }
 
     /// Writes `[n_q_heads, n_queries, head_dim]` into `out`.
     fn forward(

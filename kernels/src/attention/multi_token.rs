@@ -189,6 +189,7 @@ impl AttentionKernel for MultiTokenKernel {
         out: &mut [f32],
     ) -> Result<()> {
         input.validate(out.len())?;
+        input.require_every_key(self.name())?;
         layer.mask.validate()?;
         if input.n_q_heads != self.n_heads {
             return Err(Error::InvalidRequest(format!(

@@ -15,8 +15,8 @@ pub struct NaiveAttention;
 
 impl NaiveAttention {
     /// The f64 twin of `TiledAttention::forward_rule`: a key is visible iff the layer's mask
-    /// and `rule` both allow it; `modifier` changes each visible pair's scaled score. A row
-    /// that sees no key gets zeros and a log-sum-exp of `-inf`.
+    /// and `rule` both allow its position; `modifier` changes each visible pair's scaled
+    /// score. A row that sees no key gets zeros and a log-sum-exp of `-inf`.
     pub fn forward_rule(
         &self,
         input: &AttentionInput,
@@ -46,7 +46,10 @@ impl NaiveAttention {
             let values = input.v_head(kv_head);
             for (i, query) in input.q_head(h).chunks_exact(d).enumerate() {
                 let position = input.query_position(i);
-                for (k, (weight, key)) in weights.iter_mut().zip(keys.chunks_exact(d)).enumerate() {
+                for (slot, (weight, key)) in
+                    weights.iter_mut().zip(keys.chunks_exact(d)).enumerate()
+                {
+                    let k = input.key_position(slot);
                     *weight = if layer.mask.allows(position, k) && rule.allows(position, k) {
                         let dot: f64 = query
                             .iter()
@@ -107,6 +110,7 @@ impl NaiveAttention {
         out: &mut [f32],
     ) -> Result<()> {
         input.validate(out.len())?;
+        input.require_every_key(pages.name())?;
         layer.mask.validate()?;
         if let Some(rule) = pages.base_rule() {
             rule.validate()?;

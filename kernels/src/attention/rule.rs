@@ -3,18 +3,20 @@
 use std::sync::Arc;
 
 use super::{
-    AttentionInput, AttentionKernel, KeyRule, LayerAttention, Mask, ScoreModifier, SinkWindow,
-    TiledAttention,
+    AttentionInput, AttentionKernel, CachePolicy, KeyRule, LayerAttention, Mask, ScoreModifier,
+    SinkWindow, TiledAttention,
 };
 use crate::Result;
 
 /// Exact softmax attention over the keys that both the layer's mask and `rule` allow, with
-/// an optional score modifier, run block-sparse by `TiledAttention::forward_rule`.
+/// an optional score modifier, run block-sparse by `TiledAttention::forward_rule`. With a
+/// keep rule, the cache drops the keys it no longer keeps.
 #[derive(Clone, Debug)]
 pub struct RuleAttention {
     name: String,
     rule: Arc<dyn KeyRule>,
     modifier: Option<Arc<dyn ScoreModifier>>,
+    keep: Option<Arc<dyn KeyRule>>,
     engine: TiledAttention,
 }
 
@@ -31,6 +33,7 @@ impl RuleAttention {
             name: name.into(),
             rule,
             modifier,
+            keep: None,
             engine: TiledAttention::default(),
         })
     }
@@ -55,6 +58,17 @@ impl RuleAttention {
             Mask::Chunked { chunk } => format!("chunked({chunk})"),
         };
         RuleAttention::new(name, Arc::new(mask), None)
+    }
+
+    /// The same kernel with a cache that keeps, while the newest position is `q`, only the
+    /// keys `k` with `keep.allows(q, k)`. The caller vouches that the rule never shows a
+    /// dropped key again (the AKL checker proves it for a program's `keep`).
+    pub fn with_keep(self, keep: Arc<dyn KeyRule>) -> Result<RuleAttention> {
+        keep.validate()?;
+        Ok(RuleAttention {
+            keep: Some(keep),
+            ..self
+        })
     }
 
     /// The same kernel on another engine (tile sizes, portable code).
@@ -89,6 +103,13 @@ impl RuleAttention {
 impl AttentionKernel for RuleAttention {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn cache_policy(&self) -> CachePolicy {
+        CachePolicy {
+            keep: self.keep.clone(),
+            page_summaries: Vec::new(),
+        }
     }
 
     fn forward(

@@ -180,6 +180,7 @@ impl AttentionKernel for StarAttention {
         out: &mut [f32],
     ) -> Result<()> {
         input.validate(out.len())?;
+        input.require_every_key(self.name())?;
         layer.mask.validate()?;
         // Rows before `split` are context queries, the rest query-phase ones.
         let first_position = input.kv_len - input.n_queries;

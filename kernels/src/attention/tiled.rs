@@ -12,6 +12,9 @@
 //! contiguous stretches costs O(log T) coverage calls per item. Tiles the rule fully shows
 //! run unmasked; partly shown tiles ask `allows` per (row, key) of the tile.
 //!
+//! Where the cache dropped keys under a keep policy, tiles are cut over the held key slots,
+//! and the mask and rule read each slot's position (`AttentionInput::key_positions`).
+//!
 //! When that gives too few items to keep every thread busy (decode, one query per head, on
 //! few KV heads), an item takes fewer heads of its group, down to one.
 //!
@@ -603,23 +606,35 @@ fn attend_item<S: Simd>(simd: S, job: &Job, item: &mut [Piece], scratch: &mut Sc
 
     let keys = input.k_head(group);
     let values = input.v_head(group);
-    let item_keys = job.mask.visible_keys(position(0)).start..position(rows - 1) + 1;
+    // Tiles are planned and masked over key slots; the rule reads their positions.
+    let item_keys = input.slots(job.mask.visible_keys(position(0)).start..position(rows - 1) + 1);
+    let both = job.rules.map(|rules| Both {
+        mask: job.mask,
+        rule: rules.rule,
+    });
+    let both_at_slots = slotted(both.as_ref().map(|both| both as &dyn KeyRule), input);
+    let rule_at_slots = slotted(job.rules.map(|rules| rules.rule), input);
+    // What plans the tiles, and what hides keys within a partly shown tile (the mask has
+    // already cut each row's keys there).
+    let (planning, hiding) = match (&both_at_slots, &rule_at_slots) {
+        (Some(both), Some(rule)) => (Some(both as &dyn KeyRule), Some(rule as &dyn KeyRule)),
+        _ => (
+            both.as_ref().map(|both| both as &dyn KeyRule),
+            job.rules.map(|rules| rules.rule),
+        ),
+    };
     let mut plan = std::mem::take(&mut scratch.plan);
     plan.clear();
-    match job.rules {
+    match planning {
         None => plan.extend(
             item_keys
                 .clone()
                 .step_by(job.kv_tile)
                 .map(|start| (start..(start + job.kv_tile).min(item_keys.end), false)),
         ),
-        Some(rules) => {
-            let both = Both {
-                mask: job.mask,
-                rule: rules.rule,
-            };
+        Some(rule) => {
             let queries = position(0)..position(rows - 1) + 1;
-            plan_tiles(&both, queries, item_keys.clone(), job.kv_tile, &mut plan);
+            plan_tiles(rule, queries, item_keys.clone(), job.kv_tile, &mut plan);
         }
     }
     for (tile, masked) in plan.iter().cloned() {
@@ -629,7 +644,7 @@ fn attend_item<S: Simd>(simd: S, job: &Job, item: &mut [Piece], scratch: &mut Sc
                 if r >= block_rows {
                     return 0..0;
                 }
-                let seen = job.mask.visible_keys(position(block + r));
+                let seen = input.slots(job.mask.visible_keys(position(block + r)));
                 let start = seen.start.clamp(tile.start, tile.end);
                 start..seen.end.clamp(start, tile.end)
             });
@@ -638,17 +653,19 @@ fn attend_item<S: Simd>(simd: S, job: &Job, item: &mut [Piece], scratch: &mut Sc
             };
             // Sets hidden pairs to -inf and modifies the scores of visible ones.
             let adjust = |r: usize, scores: &mut [f32]| {
-                let Some(rules) = job.rules else { return };
+                let (Some(rules), Some(hiding)) = (job.rules, hiding) else {
+                    return;
+                };
                 let row = block + r;
                 let (q, head) = (position(row), first_head + row % heads);
                 let keys = visible[r].clone();
                 if masked && !keys.is_empty() {
-                    hide_keys(rules.rule, q, keys.clone(), scores);
+                    hide_keys(hiding, q, keys.clone(), scores);
                 }
                 if let Some(modifier) = rules.modifier {
                     for (k, score) in keys.zip(scores) {
                         if *score != f32::NEG_INFINITY {
-                            *score = modifier.modify(head, q, k, *score);
+                            *score = modifier.modify(head, q, input.key_position(k), *score);
                         }
                     }
                 }
@@ -728,6 +745,32 @@ impl KeyRule for Both<'_> {
         }
         mask.and(self.rule.coverage(queries, keys))
     }
+}
+
+/// A rule over positions read over key slots: slot `j` holds position `positions[j]`. The
+/// positions held in slots `a..b` lie within `positions[a]..positions[b - 1] + 1`, so the
+/// rule's coverage of that range is sound for the slots.
+#[derive(Debug)]
+struct AtSlots<'a> {
+    rule: &'a dyn KeyRule,
+    positions: &'a [usize],
+}
+
+impl KeyRule for AtSlots<'_> {
+    fn allows(&self, q: usize, k: usize) -> bool {
+        self.rule.allows(q, self.positions[k])
+    }
+
+    fn coverage(&self, queries: Range<usize>, keys: Range<usize>) -> Coverage {
+        let held = self.positions[keys.start]..self.positions[keys.end - 1] + 1;
+        self.rule.coverage(queries, held)
+    }
+}
+
+/// `rule` read over the input's key slots, where the cache dropped keys.
+fn slotted<'a>(rule: Option<&'a dyn KeyRule>, input: &AttentionInput<'a>) -> Option<AtSlots<'a>> {
+    rule.zip(input.key_positions)
+        .map(|(rule, positions)| AtSlots { rule, positions })
 }
 
 /// Appends to `plan` the KV tiles (cut from `keys` every `kv_tile`) that `rule` may show to

@@ -18,13 +18,15 @@
 //! Scores for the choice are f64 so that the f64 twin makes the same choice bit for bit;
 //! the attention itself runs in f32.
 
+use std::borrow::Cow;
 use std::ops::Range;
 use std::sync::Arc;
 
 use rayon::prelude::*;
 
 use super::{
-    AttentionInput, AttentionKernel, Coverage, KeyRule, LayerAttention, Mask, TiledAttention,
+    AttentionInput, AttentionKernel, CachePolicy, Coverage, KeyRule, LayerAttention, Mask,
+    TiledAttention,
 };
 use crate::{Error, Result};
 
@@ -129,24 +131,63 @@ impl TopKPages {
     }
 }
 
-/// The page summaries of one KV head, for its complete pages, in f64: `[pages, width, d]`
-/// with width 2 (min, max) or 1 (mean).
-struct Summaries {
-    values: Vec<f64>,
-    width: usize,
+/// The summaries of one KV head's complete pages of `page` keys, in f64: `[pages, width, d]`
+/// with width 2 (min, max) or 1 (mean). The KV cache keeps one up to date for a kernel that
+/// asks (`CachePolicy::page_summaries`), so a decode step summarises only the pages it
+/// completes; the kernel summarises the keys itself when handed none.
+#[derive(Clone, Debug)]
+pub struct PageStore {
+    page: usize,
+    summary: PageSummary,
     d: usize,
+    values: Vec<f64>,
 }
 
-impl Summaries {
-    fn new(summary: PageSummary, keys: &[f32], page: usize, d: usize) -> Summaries {
-        let pages = keys.len() / d / page;
-        let width = match summary {
+impl PageStore {
+    /// An empty store for pages of `page` keys of `d` channels.
+    pub fn new(page: usize, summary: PageSummary, d: usize) -> PageStore {
+        PageStore {
+            page,
+            summary,
+            d,
+            values: Vec::new(),
+        }
+    }
+
+    /// Whether this store summarises pages of `page` keys as `summary`.
+    pub fn is_for(&self, page: usize, summary: PageSummary) -> bool {
+        self.page == page && self.summary == summary
+    }
+
+    /// Keys per page.
+    pub fn page(&self) -> usize {
+        self.page
+    }
+
+    /// Complete pages summarised.
+    pub fn pages(&self) -> usize {
+        self.values.len() / (self.width() * self.d)
+    }
+
+    /// Bytes the summaries take.
+    pub fn bytes(&self) -> usize {
+        self.values.capacity() * std::mem::size_of::<f64>()
+    }
+
+    fn width(&self) -> usize {
+        match self.summary {
             PageSummary::MinMax => 2,
             PageSummary::Mean => 1,
-        };
-        let mut values = Vec::with_capacity(pages * width * d);
-        for page_keys in keys.chunks_exact(page * d).take(pages) {
-            match summary {
+        }
+    }
+
+    /// Summarises the complete pages of `keys` (`[n, d]`, the head's keys from position 0)
+    /// that are not summarised yet.
+    pub fn update(&mut self, keys: &[f32]) {
+        let (page, d) = (self.page, self.d);
+        let pages = keys.len() / d / page;
+        for page_keys in keys.chunks_exact(page * d).take(pages).skip(self.pages()) {
+            match self.summary {
                 PageSummary::MinMax => {
                     let mut min = vec![f64::INFINITY; d];
                     let mut max = vec![f64::NEG_INFINITY; d];
@@ -156,19 +197,24 @@ impl Summaries {
                             max[c] = max[c].max(f64::from(key[c]));
                         }
                     }
-                    values.extend(min);
-                    values.extend(max);
+                    self.values.extend(min);
+                    self.values.extend(max);
                 }
-                PageSummary::Mean => values.extend(mean_key(page_keys, d)),
+                PageSummary::Mean => self.values.extend(mean_key(page_keys, d)),
             }
         }
-        Summaries { values, width, d }
+    }
+
+    /// Keeps the first `pages` pages only.
+    pub fn truncate(&mut self, pages: usize) {
+        self.values.truncate(pages * self.width() * self.d);
     }
 
     /// The page's score for `query`.
     fn score(&self, j: usize, query: &[f32]) -> f64 {
-        let summary = &self.values[j * self.width * self.d..(j + 1) * self.width * self.d];
-        if self.width == 2 {
+        let width = self.width();
+        let summary = &self.values[j * width * self.d..(j + 1) * width * self.d];
+        if width == 2 {
             let (min, max) = summary.split_at(self.d);
             minmax_score(query, min, max)
         } else {
@@ -241,6 +287,13 @@ impl AttentionKernel for TopKPages {
         &self.name
     }
 
+    fn cache_policy(&self) -> CachePolicy {
+        CachePolicy {
+            keep: None,
+            page_summaries: vec![(self.page, self.summary)],
+        }
+    }
+
     fn forward(
         &self,
         input: &AttentionInput,
@@ -252,13 +305,29 @@ impl AttentionKernel for TopKPages {
         if let Some(rule) = &self.base {
             rule.validate()?;
         }
+        input.require_every_key(self.name())?;
         let d = input.head_dim;
         if input.n_queries == 0 {
             return Ok(());
         }
-        let summaries: Vec<Summaries> = (0..input.n_kv_heads)
+        let complete = input.kv_len / self.page;
+        let summaries: Vec<Cow<PageStore>> = (0..input.n_kv_heads)
             .into_par_iter()
-            .map(|h| Summaries::new(self.summary, input.k_head(h), self.page, d))
+            .map(|h| {
+                let kept = input.page_summaries.get(h).and_then(|stores| {
+                    stores
+                        .iter()
+                        .find(|s| s.is_for(self.page, self.summary) && s.pages() >= complete)
+                });
+                kept.map_or_else(
+                    || {
+                        let mut store = PageStore::new(self.page, self.summary, d);
+                        store.update(input.k_head(h));
+                        Cow::Owned(store)
+                    },
+                    Cow::Borrowed,
+                )
+            })
             .collect();
         out.par_chunks_mut(d).enumerate().for_each_init(
             RowScratch::default,

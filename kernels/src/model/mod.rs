@@ -18,7 +18,9 @@ use std::sync::Arc;
 use candle_core::quantized::QTensor;
 use candle_core::{Device, Tensor};
 
-use crate::attention::{AttentionInput, AttentionKernel, LayerAttention, Mask, TiledAttention};
+use crate::attention::{
+    AttentionInput, AttentionKernel, CachePolicy, LayerAttention, Mask, TiledAttention,
+};
 use crate::gguf::GgufFile;
 use crate::profile::{timed, Op};
 use crate::tokenizer::{ChatTemplate, Tokenizer};
@@ -314,6 +316,8 @@ impl Model {
 
     /// Runs `tokens` after what `cache` already holds, appends their keys and values to it,
     /// and returns logits. Prefill is one call with the prompt; decode is one call per token.
+    /// After the call, each layer whose kernel has a keep policy drops the keys it no longer
+    /// keeps (`AttentionKernel::cache_policy`).
     pub fn forward(&self, cache: &mut KvCache, tokens: &[u32], logits: Logits) -> Result<Vec<f32>> {
         self.forward_with(cache, tokens, logits, &self.kernels)
     }
@@ -414,7 +418,10 @@ impl Model {
                 c.context_length
             )));
         }
-        cache.reserve(end);
+        let policies: Vec<CachePolicy> = kernels.iter().map(|k| k.cache_policy()).collect();
+        for (layer, policy) in policies.iter().enumerate() {
+            cache.layer_mut(layer).prepare(tokens.len(), policy);
+        }
 
         let mut x = timed(Op::Embedding, || -> Result<Vec<f32>> {
             let ids = Tensor::new(tokens, &Device::Cpu)?;
@@ -428,10 +435,23 @@ impl Model {
             }
             Ok(x)
         })?;
-        for (i, (block, kernel)) in self.blocks.iter().zip(kernels).enumerate() {
-            self.block_forward(i, block, kernel.as_ref(), &mut x, cache, start)?;
+        let mut blocks = self.blocks.iter().zip(kernels).enumerate();
+        let ran = blocks.try_for_each(|(i, (block, kernel))| {
+            self.block_forward(i, block, kernel.as_ref(), &mut x, cache.layer_mut(i), start)
+        });
+        if let Err(e) = ran {
+            // A call that fails leaves the cache as it found it.
+            cache.forget_rows_from(start);
+            return Err(e);
         }
         cache.set_len(end);
+        timed(Op::KvLayout, || {
+            for (layer, policy) in policies.iter().enumerate() {
+                if let Some(keep) = &policy.keep {
+                    cache.drop_keys(layer, keep.as_ref());
+                }
+            }
+        });
 
         let mut rows = x.split_off(first_row * c.d_model);
         timed(Op::Norm, || {
@@ -440,13 +460,15 @@ impl Model {
         Ok(rows)
     }
 
+    /// One block over the new tokens at positions `start..`, whose keys and values it
+    /// appends to `layer_cache`.
     fn block_forward(
         &self,
         layer: usize,
         block: &Block,
         kernel: &dyn AttentionKernel,
         x: &mut [f32],
-        cache: &mut KvCache,
+        layer_cache: &mut kv_cache::LayerCache,
         start: usize,
     ) -> Result<()> {
         let c = &self.config;
@@ -495,7 +517,6 @@ impl Model {
             }
         }
 
-        let layer_cache = cache.layer_mut(layer);
         let q = timed(Op::KvLayout, || {
             layer_cache.write(start, &k, &v);
             to_head_major(&q, n, nh, hd)
@@ -509,8 +530,10 @@ impl Model {
             n_kv_heads: nkv,
             head_dim: hd,
             n_queries: n,
-            kv_len: start + n,
+            kv_len: layer_cache.rows(),
             kv_capacity: layer_cache.capacity(),
+            key_positions: layer_cache.positions(),
+            page_summaries: layer_cache.page_summaries(),
         };
         let settings = LayerAttention {
             scale: c.attention_scale,

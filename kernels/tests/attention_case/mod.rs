@@ -72,6 +72,8 @@ impl Case {
             n_queries: self.n_queries,
             kv_len: self.kv_len,
             kv_capacity: self.kv_capacity,
+            key_positions: None,
+            page_summaries: &[],
         }
     }
 

@@ -259,6 +259,8 @@ impl RandomAttention {
             n_queries: self.len,
             kv_len: self.len,
             kv_capacity: self.len,
+            key_positions: None,
+            page_summaries: &[],
         };
         let layer = LayerAttention {
             scale: attention_scale(self.head_dim),

@@ -161,6 +161,7 @@ impl CacheHeads {
         kernel: &str,
     ) -> Result<CacheHeads> {
         input.validate(out_len)?;
+        input.require_every_key(kernel)?;
         if layer.mask != Mask::Causal {
             return Err(Error::InvalidRequest(format!(
                 "{kernel}: the layer's mask is {:?}, but this kernel only runs on causal layers; \
