@@ -23,7 +23,10 @@ kernel scores its flops_reduction at 512 tokens; higher is better.";
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let kernel = PathBuf::from(args.first().expect("usage: KERNEL.akl [PROMPTS] [MAX_TOKENS]"));
+    let kernel = PathBuf::from(
+        args.first()
+            .expect("usage: KERNEL.akl [PROMPTS] [MAX_TOKENS]"),
+    );
     let n: usize = args.get(1).map_or(Ok(20), |a| a.parse())?;
     let max_tokens: usize = args.get(2).map_or(Ok(320), |a| a.parse())?;
     let path = kernels::assets::QWEN_CODER.require()?;

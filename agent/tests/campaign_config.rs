@@ -104,15 +104,18 @@ fn defaults_fill_what_a_minimal_config_leaves_out() {
 
 #[test]
 fn the_local_mutator_kernel_is_best_a_program_or_a_file_and_bad_values_are_named() {
-    let with = |settings: &str| {
-        format!("{MINIMAL}\n[mutators.local_llm]\nweight = 1.0\n{settings}\n")
-    };
+    let with =
+        |settings: &str| format!("{MINIMAL}\n[mutators.local_llm]\nweight = 1.0\n{settings}\n");
     let choice = |settings: &str| {
         let config = parse(&with(settings)).unwrap();
         let local = config.mutators.local_llm.unwrap();
         (local.kernel_choice().unwrap(), local.kernel_kl_max)
     };
-    assert_eq!(choice(""), (None, 0.05), "absent: exact, with the default bound");
+    assert_eq!(
+        choice(""),
+        (None, 0.05),
+        "absent: exact, with the default bound"
+    );
     assert_eq!(
         choice("kernel = \"best\"\nkernel_kl_max = 0.1"),
         (Some(KernelChoice::Best), 0.1)

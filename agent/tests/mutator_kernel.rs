@@ -136,10 +136,7 @@ fn exact_attention_as_a_kernel_generates_token_for_token_what_plain_attention_do
             on_kernel.complete(&request, grammar).unwrap(),
         );
         assert!(a.completion_tokens > 0);
-        assert_eq!(
-            (a.text, a.completion_tokens),
-            (b.text, b.completion_tokens)
-        );
+        assert_eq!((a.text, a.completion_tokens), (b.text, b.completion_tokens));
     }
 
     // The same through `generate` on a model the program was applied to.
@@ -247,14 +244,25 @@ async fn best_tries_the_best_passed_drop_in_programs_and_the_gate_reads_recorded
         "passed drop-in programs only, best first"
     );
     assert!(best[0].text.starts_with("(kernel quest"));
-    let by_id = candidates(&db, &KernelChoice::Program(window.to_string()), Path::new(""))
-        .await
-        .unwrap();
+    let by_id = candidates(
+        &db,
+        &KernelChoice::Program(window.to_string()),
+        Path::new(""),
+    )
+    .await
+    .unwrap();
     assert!(by_id[0].text.starts_with("(kernel window"));
 
     assert!(recorded_prompts(&db).await.unwrap().is_empty());
     call(&db, ids[0], "research", "sys\n\nresearch?", Some("NOTES:")).await;
-    call(&db, ids[0], "code", "sys\n\nwrite\n\nit", Some("(kernel a)")).await;
+    call(
+        &db,
+        ids[0],
+        "code",
+        "sys\n\nwrite\n\nit",
+        Some("(kernel a)"),
+    )
+    .await;
     call(&db, ids[1], "code", "sys\n\nfailed", None).await;
     call(&db, ids[1], "debug", "sys\n\nfix", Some("(kernel b)")).await;
     let prompts = recorded_prompts(&db).await.unwrap();

@@ -298,7 +298,10 @@ pub fn mean_kl(
         kl += report.kl_vs_exact * report.tokens as f64;
         tokens += report.tokens;
     }
-    anyhow::ensure!(tokens > 0, "the fidelity gate has no prompt of 2 tokens or more");
+    anyhow::ensure!(
+        tokens > 0,
+        "the fidelity gate has no prompt of 2 tokens or more"
+    );
     Ok(kl / tokens as f64)
 }
 

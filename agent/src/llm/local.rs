@@ -50,7 +50,11 @@ impl std::fmt::Display for GateOutcome {
                 f,
                 "{}: mean KL {kl:.4} nats ({})",
                 self.origin,
-                if self.passed { "passed" } else { "over the bound" }
+                if self.passed {
+                    "passed"
+                } else {
+                    "over the bound"
+                }
             ),
             Err(why) => write!(f, "{}: {why}", self.origin),
         }
