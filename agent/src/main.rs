@@ -70,7 +70,7 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let result = match args.command {
-        Command::Generate(a) => cli::generate::run(a),
+        Command::Generate(a) => cli::generate::run(a, &args.db),
         Command::Perplexity(a) => cli::perplexity::run(a),
         Command::Recsys { which } => cli::recsys::run(&args.db, which),
         Command::Kernels { which } => cli::kernels::run(&args.db, which),

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use agent::campaign::config::ConfigError;
 use agent::campaign::{CampaignConfig, Strategy, TaskName};
+use agent::llm::kernel::KernelChoice;
 use db_common::ScratchDir;
 use evaluator::config::EvaluatorConfig;
 
@@ -100,6 +101,51 @@ fn defaults_fill_what_a_minimal_config_leaves_out() {
         .seed_programs(Path::new("campaigns/mine.toml"))
         .unwrap();
     assert_eq!(seeds[0].origin, "seeds[0]");
+}
+
+#[test]
+fn the_local_mutator_kernel_is_best_a_program_or_a_file_and_bad_values_are_named() {
+    let with =
+        |settings: &str| format!("{MINIMAL}\n[mutators.local_llm]\nweight = 1.0\n{settings}\n");
+    let choice = |settings: &str| {
+        let config = parse(&with(settings)).unwrap();
+        let local = config.mutators.local_llm.unwrap();
+        (local.kernel_choice().unwrap(), local.kernel_kl_max)
+    };
+    assert_eq!(
+        choice(""),
+        (None, 0.05),
+        "absent: exact, with the default bound"
+    );
+    assert_eq!(
+        choice("kernel = \"best\"\nkernel_kl_max = 0.1"),
+        (Some(KernelChoice::Best), 0.1)
+    );
+    assert_eq!(
+        choice("kernel = \"12\"").0,
+        Some(KernelChoice::Program("12".into()))
+    );
+    assert_eq!(
+        choice("kernel = \"9f3a0c\"").0,
+        Some(KernelChoice::Program("9f3a0c".into()))
+    );
+    assert_eq!(
+        choice("kernel = \"kernels/mine.akl\"").0,
+        Some(KernelChoice::File("kernels/mine.akl".into()))
+    );
+    for (settings, named) in [
+        ("kernel = \"fastest\"", "\"fastest\""),
+        ("kernel = \"\"", "\"best\""),
+        ("kernel = \"mine.txt\"", ".akl"),
+        ("kernel_kl_max = -0.1", "nats"),
+    ] {
+        let message = error(&with(settings));
+        let field = settings.split(' ').next().unwrap();
+        assert!(
+            message.contains(&format!("mutators.local_llm.{field}")) && message.contains(named),
+            "{settings}: {message}"
+        );
+    }
 }
 
 #[test]

@@ -59,3 +59,29 @@ fn generate_names_a_model_file_that_is_not_gguf() {
     );
     assert!(stderr.contains("not a readable GGUF file"), "{stderr}");
 }
+
+#[test]
+fn generate_names_a_kernel_it_cannot_run() {
+    let model = write_model(&Spec::llama(), "cli-generate-kernel");
+    let not_causal = ScratchFile::with_bytes(
+        "future.akl",
+        b"(kernel future (mask (<= kv (+ q 1))) (score (* s scale)) (norm softmax))",
+    );
+    let cases = [
+        ("best".to_string(), "not \"best\""),
+        ("fastest".to_string(), "--kernel must be"),
+        ("missing-kernel.akl".to_string(), "missing-kernel.akl"),
+        (not_causal.display().to_string(), "causal"),
+    ];
+    for (kernel, named) in cases {
+        let output = Command::new(env!("CARGO_BIN_EXE_evokernel"))
+            .args(["generate", "--prompt", "hi", "--kernel", &kernel, "--model"])
+            .arg(&*model)
+            .output()
+            .expect("run evokernel");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{kernel} should fail: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert!(stderr.contains(named), "{kernel}: {stderr}");
+    }
+}

@@ -32,6 +32,8 @@
 //! [mutators.local_llm]
 //! weight = 1.0
 //! model = "qwen-coder"
+//! kernel = "best"              # optional: the attention it runs (default exact)
+//! kernel_kl_max = 0.05         # the kernel's fidelity gate, nats
 //!
 //! [search]                    # all optional
 //! parent_mix = { cells = 0.4, pareto = 0.2, fitness = 0.4, rank_decay = 0.8 }
@@ -52,6 +54,7 @@ use serde::{Deserialize, Serialize};
 use toml::de::{DeTable, DeValue};
 
 use crate::engine::population::ParentMix;
+use crate::llm::kernel::KernelChoice;
 use crate::mutate::{self, Mutator, Which};
 
 /// What can be wrong with a campaign config; each error names the file, and the field
@@ -283,6 +286,37 @@ pub struct LocalLlm {
     pub temperature: f64,
     #[serde(default = "default_max_tokens")]
     pub max_tokens: u32,
+    /// The attention the model runs: `"best"` (the database's best passed drop-in program
+    /// that passes the fidelity gate), a program id or hash prefix, or a `.akl` file
+    /// relative to the config; absent, exact attention. See [`crate::llm::kernel`].
+    pub kernel: Option<String>,
+    /// The fidelity gate's bound on the mean next-token KL(exact ‖ kernel) over the
+    /// mutator's own prompts, in nats.
+    #[serde(default = "default_kernel_kl_max")]
+    pub kernel_kl_max: f64,
+}
+
+impl LocalLlm {
+    /// The kernel choice, if any; the error names the bad value.
+    pub fn kernel_choice(&self) -> Result<Option<KernelChoice>, String> {
+        self.kernel.as_deref().map(KernelChoice::parse).transpose()
+    }
+
+    /// Checks the kernel settings: the field at fault (under `mutators.local_llm`) and why.
+    fn check(&self) -> Result<(), (&'static str, String)> {
+        self.kernel_choice().map_err(|why| ("kernel", why))?;
+        if !(self.kernel_kl_max.is_finite() && self.kernel_kl_max >= 0.0) {
+            return Err((
+                "kernel_kl_max",
+                "must be a finite number of nats >= 0".to_string(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn default_kernel_kl_max() -> f64 {
+    0.05
 }
 
 fn default_local_model() -> String {
@@ -476,6 +510,9 @@ impl CampaignConfig {
                     "must be a finite number >= 0",
                 );
             }
+        }
+        if let Some(Err((field, why))) = self.mutators.local_llm.as_ref().map(LocalLlm::check) {
+            return invalid(&format!("mutators.local_llm.{field}"), &why);
         }
         if let Some(remote) = &self.mutators.remote_llm {
             if !(remote.base_url.starts_with("http://") || remote.base_url.starts_with("https://"))

@@ -1,4 +1,9 @@
 use std::io::Write;
+use std::path::Path;
+
+use agent::db::Db;
+use agent::llm::kernel::{self, Candidate, KernelChoice, Prepared};
+use anyhow::{anyhow, bail, Context};
 
 use kernels::akl::prefix::AklGrammar;
 use kernels::constrain::{GrammarConstraint, TokenConstraint, TokenTrie};
@@ -33,10 +38,28 @@ pub struct Args {
     /// become) one AKL program, and stops when the program is complete.
     #[arg(long, value_parser = ["akl"])]
     grammar: Option<String>,
+    /// Run a discovered AKL program in place of exact attention: a `.akl` file, or a
+    /// program id or hash prefix in the database (`--db`).
+    #[arg(long)]
+    kernel: Option<String>,
 }
 
-pub fn run(args: Args) -> anyhow::Result<()> {
-    let model = super::load_model(&args.model)?;
+pub fn run(args: Args, db_path: &Path) -> anyhow::Result<()> {
+    let candidate = (args.kernel.as_deref())
+        .map(|reference| kernel_program(reference, db_path))
+        .transpose()?;
+    let mut model = super::load_model(&args.model)?;
+    if let Some(candidate) = candidate {
+        let prepared = Prepared::new(&candidate.text, &model)
+            .with_context(|| format!("kernel {}", candidate.origin))?;
+        prepared.apply(&mut model)?;
+        eprintln!(
+            "attention: {} (hash {}, {})",
+            prepared.name,
+            kernel::short_hash(&prepared.hash),
+            candidate.origin
+        );
+    }
     let tokenizer = &model.tokenizer;
     let prompt = if args.chat {
         let mut messages = Vec::new();
@@ -88,4 +111,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         generation.stop_reason,
     );
     Ok(())
+}
+
+/// The program `--kernel` names: a `.akl` file, or a stored program by id or hash prefix.
+fn kernel_program(reference: &str, db_path: &Path) -> anyhow::Result<Candidate> {
+    match KernelChoice::parse(reference).map_err(|why| anyhow!("--kernel {why}"))? {
+        KernelChoice::Best => {
+            bail!("--kernel takes a .akl file or a program id or hash prefix, not \"best\"")
+        }
+        KernelChoice::File(path) => kernel::file_candidate(&path),
+        KernelChoice::Program(reference) => super::block_on(async {
+            let db = Db::open_existing(db_path).await?;
+            let found = kernel::program_candidate(&db, &reference).await;
+            db.close().await?;
+            found
+        }),
+    }
 }

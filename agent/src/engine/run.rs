@@ -31,7 +31,7 @@ use super::job::{self, Backend, LlmSlot, Parent, Plan, Report, Work};
 use super::search::{Origin, Search};
 use crate::campaign::{CampaignConfig, Strategy, TaskName};
 use crate::db::{Campaign, CampaignStatus, Db, NewCampaign, NewProgram, Program};
-use crate::llm::local::LocalLlm;
+use crate::llm::kernel;
 use crate::llm::remote::{RemoteConfig, RemoteLlm};
 use crate::llm::replay::ReplayBook;
 use crate::mutate::{Mutator, Structural};
@@ -139,7 +139,9 @@ pub async fn run(db: &Db, campaign: &Campaign, options: Options) -> anyhow::Resu
             backend: if replaying {
                 Backend::Replay
             } else {
-                Backend::Local(load_local(&m.model).await?)
+                Backend::Local(Arc::new(
+                    kernel::load_mutator(db, m, &config.base_dir, &task_brief(&config)).await?,
+                ))
             },
             constrained: true,
             temperature: m.temperature as f32,
@@ -606,15 +608,6 @@ fn command_task(
     _: &Path,
 ) -> anyhow::Result<Arc<dyn Task>> {
     bail!("the command task runs on Linux only")
-}
-
-async fn load_local(model: &str) -> anyhow::Result<Arc<LocalLlm>> {
-    let path = kernels::assets::resolve_model(model)?;
-    tracing::info!("loading {} for the local LLM mutator", path.display());
-    let llm = tokio::task::spawn_blocking(move || LocalLlm::load(&path))
-        .await
-        .context("loading the local model panicked")??;
-    Ok(Arc::new(llm))
 }
 
 /// What the score rewards, in a sentence or two, for the LLM's prompts.

@@ -4,6 +4,7 @@
 //! campaign can be replayed without any model ([`replay`]).
 
 pub mod extract;
+pub mod kernel;
 pub mod local;
 pub mod remote;
 pub mod replay;
