@@ -208,8 +208,14 @@ fn unknown_ambiguous_and_malformed_references_and_a_missing_database_are_named()
     };
 
     let err = refused(&db, "987654");
-    assert!(err.contains("no program with id or hash prefix `987654`"), "{err}");
-    assert!(err.contains(db.to_str().unwrap()), "the database is named: {err}");
+    assert!(
+        err.contains("no program with id or hash prefix `987654`"),
+        "{err}"
+    );
+    assert!(
+        err.contains(db.to_str().unwrap()),
+        "the database is named: {err}"
+    );
 
     let prefix = &filled.window.1[..8];
     let err = refused(&db, prefix);

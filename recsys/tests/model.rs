@@ -5,9 +5,7 @@ use candle_core::{Device, Tensor};
 use kernels::trainable::missing_gradients;
 use recsys::data::{Dataset, Item, ItemMeta, Split};
 use recsys::eval::{evaluate, Popularity};
-use recsys::model::{
-    train, Checkpoint, KernelSource, SasRec, SasRecConfig, TrainConfig, EXACT,
-};
+use recsys::model::{train, Checkpoint, KernelSource, SasRec, SasRecConfig, TrainConfig, EXACT};
 
 /// Soft-capped scores and an ALiBi-like bias on one head: every score operator in play.
 const CAPPED: &str = "(kernel capped
@@ -381,6 +379,9 @@ fn a_checkpoint_records_its_kernel_hash_and_program_and_old_ones_still_load() {
     meta["kernel_sha256"] = "ab".repeat(32).into();
     std::fs::write(&meta_path, meta.to_string()).unwrap();
     let err = Checkpoint::load(&dir).unwrap_err().to_string();
-    assert!(err.contains("kernel_sha256") && err.contains(&hash), "{err}");
+    assert!(
+        err.contains("kernel_sha256") && err.contains(&hash),
+        "{err}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

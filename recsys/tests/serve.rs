@@ -258,9 +258,15 @@ async fn every_answer_and_the_metrics_name_the_kernel_by_hash() {
     assert_eq!(body["model"], format!("sasrec@{}", &hash[..12]));
     let (status, text) = get(&base, "/v1/items/100/similar?k=3").await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(serde_json::from_str::<Value>(&text).unwrap()["kernel"], expected);
+    assert_eq!(
+        serde_json::from_str::<Value>(&text).unwrap()["kernel"],
+        expected
+    );
     let (_, text) = get(&base, "/healthz").await;
-    assert_eq!(serde_json::from_str::<Value>(&text).unwrap()["kernel"], expected);
+    assert_eq!(
+        serde_json::from_str::<Value>(&text).unwrap()["kernel"],
+        expected
+    );
 
     let (status, text) = get(&base, "/metrics").await;
     assert_eq!(status, StatusCode::OK);
@@ -277,7 +283,10 @@ async fn every_answer_and_the_metrics_name_the_kernel_by_hash() {
         .lines()
         .find(|l| l.starts_with("recsys_kernel_info{"))
         .unwrap();
-    assert!(line.starts_with("recsys_kernel_info{name=\"exact\",hash=\""), "{line}");
+    assert!(
+        line.starts_with("recsys_kernel_info{name=\"exact\",hash=\""),
+        "{line}"
+    );
     assert!(!line.contains("program_id"), "{line}");
     let (_, body) = post(&base, json!({"user_id": "bob"}).to_string()).await;
     assert_eq!(body["kernel"]["name"], "exact");

@@ -15,9 +15,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use recsys::data::{Dataset, EvalCase, LoadOptions, Split};
 use recsys::eval::{evaluate, report_of, ItemKnn, Popularity, Report};
 use recsys::fused::{evaluate_fused, Alpha, TagMatcher};
-use recsys::model::{
-    train, Checkpoint, KernelSource, SasRec, SasRecConfig, TrainConfig, EXACT,
-};
+use recsys::model::{train, Checkpoint, KernelSource, SasRec, SasRecConfig, TrainConfig, EXACT};
 use recsys::semantic::{GenerativeCheckpoint, GenerativeConfig};
 use recsys::serve::{Explanations, TagFusion};
 
@@ -297,7 +295,9 @@ fn resolve_reference(db: &Path, reference: &str) -> anyhow::Result<ChosenKernel>
         !reference.is_empty() && reference.chars().all(|c| c.is_ascii_hexdigit()),
         "--kernel `{reference}`: no such file, no library kernel of that name ({}), and not a \
          program id or hash prefix (hex digits) of the database --db {}",
-        kernels::akl::library::names().collect::<Vec<_>>().join(", "),
+        kernels::akl::library::names()
+            .collect::<Vec<_>>()
+            .join(", "),
         db.display()
     );
     block_on(async {
@@ -309,7 +309,10 @@ fn resolve_reference(db: &Path, reference: &str) -> anyhow::Result<ChosenKernel>
             )
         };
         let db = Db::open_existing(db).await.with_context(looked_up)?;
-        let program = db.resolve_program(reference).await.with_context(looked_up)?;
+        let program = db
+            .resolve_program(reference)
+            .await
+            .with_context(looked_up)?;
         let campaign = db.campaign(program.campaign_id).await?.name;
         db.close().await?;
         Ok(ChosenKernel {
@@ -946,13 +949,7 @@ fn run_bench_serve(db: &Path, args: BenchServeArgs) -> anyhow::Result<()> {
     let kernel = resolve_kernel(db, args.kernel.as_deref())?;
     let checkpoint_users = Checkpoint::load(&args.checkpoint)?.dataset.users;
     anyhow::ensure!(!checkpoint_users.is_empty(), "the checkpoint has no users");
-    let app = load_app(
-        &args.checkpoint,
-        kernel,
-        Default::default(),
-        None,
-        None,
-    )?;
+    let app = load_app(&args.checkpoint, kernel, Default::default(), None, None)?;
     let runtime = tokio::runtime::Runtime::new().context("could not start the async runtime")?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
