@@ -1,8 +1,9 @@
 //! A checkpoint directory: `model.safetensors` (the weights), `checkpoint.json` (model
 //! config, the kernel's canonical text, its SHA-256 and, for a kernel from the
 //! discovered-kernel database, its program id and campaign; the dataset with its item mapping
-//! and histories, and the training report). The dataset travels with the model so that `eval` rebuilds the same
-//! split and `serve` can answer by user id without the original files.
+//! and histories, and the training report). The dataset travels with the model so that
+//! `eval` rebuilds the same split and `serve` can answer by user id without the original
+//! files.
 
 use std::path::{Path, PathBuf};
 
