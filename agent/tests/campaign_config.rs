@@ -87,6 +87,37 @@ fn the_quickstart_parses_and_its_seeds_are_valid_akl() {
 }
 
 #[test]
+fn the_recsys_campaign_parses_and_the_recommender_trains_every_seed() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../campaigns/recsys.toml");
+    let config = CampaignConfig::load(&path).unwrap();
+    assert_eq!(config.task.name, TaskName::Recsys);
+    let recsys = &config.task.evaluator.recsys;
+    assert!(
+        recsys.max_seconds.is_some_and(|s| s <= 60.0),
+        "each evaluation is capped to fit the budget"
+    );
+    assert!(
+        config.budget.wall_seconds.is_some_and(|s| s <= 900),
+        "≤ 15 minutes"
+    );
+    let seeds = config.seed_programs(&path).unwrap();
+    assert!(seeds.len() >= 4);
+    let model = recsys::model::SasRecConfig {
+        n_items: 10,
+        max_len: recsys.max_len,
+        d_model: 8,
+        n_blocks: recsys.blocks,
+        n_heads: recsys.heads,
+        d_ff: 16,
+        dropout: 0.0,
+    };
+    for seed in &seeds {
+        recsys::model::SasRec::new(model.clone(), &seed.text, 1)
+            .unwrap_or_else(|e| panic!("the recommender refuses {}: {e}", seed.origin));
+    }
+}
+
+#[test]
 fn defaults_fill_what_a_minimal_config_leaves_out() {
     let config = parse(MINIMAL).unwrap();
     assert_eq!(config.seed, 0);

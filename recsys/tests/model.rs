@@ -5,7 +5,7 @@ use candle_core::{Device, Tensor};
 use kernels::trainable::missing_gradients;
 use recsys::data::{Dataset, Item, ItemMeta, Split};
 use recsys::eval::{evaluate, Popularity};
-use recsys::model::{train, Checkpoint, SasRec, SasRecConfig, TrainConfig, EXACT};
+use recsys::model::{train, Checkpoint, KernelSource, SasRec, SasRecConfig, TrainConfig, EXACT};
 
 /// Soft-capped scores and an ALiBi-like bias on one head: every score operator in play.
 const CAPPED: &str = "(kernel capped
@@ -230,6 +230,7 @@ fn training_learns_a_sequential_pattern_and_the_checkpoint_round_trips() {
         model,
         dataset: data.clone(),
         report: Some(report),
+        kernel_source: None,
     }
     .save(&dir)
     .unwrap();
@@ -248,6 +249,7 @@ fn a_checkpoint_with_missing_weights_is_refused() {
         model,
         dataset: data,
         report: None,
+        kernel_source: None,
     }
     .save(&dir)
     .unwrap();
@@ -331,4 +333,55 @@ fn serving_inference_scores_as_the_trained_model() {
         .unwrap();
     assert!(bad.scores(&[]).unwrap_err().to_string().contains("empty"));
     assert!(bad.scores(&[1, 12]).unwrap_err().to_string().contains("12"));
+}
+
+#[test]
+fn a_checkpoint_records_its_kernel_hash_and_program_and_old_ones_still_load() {
+    let dir = std::env::temp_dir().join(format!("recsys-kernel-id-{}", std::process::id()));
+    let source = KernelSource {
+        program_id: 17,
+        campaign: "recsys".into(),
+    };
+    let model = SasRec::new(config(12), WINDOW_2, 1).unwrap();
+    let hash = model.kernel.hash.clone();
+    assert_eq!(
+        hash,
+        kernels::akl::parse(WINDOW_2).unwrap().canonical_hash(),
+        "the hash is the database's: SHA-256 of the canonical text"
+    );
+    Checkpoint {
+        model,
+        dataset: walking_users(12, 4, 5),
+        report: None,
+        kernel_source: Some(source.clone()),
+    }
+    .save(&dir)
+    .unwrap();
+    let meta_path = dir.join("checkpoint.json");
+    let mut meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&meta_path).unwrap()).unwrap();
+    assert_eq!(meta["kernel_sha256"], hash.as_str());
+    assert_eq!(meta["kernel_source"]["program_id"], 17);
+    let loaded = Checkpoint::load(&dir).unwrap();
+    assert_eq!(loaded.kernel_source, Some(source));
+    assert_eq!(loaded.model.kernel.hash, hash);
+
+    // A checkpoint written before the kernel's identity was recorded.
+    let fields = meta.as_object_mut().unwrap();
+    fields.remove("kernel_sha256");
+    fields.remove("kernel_source");
+    std::fs::write(&meta_path, meta.to_string()).unwrap();
+    let old = Checkpoint::load(&dir).unwrap();
+    assert_eq!(old.kernel_source, None);
+    assert_eq!(old.model.kernel.hash, hash);
+
+    // A recorded hash that its text does not have is refused.
+    meta["kernel_sha256"] = "ab".repeat(32).into();
+    std::fs::write(&meta_path, meta.to_string()).unwrap();
+    let err = Checkpoint::load(&dir).unwrap_err().to_string();
+    assert!(
+        err.contains("kernel_sha256") && err.contains(&hash),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -3,7 +3,7 @@
 
 use recsys::data::{Dataset, Item, ItemMeta};
 use recsys::fused::{Alpha, TagMatcher};
-use recsys::model::{Checkpoint, SasRec, SasRecConfig, EXACT};
+use recsys::model::{Checkpoint, KernelSource, SasRec, SasRecConfig, EXACT};
 use recsys::serve::{
     app, app_with_context, app_with_explanations, run, Explanations, ServeConfig, TagFusion,
 };
@@ -43,16 +43,22 @@ fn checkpoint() -> Checkpoint {
         model: SasRec::new(config, EXACT, 9).unwrap(),
         dataset,
         report: None,
+        kernel_source: None,
     }
 }
 
 /// Starts the server and returns its base URL.
 async fn start() -> String {
+    start_with(checkpoint()).await
+}
+
+/// Starts the server on `checkpoint` and returns its base URL.
+async fn start_with(checkpoint: Checkpoint) -> String {
     let config = ServeConfig {
         max_body_bytes: MAX_BODY,
         max_k: 100,
     };
-    let router = app(checkpoint(), config).unwrap();
+    let router = app(checkpoint, config).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(run(listener, router));
@@ -230,12 +236,76 @@ async fn metrics_count_requests_by_route_and_status() {
 }
 
 #[tokio::test]
+async fn every_answer_and_the_metrics_name_the_kernel_by_hash() {
+    let mut checkpoint = checkpoint();
+    // A campaign's window kernel, with a quote in the campaign name the metrics must escape.
+    checkpoint
+        .model
+        .set_kernel("(kernel w3 (param W int 3 (1 16)) (mask (and causal (> kv (- q W)))))")
+        .unwrap();
+    checkpoint.kernel_source = Some(KernelSource {
+        program_id: 42,
+        campaign: "say \"hi\"".into(),
+    });
+    let hash = checkpoint.model.kernel.hash.clone();
+    assert_eq!(hash.len(), 64);
+    let base = start_with(checkpoint).await;
+    let expected = json!({"name": "w3", "hash": hash, "program_id": 42, "campaign": "say \"hi\""});
+
+    let (status, body) = post(&base, json!({"user_id": "alice"}).to_string()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["kernel"], expected);
+    assert_eq!(body["model"], format!("sasrec@{}", &hash[..12]));
+    let (status, text) = get(&base, "/v1/items/100/similar?k=3").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        serde_json::from_str::<Value>(&text).unwrap()["kernel"],
+        expected
+    );
+    let (_, text) = get(&base, "/healthz").await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&text).unwrap()["kernel"],
+        expected
+    );
+
+    let (status, text) = get(&base, "/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    let gauge = format!(
+        "recsys_kernel_info{{name=\"w3\",hash=\"{hash}\",program_id=\"42\",campaign=\"say \\\"hi\\\"\"}} 1"
+    );
+    assert!(text.lines().any(|l| l == gauge), "no `{gauge}` in\n{text}");
+    assert!(text.contains("# TYPE recsys_kernel_info gauge"));
+
+    // A kernel from no campaign has no program labels.
+    let base = start().await;
+    let (_, text) = get(&base, "/metrics").await;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("recsys_kernel_info{"))
+        .unwrap();
+    assert!(
+        line.starts_with("recsys_kernel_info{name=\"exact\",hash=\""),
+        "{line}"
+    );
+    assert!(!line.contains("program_id"), "{line}");
+    let (_, body) = post(&base, json!({"user_id": "bob"}).to_string()).await;
+    assert_eq!(body["kernel"]["name"], "exact");
+    assert!(body["kernel"].get("campaign").is_none(), "{body}");
+}
+
+#[tokio::test]
 async fn the_openapi_document_lists_every_route() {
     let base = start().await;
     let (status, text) = get(&base, "/openapi.json").await;
     assert_eq!(status, StatusCode::OK);
     let doc: Value = serde_json::from_str(&text).unwrap();
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let schemas = &doc["components"]["schemas"];
+    assert_eq!(
+        schemas["Recommendations"]["properties"]["kernel"]["$ref"],
+        "#/components/schemas/Kernel"
+    );
+    assert_eq!(schemas["Kernel"]["required"], json!(["name", "hash"]));
     for route in [
         "/v1/recommend",
         "/v1/items/{id}/similar",

@@ -15,7 +15,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use recsys::data::{Dataset, EvalCase, LoadOptions, Split};
 use recsys::eval::{evaluate, report_of, ItemKnn, Popularity, Report};
 use recsys::fused::{evaluate_fused, Alpha, TagMatcher};
-use recsys::model::{train, Checkpoint, SasRec, SasRecConfig, TrainConfig, EXACT};
+use recsys::model::{train, Checkpoint, KernelSource, SasRec, SasRecConfig, TrainConfig, EXACT};
 use recsys::semantic::{GenerativeCheckpoint, GenerativeConfig};
 use recsys::serve::{Explanations, TagFusion};
 
@@ -58,9 +58,10 @@ pub struct ServeArgs {
     checkpoint: PathBuf,
     #[arg(long, default_value = "127.0.0.1:8080")]
     addr: String,
-    /// Run this AKL kernel instead of the one the checkpoint was trained with.
+    /// Run this kernel instead of the one the checkpoint was trained with: an AKL file, a
+    /// library kernel's name, or a program id or hash prefix in --db.
     #[arg(long)]
-    kernel: Option<PathBuf>,
+    kernel: Option<String>,
     /// The largest request body accepted, in bytes.
     #[arg(long, default_value_t = 64 * 1024)]
     max_body_bytes: usize,
@@ -110,9 +111,10 @@ pub struct BenchServeArgs {
     /// A directory written by `recsys train`.
     #[arg(long)]
     checkpoint: PathBuf,
-    /// Run this AKL kernel instead of the one the checkpoint was trained with.
+    /// Run this kernel instead of the one the checkpoint was trained with: an AKL file, a
+    /// library kernel's name, or a program id or hash prefix in --db.
     #[arg(long)]
-    kernel: Option<PathBuf>,
+    kernel: Option<String>,
     /// Requests in flight at once.
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
@@ -136,9 +138,10 @@ pub struct TrainArgs {
     /// ML-latest ratings.csv (default: the fetched MovieLens-100K).
     #[arg(long)]
     data: Option<PathBuf>,
-    /// An AKL program for attention (default: exact causal attention).
+    /// The attention: an AKL file, a library kernel's name, or a program id or hash prefix
+    /// in --db (default: exact causal attention).
     #[arg(long)]
-    kernel: Option<PathBuf>,
+    kernel: Option<String>,
     /// The most epochs (training stops earlier once validation NDCG@10 stops improving).
     #[arg(long, default_value_t = 200)]
     epochs: usize,
@@ -198,9 +201,10 @@ pub struct EvalArgs {
     /// A directory written by `recsys train`.
     #[arg(long)]
     checkpoint: PathBuf,
-    /// Evaluate the trained weights with this AKL kernel in place of their own (drop-in).
+    /// Evaluate the trained weights with this kernel in place of their own (drop-in): an AKL
+    /// file, a library kernel's name, or a program id or hash prefix in --db.
     #[arg(long)]
-    kernel: Option<PathBuf>,
+    kernel: Option<String>,
     /// Neighbours each item keeps in the item-kNN baseline.
     #[arg(long, default_value_t = 100)]
     knn: usize,
@@ -223,21 +227,107 @@ pub struct EvalArgs {
 
 pub fn run(db: &Path, command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Train(a) => run_train(a),
+        Command::Train(a) => run_train(db, a),
         Command::Eval(a) => run_eval(db, a),
         Command::Enrich(a) => run_enrich(db, a),
         Command::Serve(a) => run_serve(db, a),
-        Command::BenchServe(a) => run_bench_serve(a),
+        Command::BenchServe(a) => run_bench_serve(db, a),
         Command::SemanticIds { which } => super::semantic_ids::run(which),
     }
 }
 
-/// The text of `--kernel`, or exact attention.
-pub fn kernel_text(path: Option<&Path>) -> anyhow::Result<String> {
-    match path {
-        Some(path) => super::read_text(path),
-        None => Ok(EXACT.to_string()),
+/// A kernel that `--kernel` named, with where it came from.
+#[derive(Debug)]
+pub struct ChosenKernel {
+    pub text: String,
+    /// What was named, for messages: `file F`, `library kernel N`, `program I of campaign C`.
+    pub origin: String,
+    /// Its program, when it came from the database.
+    pub source: Option<KernelSource>,
+}
+
+impl ChosenKernel {
+    fn exact() -> ChosenKernel {
+        ChosenKernel {
+            text: EXACT.to_string(),
+            origin: "the exact kernel".to_string(),
+            source: None,
+        }
     }
+
+    /// Runs this kernel in `checkpoint`'s model in place of its own (a drop-in: the same
+    /// weights, another attention rule).
+    fn replace_in(self, checkpoint: &mut Checkpoint) -> anyhow::Result<()> {
+        checkpoint
+            .model
+            .set_kernel(&self.text)
+            .with_context(|| format!("kernel from {}", self.origin))?;
+        eprintln!("running {} in place of the trained kernel", self.origin);
+        checkpoint.kernel_source = self.source;
+        Ok(())
+    }
+}
+
+/// Resolves `--kernel` for every `recsys` subcommand: a file if one exists at that path, else
+/// a library kernel of that name, else a program id or unique hash prefix in the database at
+/// `db`, which must already exist (it is never created). `None` when no kernel was named.
+pub fn resolve_kernel(db: &Path, reference: Option<&str>) -> anyhow::Result<Option<ChosenKernel>> {
+    reference.map(|r| resolve_reference(db, r)).transpose()
+}
+
+fn resolve_reference(db: &Path, reference: &str) -> anyhow::Result<ChosenKernel> {
+    let path = Path::new(reference);
+    if path.is_file() {
+        return Ok(ChosenKernel {
+            text: super::read_text(path)?,
+            origin: format!("file {reference}"),
+            source: None,
+        });
+    }
+    if let Some(text) = kernels::akl::library::source(reference) {
+        return Ok(ChosenKernel {
+            text: text.to_string(),
+            origin: format!("library kernel {reference}"),
+            source: None,
+        });
+    }
+    anyhow::ensure!(
+        !reference.is_empty() && reference.chars().all(|c| c.is_ascii_hexdigit()),
+        "--kernel `{reference}`: no such file, no library kernel of that name ({}), and not a \
+         program id or hash prefix (hex digits) of the database --db {}",
+        kernels::akl::library::names()
+            .collect::<Vec<_>>()
+            .join(", "),
+        db.display()
+    );
+    block_on(async {
+        let looked_up = || {
+            format!(
+                "--kernel `{reference}` is no file or library kernel, so it was looked up as a \
+                 program id or hash prefix in --db {}",
+                db.display()
+            )
+        };
+        let db = Db::open_existing(db).await.with_context(looked_up)?;
+        let program = db
+            .resolve_program(reference)
+            .await
+            .with_context(looked_up)?;
+        let campaign = db.campaign(program.campaign_id).await?.name;
+        db.close().await?;
+        Ok(ChosenKernel {
+            origin: format!(
+                "program {} of campaign {campaign} (hash {})",
+                program.id,
+                &program.hash[..program.hash.len().min(12)]
+            ),
+            text: program.canonical_text,
+            source: Some(KernelSource {
+                program_id: program.id,
+                campaign,
+            }),
+        })
+    })
 }
 
 /// Keeps memory that training frees in the process for its next step. A step allocates and
@@ -262,7 +352,7 @@ fn keep_freed_memory_for_reuse() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn keep_freed_memory_for_reuse() {}
 
-fn run_train(args: TrainArgs) -> anyhow::Result<()> {
+fn run_train(db: &Path, args: TrainArgs) -> anyhow::Result<()> {
     keep_freed_memory_for_reuse();
     let options = LoadOptions {
         min_rating: args.min_rating,
@@ -278,7 +368,7 @@ fn run_train(args: TrainArgs) -> anyhow::Result<()> {
         dataset.n_interactions(),
         split.test.len()
     );
-    let kernel = kernel_text(args.kernel.as_deref())?;
+    let kernel = resolve_kernel(db, args.kernel.as_deref())?.unwrap_or_else(ChosenKernel::exact);
     let sasrec = args.retriever == Retriever::Sasrec;
     let max_len = args.max_len.unwrap_or(if sasrec { 200 } else { 20 });
     let train_config = TrainConfig {
@@ -311,7 +401,14 @@ fn run_train(args: TrainArgs) -> anyhow::Result<()> {
             d_ff: 4 * args.d_model,
             dropout: args.dropout,
         };
-        return super::semantic_ids::train(dataset, ids, config, &kernel, &train_config, &args.out);
+        return super::semantic_ids::train(
+            dataset,
+            ids,
+            config,
+            &kernel.text,
+            &train_config,
+            &args.out,
+        );
     }
     anyhow::ensure!(
         args.semantic_ids.is_none(),
@@ -326,14 +423,12 @@ fn run_train(args: TrainArgs) -> anyhow::Result<()> {
         d_ff: 4 * args.d_model,
         dropout: args.dropout,
     };
-    let model = SasRec::new(config, &kernel, args.seed).with_context(|| match &args.kernel {
-        Some(path) => format!("kernel {}", path.display()),
-        None => "the exact kernel".to_string(),
-    })?;
+    let model = SasRec::new(config, &kernel.text, args.seed)
+        .with_context(|| format!("kernel from {}", kernel.origin))?;
     let report = train(&model, &split, &train_config, |e, model| {
         if e.best {
             // Each new best is on disk at once: a killed run keeps it.
-            Checkpoint::write(&args.out, model, &dataset, None)?;
+            Checkpoint::write(&args.out, model, &dataset, None, kernel.source.as_ref())?;
         }
         eprintln!(
             "epoch {:>3}  loss {:.4}  valid HR@10 {:.4}  NDCG@10 {:.4}  {:.1}s{}",
@@ -354,6 +449,7 @@ fn run_train(args: TrainArgs) -> anyhow::Result<()> {
         model,
         dataset,
         report: Some(report),
+        kernel_source: kernel.source,
     };
     checkpoint.save(&args.out)?;
     eprintln!("wrote {}", args.out.display());
@@ -368,11 +464,8 @@ fn run_eval(db: &Path, args: EvalArgs) -> anyhow::Result<()> {
         .map(|&a| Alpha::new(a).context("--alpha"))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let mut checkpoint = Checkpoint::load(&args.checkpoint)?;
-    if let Some(path) = &args.kernel {
-        checkpoint
-            .model
-            .set_kernel(&super::read_text(path)?)
-            .with_context(|| format!("kernel {}", path.display()))?;
+    if let Some(kernel) = resolve_kernel(db, args.kernel.as_deref())? {
+        kernel.replace_in(&mut checkpoint)?;
     }
     let split = Split::leave_one_out(&checkpoint.dataset);
     let n_items = split.n_items;
@@ -422,6 +515,8 @@ fn run_eval(db: &Path, args: EvalArgs) -> anyhow::Result<()> {
             "dataset": checkpoint.dataset.name,
             "test_users": split.test.len(),
             "kernel": checkpoint.model.kernel.text,
+            "kernel_sha256": checkpoint.model.kernel.hash,
+            "kernel_source": checkpoint.kernel_source,
             "convention": "full ranking over all items; seen_filtered removes the items of the \
                            user's history (never the target); ties rank against the target",
             "training_seconds": checkpoint.report.as_ref().map(|r| r.seconds),
@@ -450,10 +545,18 @@ fn run_eval(db: &Path, args: EvalArgs) -> anyhow::Result<()> {
         .collect::<Vec<_>>()
         .join(" ");
     println!(
-        "{}: {} test users, full ranking over {} items\nkernel: {kernel_line}",
+        "{}: {} test users, full ranking over {} items\nkernel: {kernel_line}\nkernel sha256: {}{}",
         checkpoint.dataset.name,
         split.test.len(),
         n_items,
+        checkpoint.model.kernel.hash,
+        checkpoint
+            .kernel_source
+            .as_ref()
+            .map_or(String::new(), |s| format!(
+                " (program {} of campaign {})",
+                s.program_id, s.campaign
+            )),
     );
     println!(
         "{:<12} {:>8} {:>8} {:>8}   {:>8} {:>8} {:>8}",
@@ -751,22 +854,18 @@ fn cached_explanations(
     Ok(explanations)
 }
 
-/// The server application for a checkpoint, with `--kernel` in place of its own if given,
+/// The server application for a checkpoint, with `kernel` in place of its own if given,
 /// answering `explain: true` from `explanations`.
 fn load_app(
     checkpoint: &Path,
-    kernel: Option<&Path>,
+    kernel: Option<ChosenKernel>,
     config: recsys::serve::ServeConfig,
     explanations: Option<(&Path, &str)>,
     alpha: Option<Alpha>,
 ) -> anyhow::Result<recsys::serve::Router> {
     let mut checkpoint = Checkpoint::load(checkpoint)?;
-    if let Some(path) = kernel {
-        checkpoint
-            .model
-            .set_kernel(&super::read_text(path)?)
-            .with_context(|| format!("kernel {}", path.display()))?;
-        eprintln!("running {} in place of the trained kernel", path.display());
+    if let Some(kernel) = kernel {
+        kernel.replace_in(&mut checkpoint)?;
     }
     let fusion = match (alpha, explanations) {
         (Some(alpha), Some((db, model))) => {
@@ -816,7 +915,7 @@ fn run_serve(db: &Path, args: ServeArgs) -> anyhow::Result<()> {
         .transpose()?;
     let app = load_app(
         &args.checkpoint,
-        args.kernel.as_deref(),
+        resolve_kernel(db, args.kernel.as_deref())?,
         config,
         Some((db, args.recgpt_model.as_str())),
         alpha,
@@ -845,17 +944,12 @@ fn quantile_ms(sorted: &[std::time::Duration], q: f64) -> f64 {
     sorted[i].as_secs_f64() * 1e3
 }
 
-fn run_bench_serve(args: BenchServeArgs) -> anyhow::Result<()> {
+fn run_bench_serve(db: &Path, args: BenchServeArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.concurrency > 0, "--concurrency must be at least 1");
+    let kernel = resolve_kernel(db, args.kernel.as_deref())?;
     let checkpoint_users = Checkpoint::load(&args.checkpoint)?.dataset.users;
     anyhow::ensure!(!checkpoint_users.is_empty(), "the checkpoint has no users");
-    let app = load_app(
-        &args.checkpoint,
-        args.kernel.as_deref(),
-        Default::default(),
-        None,
-        None,
-    )?;
+    let app = load_app(&args.checkpoint, kernel, Default::default(), None, None)?;
     let runtime = tokio::runtime::Runtime::new().context("could not start the async runtime")?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

@@ -1,7 +1,9 @@
 //! A checkpoint directory: `model.safetensors` (the weights), `checkpoint.json` (model
-//! config, the kernel's canonical text, the dataset with its item mapping and histories, and
-//! the training report). The dataset travels with the model so that `eval` rebuilds the same
-//! split and `serve` can answer by user id without the original files.
+//! config, the kernel's canonical text, its SHA-256 and, for a kernel from the
+//! discovered-kernel database, its program id and campaign; the dataset with its item mapping
+//! and histories, and the training report). The dataset travels with the model so that
+//! `eval` rebuilds the same split and `serve` can answer by user id without the original
+//! files.
 
 use std::path::{Path, PathBuf};
 
@@ -19,8 +21,22 @@ const META: &str = "checkpoint.json";
 struct Meta {
     config: SasRecConfig,
     kernel: String,
+    /// SHA-256 of `kernel`, the hash the discovered-kernel database keys programs by.
+    /// Checkpoints written before it was recorded lack it.
+    #[serde(default)]
+    kernel_sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    kernel_source: Option<KernelSource>,
     dataset: Dataset,
     report: Option<TrainReport>,
+}
+
+/// Where a kernel came from, when a campaign found it: its program in the discovered-kernel
+/// database.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelSource {
+    pub program_id: i64,
+    pub campaign: String,
 }
 
 /// A trained model with its data.
@@ -29,6 +45,8 @@ pub struct Checkpoint {
     pub model: SasRec,
     pub dataset: Dataset,
     pub report: Option<TrainReport>,
+    /// Where the model's kernel came from (none: a file, the library or the default).
+    pub kernel_source: Option<KernelSource>,
 }
 
 fn bad(path: &Path, reason: impl Into<String>) -> Error {
@@ -41,7 +59,13 @@ fn bad(path: &Path, reason: impl Into<String>) -> Error {
 impl Checkpoint {
     /// Writes the checkpoint into `dir` (created if missing).
     pub fn save(&self, dir: &Path) -> Result<()> {
-        Checkpoint::write(dir, &self.model, &self.dataset, self.report.as_ref())
+        Checkpoint::write(
+            dir,
+            &self.model,
+            &self.dataset,
+            self.report.as_ref(),
+            self.kernel_source.as_ref(),
+        )
     }
 
     /// Writes a checkpoint from its parts (during training, before a `Checkpoint` exists).
@@ -50,11 +74,14 @@ impl Checkpoint {
         model: &SasRec,
         dataset: &Dataset,
         report: Option<&TrainReport>,
+        kernel_source: Option<&KernelSource>,
     ) -> Result<()> {
         save_weights(dir, model)?;
         let meta = Meta {
             config: model.config.clone(),
             kernel: model.kernel.text.clone(),
+            kernel_sha256: Some(model.kernel.hash.clone()),
+            kernel_source: kernel_source.cloned(),
             dataset: dataset.clone(),
             report: report.cloned(),
         };
@@ -84,10 +111,21 @@ impl Checkpoint {
             ));
         }
         let model = load_weights(dir, meta.config, &meta.kernel)?;
+        if let Some(recorded) = meta.kernel_sha256.filter(|h| *h != model.kernel.hash) {
+            return Err(bad(
+                dir,
+                format!(
+                    "{META} records kernel_sha256 {recorded}, but its kernel text hashes to {}: \
+                     the file was edited; restore it or train again",
+                    model.kernel.hash
+                ),
+            ));
+        }
         Ok(Checkpoint {
             model,
             dataset: meta.dataset,
             report: meta.report,
+            kernel_source: meta.kernel_source,
         })
     }
 }

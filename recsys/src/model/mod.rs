@@ -19,7 +19,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-pub use checkpoint::{load_weights, save_weights, write_atomically, Checkpoint};
+pub use checkpoint::{load_weights, save_weights, write_atomically, Checkpoint, KernelSource};
 pub use infer::Inference;
 pub use kernel::{KernelRules, LayerRule, EXACT};
 pub(crate) use train::windows as item_windows;

@@ -1,10 +1,12 @@
-//! Request counts by route and status and a latency histogram per route, in the Prometheus
-//! text exposition format.
+//! Request counts by route and status, a latency histogram per route, and the kernel served
+//! as an info gauge, in the Prometheus text exposition format.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
 use std::time::Duration;
+
+use super::KernelInfo;
 
 /// Upper bounds of the latency buckets, in seconds.
 const BUCKETS: [f64; 12] = [
@@ -56,10 +58,27 @@ impl Metrics {
         h.sum += secs;
     }
 
-    /// The Prometheus text of every counter.
-    pub fn render(&self) -> String {
+    /// The Prometheus text of every counter, after the info gauge of `kernel`.
+    pub fn render(&self, kernel: &KernelInfo) -> String {
         let t = self.tables.lock().unwrap_or_else(|e| e.into_inner());
         let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP recsys_kernel_info The attention kernel served (always 1)."
+        );
+        let _ = writeln!(out, "# TYPE recsys_kernel_info gauge");
+        let mut labels = vec![("name", kernel.name.clone()), ("hash", kernel.hash.clone())];
+        if let Some(id) = kernel.program_id {
+            labels.push(("program_id", id.to_string()));
+        }
+        if let Some(campaign) = &kernel.campaign {
+            labels.push(("campaign", campaign.clone()));
+        }
+        let labels: Vec<String> = labels
+            .iter()
+            .map(|(k, v)| format!("{k}=\"{}\"", label_value(v)))
+            .collect();
+        let _ = writeln!(out, "recsys_kernel_info{{{}}} 1", labels.join(","));
         let _ = writeln!(
             out,
             "# HELP recsys_requests_total HTTP requests by route and status."
@@ -103,4 +122,12 @@ impl Metrics {
         }
         out
     }
+}
+
+/// A label value escaped as the exposition format asks: backslash, double quote, newline.
+fn label_value(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }

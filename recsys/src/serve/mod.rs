@@ -7,7 +7,8 @@
 //! carries the `reason` cached for that (user, item) by the RecGPT explanation stage, handed in
 //! as plain [`Explanations`]; no language model runs in the request path. With a
 //! [`TagFusion`], a known user with cached tags is ranked by RecGPT's fused score
-//! `α · model + (1 − α) · tag match` (`crate::fused`), again from plain data.
+//! `α · model + (1 − α) · tag match` (`crate::fused`), again from plain data. Every answer
+//! names the kernel it ran ([`KernelInfo`]); `/metrics` carries it as an info gauge.
 
 mod error;
 mod metrics;
@@ -65,6 +66,7 @@ pub struct AppState {
     dataset: Dataset,
     /// The model's name in responses: `sasrec@` and the kernel hash's first 12 digits.
     model_name: String,
+    kernel: KernelInfo,
     item_index: HashMap<String, u32>,
     user_index: HashMap<String, usize>,
     /// Item embeddings scaled to unit length, row-major `[n_items, d_model]`.
@@ -132,6 +134,36 @@ pub struct Recommendation {
 pub struct Recommendations {
     pub items: Vec<Recommendation>,
     pub model: String,
+    pub kernel: KernelInfo,
+}
+
+/// The kernel the server runs: its name, its identity (the SHA-256 of its canonical text,
+/// the hash the discovered-kernel database keys it by) and, for a kernel a campaign found,
+/// its program id and campaign.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct KernelInfo {
+    pub name: String,
+    pub hash: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub program_id: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub campaign: Option<String>,
+}
+
+impl KernelInfo {
+    /// The kernel of a checkpoint's model.
+    pub fn of(checkpoint: &Checkpoint) -> crate::Result<KernelInfo> {
+        let kernel = &checkpoint.model.kernel;
+        let source = checkpoint.kernel_source.as_ref();
+        Ok(KernelInfo {
+            name: kernels::akl::parse(&kernel.text)
+                .map_err(kernels::Error::from)?
+                .name,
+            hash: kernel.hash.clone(),
+            program_id: source.map(|s| s.program_id),
+            campaign: source.map(|s| s.campaign.clone()),
+        })
+    }
 }
 
 /// The application for a loaded checkpoint, without explanations.
@@ -156,6 +188,7 @@ pub fn app_with_context(
     explanations: Explanations,
     fusion: Option<TagFusion>,
 ) -> crate::Result<Router> {
+    let kernel = KernelInfo::of(&checkpoint)?;
     let Checkpoint { model, dataset, .. } = checkpoint;
     if let Some(f) = &fusion {
         if f.items.len() != dataset.items.len() {
@@ -176,6 +209,7 @@ pub fn app_with_context(
         .collect();
     let state = Arc::new(AppState {
         model_name: format!("sasrec@{}", &model.kernel.hash[..12]),
+        kernel,
         item_index: dataset.item_index(),
         user_index: dataset
             .users
@@ -313,7 +347,11 @@ async fn recommend(
         Some(alpha) => format!("{}+tags(alpha={alpha})", state.model_name),
         None => state.model_name.clone(),
     };
-    Ok(Json(Recommendations { items, model }))
+    Ok(Json(Recommendations {
+        items,
+        model,
+        kernel: state.kernel.clone(),
+    }))
 }
 
 #[derive(serde::Deserialize)]
@@ -349,6 +387,7 @@ async fn similar(
     Ok(Json(Recommendations {
         items,
         model: state.model_name.clone(),
+        kernel: state.kernel.clone(),
     }))
 }
 
@@ -356,6 +395,7 @@ async fn healthz(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> 
     Json(serde_json::json!({
         "status": "ok",
         "model": state.model_name,
+        "kernel": state.kernel,
         "items": state.dataset.items.len(),
         "users": state.dataset.users.len(),
     }))
@@ -364,7 +404,7 @@ async fn healthz(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> 
 async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
+        state.metrics.render(&state.kernel),
     )
         .into_response()
 }

@@ -52,14 +52,15 @@ pub fn document() -> Value {
                 }
             }},
             "/healthz": {"get": {
-                "summary": "Liveness, with the model name and catalogue size.",
+                "summary": "Liveness, with the model name, the kernel and the catalogue size.",
                 "responses": {"200": {"description": "Serving.", "content": {"application/json": {
                     "schema": {"type": "object", "properties": {
                         "status": {"type": "string"}, "model": {"type": "string"},
+                        "kernel": {"$ref": "#/components/schemas/Kernel"},
                         "items": {"type": "integer"}, "users": {"type": "integer"}}}}}}}
             }},
             "/metrics": {"get": {
-                "summary": "Prometheus text: requests by route and status, latency histograms.",
+                "summary": "Prometheus text: the kernel served as the gauge recsys_kernel_info{name, hash[, program_id, campaign]} = 1, requests by route and status, latency histograms.",
                 "responses": {"200": {"description": "Prometheus text exposition format.",
                     "content": {"text/plain": {"schema": {"type": "string"}}}}}
             }},
@@ -89,7 +90,7 @@ pub fn document() -> Value {
             },
             "Recommendations": {
                 "type": "object",
-                "required": ["items", "model"],
+                "required": ["items", "model", "kernel"],
                 "properties": {
                     "items": {"type": "array", "items": {
                         "type": "object",
@@ -101,7 +102,19 @@ pub fn document() -> Value {
                             "reason": {"type": "string", "description": "Why this user may like the item, in one sentence; only with `explain: true` and a cached explanation."}
                         }
                     }},
-                    "model": {"type": "string", "description": "sasrec@ and the kernel hash's first 12 hex digits."}
+                    "model": {"type": "string", "description": "sasrec@ and the kernel hash's first 12 hex digits."},
+                    "kernel": {"$ref": "#/components/schemas/Kernel"}
+                }
+            },
+            "Kernel": {
+                "type": "object",
+                "description": "The attention kernel that ranked the items.",
+                "required": ["name", "hash"],
+                "properties": {
+                    "name": {"type": "string", "description": "The AKL program's name."},
+                    "hash": {"type": "string", "description": "SHA-256 of the kernel's canonical AKL text (64 hex digits): its identity in the discovered-kernel database."},
+                    "program_id": {"type": "integer", "description": "Its program id in the database, when a campaign found it."},
+                    "campaign": {"type": "string", "description": "The campaign that found it."}
                 }
             },
             "Error": {
