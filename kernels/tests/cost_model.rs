@@ -110,15 +110,32 @@ fn rule(mask: &str, score: &str) -> CheckedProgram {
 /// Training-free library programs and shapes an adversary would pick: scores that are
 /// expensive per pair, masks that leave every tile partial, pages far too large or small.
 fn programs() -> Vec<(String, CheckedProgram)> {
-    let library = ["exact", "window", "sink_window", "head_mix", "star", "quest", "moba"];
+    let library = [
+        "exact",
+        "window",
+        "sink_window",
+        "head_mix",
+        "star",
+        "quest",
+        "moba",
+    ];
     let plain = "(* s scale)";
     let adversarial = [
-        ("soft_cap", rule("causal", "(* 30 (tanh (/ (* s scale) 30)))")),
+        (
+            "soft_cap",
+            rule("causal", "(* 30 (tanh (/ (* s scale) 30)))"),
+        ),
         ("nested_tanh", rule("causal", "(tanh (tanh (* s scale)))")),
-        ("dilated_4", rule("(and causal (== (mod (- q kv) 4) 0))", plain)),
+        (
+            "dilated_4",
+            rule("(and causal (== (mod (- q kv) 4) 0))", plain),
+        ),
         (
             "dilated_window",
-            rule("(and causal (> kv (- q 512)) (== (mod (- q kv) 2) 0))", plain),
+            rule(
+                "(and causal (> kv (- q 512)) (== (mod (- q kv) 2) 0))",
+                plain,
+            ),
         ),
         (
             "huge_pages",
@@ -143,6 +160,53 @@ fn programs() -> Vec<(String, CheckedProgram)> {
         })
         .chain(adversarial.into_iter().map(|(n, c)| (n.to_string(), c)))
         .collect()
+}
+
+fn flops(checked: &CheckedProgram, len: usize) -> f64 {
+    cost(checked, &SHAPE, len).unwrap().flops
+}
+
+#[test]
+fn per_pair_work_beyond_the_score_and_value_loop_is_charged() {
+    let t = 1024;
+    let exact = flops(akl::library::checked("exact").unwrap(), t);
+    let plain = "(* s scale)";
+    // `(* s scale)` is the fast path; any other score runs per visible pair, and costs more
+    // with more operations and more with tanh than with an addition.
+    assert_eq!(flops(&rule("causal", plain), t), exact);
+    let add = flops(&rule("causal", "(+ (* s scale) 0)"), t);
+    let add_twice = flops(&rule("causal", "(+ (+ (* s scale) 0) 0)"), t);
+    let tanh = flops(&rule("causal", "(tanh (+ (* s scale) 0))"), t);
+    assert!(
+        exact < add && add < add_twice && add_twice < tanh,
+        "{add} {add_twice} {tanh}"
+    );
+    // Half the pairs visible, but every tile partial: each pair is scored and checked.
+    let even = flops(&rule("(and causal (== (mod kv 2) 0))", plain), t);
+    assert!(even > exact, "{even} vs {exact}");
+    // A window's partial tiles are its edges: checks stay a small part of its cost.
+    let window = "(and causal (> kv (- q 256)))";
+    let window_flops = flops(&rule(window, plain), t);
+    let visible = (256 * 257 / 2 + (t - 256) * 256) as f64;
+    let dense = 4.0 * 64.0 * visible * 9.0;
+    assert!(
+        window_flops > dense && window_flops < 1.5 * dense,
+        "{window_flops} vs {dense}"
+    );
+}
+
+#[test]
+fn page_selection_pays_for_scoring_pages() {
+    let select = |page: usize, top: usize| {
+        program(&format!(
+            "(kernel k (mask causal) (score (* s scale)) (norm softmax) \
+             (select (page {page}) (top {top}) (summary minmax)))"
+        ))
+    };
+    let t = 4096;
+    // The same 1024-key budget: small pages mean many more pages to score per row.
+    let (small, large) = (flops(&select(4, 256), t), flops(&select(64, 16), t));
+    assert!(small > 2.0 * large, "{small} vs {large}");
 }
 
 #[test]
@@ -174,9 +238,18 @@ fn calibrate() {
     let cases = [
         ("exact", rule("causal", plain)),
         ("score 5 nodes", rule("causal", "(+ (* s scale) 0)")),
-        ("score 9 nodes", rule("causal", "(+ (+ (+ (* s scale) 0) 0) 0)")),
-        ("score 5 nodes 2 tanh", rule("causal", "(tanh (tanh (* s scale)))")),
-        ("mask 8 nodes", rule("(and causal (== (mod kv 2) (mod kv 2)))", plain)),
+        (
+            "score 9 nodes",
+            rule("causal", "(+ (+ (+ (* s scale) 0) 0) 0)"),
+        ),
+        (
+            "score 5 nodes 2 tanh",
+            rule("causal", "(tanh (tanh (* s scale)))"),
+        ),
+        (
+            "mask 8 nodes",
+            rule("(and causal (== (mod kv 2) (mod kv 2)))", plain),
+        ),
         (
             "mask 12 nodes",
             rule("(and causal (== (mod (+ kv 0) 2) (mod (+ kv 0) 2)))", plain),
@@ -210,7 +283,11 @@ fn calibrate() {
     let pairs = (T * (T + 1) / 2 * SHAPE.n_q_heads) as f64;
     let exact_flops = 4.0 * SHAPE.head_dim as f64 * pairs;
     let ns_per_flop = seconds[0] * 1e9 / exact_flops;
-    println!("exact: {:.2} ms, {:.1} GFLOP/s", seconds[0] * 1e3, 1.0 / ns_per_flop);
+    println!(
+        "exact: {:.2} ms, {:.1} GFLOP/s",
+        seconds[0] * 1e3,
+        1.0 / ns_per_flop
+    );
     for ((name, c), s) in cases.iter().zip(&seconds) {
         let extra = (s - seconds[0]) * 1e9 / pairs;
         let model = cost(c, &SHAPE, T).unwrap().flops;

@@ -1,7 +1,9 @@
-//! The deterministic cost model: attention FLOPs of a full prefill, KV bytes the tiled plan
-//! reads, and KV bytes the cache holds per token, all counted from the plan (never timed).
-//! Visible pairs are counted row by row by bisecting each row with the mask's interval
-//! arithmetic, so the work grows with the number of pieces per row, not with T².
+//! The deterministic cost model: the work of a full prefill in FLOP-equivalents, KV bytes
+//! the tiled plan reads, and KV bytes the cache holds per token, all counted from the plan
+//! (never timed). Work outside the SIMD score-and-value loop (score expressions, per-pair
+//! mask checks in partial tiles, f64 page selection) is charged weights measured against
+//! that loop (`kernels/AKL.md`, "The cost model"). Tiles and rows are counted by bisecting
+//! with the mask's interval arithmetic, so the work grows with the pieces per row, not T².
 
 use super::ast::{OptionValue, Summary, Tile};
 use super::check::CheckedProgram;
@@ -34,7 +36,9 @@ impl ModelShape {
 /// What a prefill of `T` tokens costs, summed over layers and heads. Bytes are f32 bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Cost {
-    /// Attention FLOPs (multiply and add count two), projections excluded.
+    /// Attention work in FLOP-equivalents (multiply and add count two; work outside the SIMD
+    /// score-and-value loop counts as the FLOPs that loop does in the same time),
+    /// projections excluded.
     pub flops: f64,
     /// Bytes of keys and values (or latents, summaries, states) the kernels read.
     pub kv_bytes_read: f64,
@@ -379,7 +383,8 @@ fn head_cost(spec: &HeadSpec, shape: &ModelShape, seq_len: usize) -> Result<Cost
         let mut flops = 4.0 * d * work.pairs as f64;
         if rule {
             let nodes = mask.term.nodes() as f64;
-            flops += (weight::MASK_CALL + 2.0 * weight::MASK_NODE * nodes) * work.range_checks as f64
+            flops += (weight::MASK_CALL + 2.0 * weight::MASK_NODE * nodes)
+                * work.range_checks as f64
                 + (weight::MASK_CALL + weight::MASK_NODE * nodes) * work.pair_checks as f64;
         }
         if let Some(score) = score {
@@ -409,13 +414,9 @@ fn head_cost(spec: &HeadSpec, shape: &ModelShape, seq_len: usize) -> Result<Cost
             }
             c
         }
-        HeadSpec::Star { block, context } => softmax(
-            &star_mask(*block, *context)?,
-            true,
-            None,
-            q_tile,
-            kv_tile,
-        ),
+        HeadSpec::Star { block, context } => {
+            softmax(&star_mask(*block, *context)?, true, None, q_tile, kv_tile)
+        }
         HeadSpec::Select {
             page,
             top,

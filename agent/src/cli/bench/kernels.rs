@@ -145,7 +145,7 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
             Ok(Timings {
                 kernel: c.name,
                 model_flops,
-            exponent: fitted_exponent(&args.lengths, &seconds),
+                exponent: fitted_exponent(&args.lengths, &seconds),
                 tail_exponent: fitted_exponent(&args.lengths[tail..], &seconds[tail..]),
                 seconds,
             })
