@@ -107,7 +107,7 @@ fn rule(mask: &str, score: &str) -> CheckedProgram {
     ))
 }
 
-/// Training-free library programs and shapes an adversary would pick: scores that are
+/// Training-free library programs and shapes an adversary would pick: a score that is
 /// expensive per pair, masks that leave every tile partial, pages far too large or small.
 fn programs() -> Vec<(String, CheckedProgram)> {
     let library = [
@@ -125,7 +125,6 @@ fn programs() -> Vec<(String, CheckedProgram)> {
             "soft_cap",
             rule("causal", "(* 30 (tanh (/ (* s scale) 30)))"),
         ),
-        ("nested_tanh", rule("causal", "(tanh (tanh (* s scale)))")),
         (
             "dilated_4",
             rule("(and causal (== (mod (- q kv) 4) 0))", plain),

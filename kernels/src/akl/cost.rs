@@ -59,24 +59,24 @@ const F32: f64 = 4.0;
 const BRUTE_FORCE: i64 = 16;
 
 /// What work beyond the SIMD score-and-value loop costs, in FLOP-equivalents: the time of
-/// one FLOP of that loop. Measured with `tests/cost_model.rs`'s `calibrate` (see AKL.md).
+/// one FLOP of that loop. Measured in a release build with `tests/cost_model.rs`'s
+/// `calibrate` at d = 64 (see AKL.md).
 mod weight {
-    /// Per visible pair a score expression modifies: the call, f64 conversions, `s` recovered.
-    pub const SCORE_PAIR: f64 = 30.0;
-    /// Per node of the score expression evaluated on a pair.
-    pub const SCORE_NODE: f64 = 65.0;
+    /// Per node of the score expression evaluated on a visible pair (the call, the f64
+    /// conversions and the recovery of `s` measured no cost of their own beyond it).
+    pub const SCORE_NODE: f64 = 160.0;
     /// Per transcendental function (`tanh`) on top of its node.
-    pub const TRANSCENDENTAL: f64 = 300.0;
+    pub const TRANSCENDENTAL: f64 = 730.0;
     /// Per check of a pair or of a key range against a mask: the call and its share of the
     /// bisection around it.
-    pub const MASK_CALL: f64 = 163.0;
+    pub const MASK_CALL: f64 = 240.0;
     /// Per node of the mask evaluated on a pair (an interval check counts twice).
-    pub const MASK_NODE: f64 = 42.0;
+    pub const MASK_NODE: f64 = 117.0;
     /// Per scalar f64 operation of page summaries and page scores.
-    pub const F64_OP: f64 = 11.0;
+    pub const F64_OP: f64 = 15.0;
     /// Per earlier page a selecting row considers: the visibility check and its share of
     /// the top-k choice.
-    pub const PAGE: f64 = 100.0;
+    pub const PAGE: f64 = 1610.0;
     /// Per key a selecting row attends to, beyond `4d`: rows attend one at a time, without
     /// the tiled loop's sharing of keys between rows.
     pub const ROW_PAIR: f64 = 150.0;
@@ -357,9 +357,7 @@ fn select_cost(
 /// FLOP-equivalents per visible pair of a score expression.
 fn score_weight(score: &CompiledScore) -> f64 {
     let (nodes, transcendental) = score.term.nodes();
-    weight::SCORE_PAIR
-        + weight::SCORE_NODE * nodes as f64
-        + weight::TRANSCENDENTAL * transcendental as f64
+    weight::SCORE_NODE * nodes as f64 + weight::TRANSCENDENTAL * transcendental as f64
 }
 
 /// The cost of one query head running `spec`.
