@@ -299,3 +299,4 @@ fn calibrate() {
         );
     }
 }
+
