@@ -32,7 +32,7 @@ pub struct Args {
     q_heads: usize,
     #[arg(long, default_value_t = 3)]
     kv_heads: usize,
-    /// Timed runs per point; medians are reported.
+    /// Timed runs per point, interleaved across kernels; medians are reported.
     #[arg(long, default_value_t = 3)]
     repeats: usize,
     /// Where to write the plot (SVG).
@@ -122,8 +122,8 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
     let mut seconds = vec![Vec::new(); candidates.len()];
     for &t in &args.lengths {
         let data = RandomAttention::new(&args, t);
-        for (candidate, times) in candidates.iter().zip(&mut seconds) {
-            let median = data.time(candidate, args.repeats)?;
+        let medians = data.median_times(&candidates, args.repeats)?;
+        for ((candidate, times), median) in candidates.iter().zip(&mut seconds).zip(medians) {
             eprintln!(
                 "T = {t:>6}  {:<12} {:>10.2} ms",
                 candidate.name,
@@ -298,8 +298,10 @@ impl RandomAttention {
         }
     }
 
-    /// The median wall time of `repeats` runs, after a warm-up run at short lengths.
-    fn time(&self, candidate: &Candidate, repeats: usize) -> anyhow::Result<f64> {
+    /// Each candidate's median wall time over `repeats` rounds that run every candidate once
+    /// (after a warm-up round at short lengths): a load spike hits one round of every
+    /// candidate, and the median drops it.
+    fn median_times(&self, candidates: &[Candidate], repeats: usize) -> anyhow::Result<Vec<f64>> {
         let input = AttentionInput {
             q: &self.q,
             k: &self.k,
@@ -317,15 +319,17 @@ impl RandomAttention {
         };
         let mut out = self.out.clone();
         let warm_up = usize::from(self.len <= 4096);
-        let mut times = Vec::with_capacity(repeats);
-        for run in 0..warm_up + repeats {
-            let started = Instant::now();
-            candidate.kernel.forward(&input, &layer, &mut out)?;
-            if run >= warm_up {
-                times.push(started.elapsed().as_secs_f64());
+        let mut times = vec![Vec::with_capacity(repeats); candidates.len()];
+        for round in 0..warm_up + repeats {
+            for (candidate, times) in candidates.iter().zip(&mut times) {
+                let started = Instant::now();
+                candidate.kernel.forward(&input, &layer, &mut out)?;
+                if round >= warm_up {
+                    times.push(started.elapsed().as_secs_f64());
+                }
             }
         }
-        Ok(median(&times))
+        Ok(times.iter().map(|t| median(t)).collect())
     }
 }
 
