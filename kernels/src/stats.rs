@@ -56,9 +56,9 @@ mod tests {
         let xs = [1.0, 2.0, 3.0, 4.0, 5.0];
         assert_eq!(spearman(&xs, &[10.0, 20.0, 25.0, 90.0, 100.0]), 1.0);
         assert_eq!(spearman(&xs, &[5.0, 4.0, 3.0, 2.0, 1.0]), -1.0);
-        // Ranks 1, 2.5, 2.5, 4 against 1..4: cov 5, variances 4.5 and 5.
+        // Ranks 1, 2.5, 2.5, 4 against 1..4: covariance 4.5, variances 4.5 and 5 (sums).
         let tied = spearman(&[1.0, 2.0, 2.0, 3.0], &[1.0, 2.0, 3.0, 4.0]);
-        assert!((tied - 5.0 / (4.5f64 * 5.0).sqrt()).abs() < 1e-12);
+        assert!((tied - 4.5 / (4.5f64 * 5.0).sqrt()).abs() < 1e-12);
         assert!(spearman(&xs, &[1.0; 5]).is_nan());
     }
 
