@@ -14,6 +14,7 @@ pub mod model;
 pub mod perplexity;
 pub mod profile;
 pub mod quant;
+pub mod stats;
 pub mod tokenizer;
 pub mod trainable;
 

@@ -1,13 +1,15 @@
-//! The deterministic cost model: attention FLOPs of a full prefill, KV bytes the tiled plan
-//! reads, and KV bytes the cache holds per token, all counted from the plan (never timed).
-//! Visible pairs are counted row by row by bisecting each row with the mask's interval
-//! arithmetic, so the work grows with the number of pieces per row, not with T².
+//! The deterministic cost model: the work of a full prefill in FLOP-equivalents, KV bytes
+//! the tiled plan reads, and KV bytes the cache holds per token, all counted from the plan
+//! (never timed). Work outside the SIMD score-and-value loop (score expressions, per-pair
+//! mask checks in partial tiles, f64 page selection) is charged weights measured against
+//! that loop (`kernels/AKL.md`, "The cost model"). Tiles and rows are counted by bisecting
+//! with the mask's interval arithmetic, so the work grows with the pieces per row, not T².
 
 use super::ast::{OptionValue, Summary, Tile};
 use super::check::CheckedProgram;
 use super::compile::{compile, star_mask, HeadSpec};
 use super::library;
-use super::mask::{CompiledMask, MaskTerm, Tri, MAX_POSITION};
+use super::mask::{CompiledMask, CompiledScore, MaskTerm, Tri, MAX_POSITION};
 use crate::{Error, Result};
 
 /// The attention shape of a model.
@@ -34,7 +36,9 @@ impl ModelShape {
 /// What a prefill of `T` tokens costs, summed over layers and heads. Bytes are f32 bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Cost {
-    /// Attention FLOPs (multiply and add count two), projections excluded.
+    /// Attention work in FLOP-equivalents (multiply and add count two; work outside the SIMD
+    /// score-and-value loop counts as the FLOPs that loop does in the same time),
+    /// projections excluded.
     pub flops: f64,
     /// Bytes of keys and values (or latents, summaries, states) the kernels read.
     pub kv_bytes_read: f64,
@@ -53,6 +57,30 @@ impl Cost {
 const F32: f64 = 4.0;
 /// Below this many keys a row or tile range is counted pair by pair.
 const BRUTE_FORCE: i64 = 16;
+
+/// What work beyond the SIMD score-and-value loop costs, in FLOP-equivalents: the time of
+/// one FLOP of that loop. Measured in a release build with `tests/cost_model.rs`'s
+/// `calibrate` at d = 64 (see AKL.md).
+mod weight {
+    /// Per node of the score expression evaluated on a visible pair (the call, the f64
+    /// conversions and the recovery of `s` measured no cost of their own beyond it).
+    pub const SCORE_NODE: f64 = 160.0;
+    /// Per transcendental function (`tanh`) on top of its node.
+    pub const TRANSCENDENTAL: f64 = 730.0;
+    /// Per check of a pair or of a key range against a mask: the call and its share of the
+    /// bisection around it.
+    pub const MASK_CALL: f64 = 240.0;
+    /// Per node of the mask evaluated on a pair (an interval check counts twice).
+    pub const MASK_NODE: f64 = 117.0;
+    /// Per scalar f64 operation of page summaries and page scores.
+    pub const F64_OP: f64 = 15.0;
+    /// Per earlier page a selecting row considers: the visibility check and its share of
+    /// the top-k choice.
+    pub const PAGE: f64 = 1610.0;
+    /// Per key a selecting row attends to, beyond `4d`: rows attend one at a time, without
+    /// the tiled loop's sharing of keys between rows.
+    pub const ROW_PAIR: f64 = 150.0;
+}
 
 /// The cost of `checked` on `shape` for a prefill of `seq_len` tokens.
 pub fn cost(checked: &CheckedProgram, shape: &ModelShape, seq_len: usize) -> Result<Cost> {
@@ -120,15 +148,73 @@ fn visible_in_row(mask: &MaskTerm, q: i64, lo: i64, hi: i64) -> i64 {
     }
 }
 
-/// Keys read by the tiled plan for query rows `qs`: every key of each tile that is not
-/// provably empty, found by bisecting the tile range `tiles` (inclusive).
-fn keys_in_visited_tiles(
+/// The visible pairs, row by row.
+fn visible_rows(mask: &MaskTerm, len: i64) -> impl Iterator<Item = i64> + '_ {
+    (0..len).map(move |q| visible_in_row(mask, q, 0, q))
+}
+
+/// What the tiled plan does for some query tiles.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct TileWork {
+    /// Keys of the KV tiles visited, once per query tile that visits them.
+    keys: i64,
+    /// (query, key) pairs scored: each row scores every key of a visited tile up to its own
+    /// position, whether the mask shows it or not.
+    pairs: i64,
+    /// In tiles the mask only partly shows, each row's keys are checked against the mask:
+    /// interval checks of key ranges, then the pairs of short undecided ranges one by one.
+    range_checks: i64,
+    pair_checks: i64,
+}
+
+impl std::ops::Add for TileWork {
+    type Output = TileWork;
+
+    fn add(self, other: TileWork) -> TileWork {
+        TileWork {
+            keys: self.keys + other.keys,
+            pairs: self.pairs + other.pairs,
+            range_checks: self.range_checks + other.range_checks,
+            pair_checks: self.pair_checks + other.pair_checks,
+        }
+    }
+}
+
+/// Pairs of a row in `qs` and a key in `keys` at or before it (inclusive bounds).
+fn causal_pairs_in(qs: (i64, i64), keys: (i64, i64)) -> i64 {
+    (qs.0..=qs.1)
+        .map(|q| (q.min(keys.1) - keys.0 + 1).max(0))
+        .sum()
+}
+
+/// The checks the kernel makes to hide the keys `keys` (inclusive, at or before `q`) that
+/// `mask` hides from row `q`: (range checks, pair checks), as `attention::tiled`'s
+/// `hide_keys` bisects them.
+fn row_checks(mask: &MaskTerm, q: i64, keys: (i64, i64)) -> (i64, i64) {
+    const BY_KEY: i64 = 8;
+    let n = keys.1 - keys.0 + 1;
+    match mask.truth((q, q), keys) {
+        Tri::Always | Tri::Never => (1, 0),
+        Tri::Sometimes if n <= BY_KEY => (1, n),
+        Tri::Sometimes => {
+            let half = keys.0 + n / 2;
+            let (a, b) = row_checks(mask, q, (keys.0, half - 1));
+            let (c, d) = row_checks(mask, q, (half, keys.1));
+            (1 + a + c, b + d)
+        }
+    }
+}
+
+/// The work of query rows `qs` over the key tiles `tiles` (inclusive) that are not provably
+/// empty, found by bisecting the tile range as the tiled plan does. The checks of a partial
+/// tile are those of its middle row, times its rows.
+fn visited_tiles(
     mask: &MaskTerm,
     qs: (i64, i64),
     tiles: (i64, i64),
     kv_tile: i64,
     len: i64,
-) -> i64 {
+) -> TileWork {
     let keys = (tiles.0 * kv_tile, ((tiles.1 + 1) * kv_tile).min(len) - 1);
     let causal = if keys.0 > qs.1 {
         Tri::Never
@@ -137,32 +223,50 @@ fn keys_in_visited_tiles(
     } else {
         Tri::Sometimes
     };
+    let work = TileWork {
+        keys: keys.1 - keys.0 + 1,
+        pairs: causal_pairs_in(qs, keys),
+        ..TileWork::default()
+    };
     match causal.and(mask.truth(qs, keys)) {
-        Tri::Never => 0,
-        Tri::Always => keys.1 - keys.0 + 1,
-        Tri::Sometimes if tiles.0 == tiles.1 => keys.1 - keys.0 + 1,
+        Tri::Never => TileWork::default(),
+        Tri::Always => work,
+        Tri::Sometimes if tiles.0 == tiles.1 => {
+            let first = qs.0.max(keys.0);
+            let middle = first + (qs.1 - first) / 2;
+            let (range, pair) = row_checks(mask, middle, (keys.0, keys.1.min(middle)));
+            let rows = qs.1 - first + 1;
+            TileWork {
+                range_checks: range * rows,
+                pair_checks: pair * rows,
+                ..work
+            }
+        }
         Tri::Sometimes => {
             let mid = tiles.0 + (tiles.1 - tiles.0) / 2;
-            keys_in_visited_tiles(mask, qs, (tiles.0, mid), kv_tile, len)
-                + keys_in_visited_tiles(mask, qs, (mid + 1, tiles.1), kv_tile, len)
+            visited_tiles(mask, qs, (tiles.0, mid), kv_tile, len)
+                + visited_tiles(mask, qs, (mid + 1, tiles.1), kv_tile, len)
         }
     }
 }
 
-/// The visible pairs, row by row.
-fn visible_rows(mask: &MaskTerm, len: i64) -> impl Iterator<Item = i64> + '_ {
-    (0..len).map(move |q| visible_in_row(mask, q, 0, q))
+/// The work of query tile `qs` (inclusive) over every key tile up to its last row.
+fn query_tile_work(mask: &MaskTerm, qs: (i64, i64), kv_tile: i64, len: i64) -> TileWork {
+    let last_tile = (len - 1) / kv_tile;
+    visited_tiles(mask, qs, (0, last_tile.min(qs.1 / kv_tile)), kv_tile, len)
 }
 
-fn keys_read(mask: &MaskTerm, len: i64, q_tile: i64, kv_tile: i64) -> i64 {
-    let last_tile = (len - 1) / kv_tile;
+/// The query tiles of a prefill of `len` rows, as inclusive bounds.
+fn query_tiles(len: i64, q_tile: i64) -> impl Iterator<Item = (i64, i64)> {
     (0..len)
         .step_by(q_tile as usize)
-        .map(|start| {
-            let qs = (start, (start + q_tile).min(len) - 1);
-            keys_in_visited_tiles(mask, qs, (0, last_tile.min(qs.1 / kv_tile)), kv_tile, len)
-        })
-        .sum()
+        .map(move |start| (start, (start + q_tile).min(len) - 1))
+}
+
+fn tiled_work(mask: &MaskTerm, len: i64, q_tile: i64, kv_tile: i64) -> TileWork {
+    query_tiles(len, q_tile)
+        .map(|qs| query_tile_work(mask, qs, kv_tile, len))
+        .fold(TileWork::default(), |a, b| a + b)
 }
 
 fn option(options: &[(String, OptionValue)], name: &str) -> f64 {
@@ -193,6 +297,69 @@ fn log_linear_cost(t: f64, chunk: f64, d: f64) -> Cost {
     }
 }
 
+/// Page selection (`attention::top_k_pages`) as the kernel runs it. Per KV head, every key of
+/// a complete page enters its page summary (`2d` f64 min/max or `d` f64 adds). Per row at
+/// position `q`, each earlier page is checked for a visible key, the visible ones are scored
+/// against the query in f64 (`4d` minmax, `2d` mean), and the best `top - 1` are chosen; the
+/// keys of the chosen pages and the row's own page up to `q` are checked against the mask,
+/// and the row attends to the visible ones one row at a time.
+#[allow(clippy::too_many_arguments)]
+fn select_cost(
+    page: i64,
+    top: i64,
+    summary: Summary,
+    mask: &CompiledMask,
+    score: Option<&CompiledScore>,
+    len: i64,
+    d: f64,
+    shape: &ModelShape,
+) -> Cost {
+    let group = (shape.n_q_heads / shape.n_kv_heads) as f64;
+    let key_bytes = 2.0 * d * F32 / group;
+    let budget = top * page;
+    let (score_ops, summary_floats, build_ops) = match summary {
+        Summary::MinMax => (4.0 * d, 2.0 * d, 2.0 * d),
+        Summary::Mean => (2.0 * d, d, d),
+    };
+    // The layer's causal mask and the rule, evaluated on each key of the chosen pages.
+    let check = weight::MASK_NODE * (1 + mask.term.nodes()) as f64;
+    let (mut attended, mut enumerated, mut pages_checked, mut pages_scored) = (0.0, 0.0, 0.0, 0.0);
+    for (q, visible) in visible_rows(&mask.term, len).enumerate() {
+        let q = q as i64;
+        let earlier = q / page;
+        attended += visible.min(budget) as f64;
+        enumerated += (q + 1).min(budget) as f64;
+        pages_checked += earlier as f64;
+        pages_scored += earlier.min((visible + page - 1) / page) as f64;
+    }
+    let summarised = (len / page * page) as f64;
+    let score_per_pair = score.map_or(0.0, score_weight);
+    // A query tile reads the union of the pages its rows select: at most its rows' budgets,
+    // and at most the keys of the tiles it would visit without selection.
+    let (q_tile, kv_tile) = (Tile::DEFAULT.q, Tile::DEFAULT.kv);
+    let keys_read: f64 = query_tiles(len, q_tile)
+        .map(|qs| {
+            let visited = query_tile_work(&mask.term, qs, kv_tile, len).keys;
+            visited.min((qs.1 - qs.0 + 1) * budget) as f64
+        })
+        .sum();
+    Cost {
+        flops: (4.0 * d + weight::ROW_PAIR + score_per_pair) * attended
+            + check * enumerated
+            + weight::PAGE * pages_checked
+            + weight::F64_OP * (score_ops * pages_scored + build_ops * summarised / group),
+        kv_bytes_read: keys_read * key_bytes
+            + pages_scored / q_tile as f64 * summary_floats * F32 / group,
+        kv_bytes_held_per_token: key_bytes + summary_floats * F32 / (page as f64 * group),
+    }
+}
+
+/// FLOP-equivalents per visible pair of a score expression.
+fn score_weight(score: &CompiledScore) -> f64 {
+    let (nodes, transcendental) = score.term.nodes();
+    weight::SCORE_NODE * nodes as f64 + weight::TRANSCENDENTAL * transcendental as f64
+}
+
 /// The cost of one query head running `spec`.
 fn head_cost(spec: &HeadSpec, shape: &ModelShape, seq_len: usize) -> Result<Cost> {
     let len = seq_len as i64;
@@ -202,27 +369,43 @@ fn head_cost(spec: &HeadSpec, shape: &ModelShape, seq_len: usize) -> Result<Cost
     // A key and its value, shared by the query heads of one KV head.
     let key_bytes = 2.0 * d * F32 / group;
     let causal_pairs = t * (t + 1.0) / 2.0;
-    let softmax = |mask: &CompiledMask, q_tile: usize, kv_tile: usize| {
-        let pairs: i64 = visible_rows(&mask.term, len).sum();
-        let read = keys_read(&mask.term, len, q_tile as i64, kv_tile as i64);
+    let (q_tile, kv_tile) = (Tile::DEFAULT.q as usize, Tile::DEFAULT.kv as usize);
+    // Softmax over the tiled plan; a rule also checks its partial tiles against the mask
+    // (an interval check costs two evaluations) and runs its score on every visible pair.
+    let softmax = |mask: &CompiledMask,
+                   rule: bool,
+                   score: Option<&CompiledScore>,
+                   q_tile: usize,
+                   kv_tile: usize| {
+        let work = tiled_work(&mask.term, len, q_tile as i64, kv_tile as i64);
+        let mut flops = 4.0 * d * work.pairs as f64;
+        if rule {
+            let nodes = mask.term.nodes() as f64;
+            flops += (weight::MASK_CALL + 2.0 * weight::MASK_NODE * nodes)
+                * work.range_checks as f64
+                + (weight::MASK_CALL + weight::MASK_NODE * nodes) * work.pair_checks as f64;
+        }
+        if let Some(score) = score {
+            let visible: i64 = visible_rows(&mask.term, len).sum();
+            flops += score_weight(score) * visible as f64;
+        }
         Cost {
-            flops: 4.0 * d * pairs as f64,
-            kv_bytes_read: read as f64 * key_bytes,
+            flops,
+            kv_bytes_read: work.keys as f64 * key_bytes,
             kv_bytes_held_per_token: key_bytes,
         }
     };
-    let (q_tile, kv_tile) = (Tile::DEFAULT.q as usize, Tile::DEFAULT.kv as usize);
-    let exact = || softmax(&CompiledMask::causal(), q_tile, kv_tile);
+    let exact = || softmax(&CompiledMask::causal(), false, None, q_tile, kv_tile);
     Ok(match spec {
         HeadSpec::Exact => exact(),
         HeadSpec::Rule {
             mask,
+            score,
             keep,
             q_tile,
             kv_tile,
-            ..
         } => {
-            let mut c = softmax(mask, *q_tile, *kv_tile);
+            let mut c = softmax(mask, true, score.as_deref(), *q_tile, *kv_tile);
             if let Some(keep) = keep {
                 let kept = (0..len).filter(|&kv| keep.term.eval(len - 1, kv)).count();
                 c.kv_bytes_held_per_token = kept as f64 * key_bytes / t;
@@ -230,44 +413,24 @@ fn head_cost(spec: &HeadSpec, shape: &ModelShape, seq_len: usize) -> Result<Cost
             c
         }
         HeadSpec::Star { block, context } => {
-            softmax(&star_mask(*block, *context)?, q_tile, kv_tile)
+            softmax(&star_mask(*block, *context)?, true, None, q_tile, kv_tile)
         }
         HeadSpec::Select {
             page,
             top,
             summary,
             mask,
-            ..
-        } => {
-            let (page, budget) = (*page as f64, (*top * *page) as f64);
-            // Scoring one page summary against a query, and the summary's size in floats.
-            let (score_flops, summary_floats, build_flops) = match summary {
-                Summary::MinMax => (4.0 * d, 2.0 * d, 2.0 * d),
-                Summary::Mean => (2.0 * d, d, d),
-            };
-            let mut attended = 0.0;
-            let mut pages_scored = 0.0;
-            let mut keys_read = 0.0;
-            for (q, visible) in visible_rows(&mask.term, len).enumerate() {
-                attended += (visible as f64).min(budget);
-                pages_scored += ((q + 1) as f64 / page).ceil();
-            }
-            // A query tile reads the union of the pages its rows select: at most its rows'
-            // budgets, and at most the keys of the tiles it would visit without selection.
-            let (q_tile, kv_tile) = (Tile::DEFAULT.q, Tile::DEFAULT.kv);
-            for start in (0..len).step_by(q_tile as usize) {
-                let qs = (start, (start + q_tile).min(len) - 1);
-                let tiles = (0, qs.1 / kv_tile);
-                let visited = keys_in_visited_tiles(&mask.term, qs, tiles, kv_tile, len) as f64;
-                keys_read += visited.min((qs.1 - qs.0 + 1) as f64 * budget);
-            }
-            Cost {
-                flops: 4.0 * d * attended + score_flops * pages_scored + build_flops * t / group,
-                kv_bytes_read: keys_read * key_bytes
-                    + pages_scored / q_tile as f64 * summary_floats * F32 / group,
-                kv_bytes_held_per_token: key_bytes + summary_floats * F32 / (page * group),
-            }
-        }
+            score,
+        } => select_cost(
+            *page as i64,
+            *top as i64,
+            *summary,
+            mask,
+            score.as_deref(),
+            len,
+            d,
+            shape,
+        ),
         HeadSpec::Mechanism { name, options } => {
             // Every linear-family head holds one d_k × d_v state (d × d here). The chunkwise
             // prefill per token: read the state and write into it (2d² each), and score
@@ -307,12 +470,13 @@ fn head_cost(spec: &HeadSpec, shape: &ModelShape, seq_len: usize) -> Result<Cost
                 "mla" => {
                     let latent = option(options, "kv_rank") + option(options, "rope_dim");
                     let per_key = latent * F32 / shape.n_q_heads as f64;
-                    let read = keys_read(
+                    let read = tiled_work(
                         &CompiledMask::causal().term,
                         len,
                         q_tile as i64,
                         kv_tile as i64,
-                    ) as f64;
+                    )
+                    .keys as f64;
                     Cost {
                         flops: causal_pairs * (2.0 * latent + 2.0 * option(options, "kv_rank")),
                         kv_bytes_read: read * per_key,

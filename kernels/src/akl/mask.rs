@@ -207,6 +207,15 @@ impl IntTerm {
         }
     }
 
+    /// Nodes one evaluation visits: what the cost model charges per evaluated pair.
+    pub fn nodes(&self) -> usize {
+        1 + match self {
+            IntTerm::Const(_) | IntTerm::Q | IntTerm::Kv => 0,
+            IntTerm::Add(a, b) | IntTerm::Sub(a, b) => a.nodes() + b.nodes(),
+            IntTerm::Scale(_, t) | IntTerm::Div(t, _) | IntTerm::Mod(t, _) => t.nodes(),
+        }
+    }
+
     /// The largest magnitude any subterm reaches for positions in `0..=MAX_POSITION`.
     fn max_magnitude(&self) -> i64 {
         let all = (0, MAX_POSITION);
@@ -268,6 +277,16 @@ impl MaskTerm {
             MaskTerm::Or(parts) => parts.iter().fold(Tri::Never, |t, p| t.or(p.truth(qs, ks))),
             MaskTerm::Not(inner) => inner.truth(qs, ks).not(),
             MaskTerm::Compare(op, difference) => compare(*op, difference.interval(qs, ks), (0, 0)),
+        }
+    }
+
+    /// Nodes one evaluation visits at most (`and` and `or` may stop early).
+    pub fn nodes(&self) -> usize {
+        1 + match self {
+            MaskTerm::True | MaskTerm::False | MaskTerm::Causal => 0,
+            MaskTerm::And(parts) | MaskTerm::Or(parts) => parts.iter().map(MaskTerm::nodes).sum(),
+            MaskTerm::Not(inner) => inner.nodes(),
+            MaskTerm::Compare(_, difference) => difference.nodes(),
         }
     }
 
@@ -402,6 +421,27 @@ impl ScoreTerm {
                 ScoreTerm::Binary(*op, Box::new(a), Box::new(b))
             }
         })
+    }
+
+    /// Nodes one evaluation visits, and how many of them are transcendental functions.
+    pub fn nodes(&self) -> (usize, usize) {
+        let (nodes, transcendental) = match self {
+            ScoreTerm::S
+            | ScoreTerm::Scale
+            | ScoreTerm::Q
+            | ScoreTerm::Kv
+            | ScoreTerm::Head
+            | ScoreTerm::Const(_) => (0, 0),
+            ScoreTerm::Tanh(inner) => {
+                let (n, t) = inner.nodes();
+                (n, t + 1)
+            }
+            ScoreTerm::Binary(_, a, b) => {
+                let ((na, ta), (nb, tb)) = (a.nodes(), b.nodes());
+                (na + nb, ta + tb)
+            }
+        };
+        (nodes + 1, transcendental)
     }
 
     /// The score for raw dot product `s` at the layer's `scale`.

@@ -1,6 +1,7 @@
 //! `evokernel bench kernels`: attention time against sequence length for exact attention and
 //! every training-free kernel, the fitted exponent of time against T, exact attention's
-//! GFLOP/s beside this machine's matmul GFLOP/s measured in the same run, and a plot.
+//! GFLOP/s beside this machine's matmul GFLOP/s measured in the same run, each kernel's
+//! cost-model FLOPs beside its time with Spearman's rank correlation of the two, and a plot.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use kernels::akl::{self, ModelShape};
 use kernels::attention::{AttentionInput, AttentionKernel, LayerAttention, Mask};
+use kernels::stats::spearman;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -30,7 +32,7 @@ pub struct Args {
     q_heads: usize,
     #[arg(long, default_value_t = 3)]
     kv_heads: usize,
-    /// Timed runs per point; medians are reported.
+    /// Timed runs per point, interleaved across kernels; medians are reported.
     #[arg(long, default_value_t = 3)]
     repeats: usize,
     /// Where to write the plot (SVG).
@@ -56,16 +58,21 @@ const PROGRAMS: [&str; 8] = [
 /// A kernel under test: a library program instantiated for one layer of the benchmark shape.
 struct Candidate {
     name: &'static str,
+    checked: &'static akl::CheckedProgram,
     kernel: Arc<dyn AttentionKernel>,
 }
 
-fn candidates(args: &Args) -> anyhow::Result<Vec<Candidate>> {
-    let shape = ModelShape {
+fn shape(args: &Args) -> ModelShape {
+    ModelShape {
         n_layers: 1,
         n_q_heads: args.q_heads,
         n_kv_heads: args.kv_heads,
         head_dim: args.head_dim,
-    };
+    }
+}
+
+fn candidates(args: &Args) -> anyhow::Result<Vec<Candidate>> {
+    let shape = shape(args);
     PROGRAMS
         .iter()
         .map(|&name| {
@@ -73,6 +80,7 @@ fn candidates(args: &Args) -> anyhow::Result<Vec<Candidate>> {
             let mut drop_in = akl::instantiate(checked, &shape, attention_scale(args.head_dim))?;
             Ok(Candidate {
                 name,
+                checked,
                 kernel: drop_in.kernels.remove(0),
             })
         })
@@ -88,6 +96,8 @@ fn attention_scale(head_dim: usize) -> f32 {
 struct Timings {
     kernel: &'static str,
     seconds: Vec<f64>,
+    /// The cost model's FLOPs (FLOP-equivalents) of the kernel, one per length.
+    model_flops: Vec<f64>,
     /// Slope of ln(time) against ln(T), over every length.
     exponent: f64,
     /// The same over the longer half of the lengths, where a window or page budget no
@@ -112,8 +122,8 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
     let mut seconds = vec![Vec::new(); candidates.len()];
     for &t in &args.lengths {
         let data = RandomAttention::new(&args, t);
-        for (candidate, times) in candidates.iter().zip(&mut seconds) {
-            let median = data.time(candidate, args.repeats)?;
+        let medians = data.median_times(&candidates, args.repeats)?;
+        for ((candidate, times), median) in candidates.iter().zip(&mut seconds).zip(medians) {
             eprintln!(
                 "T = {t:>6}  {:<12} {:>10.2} ms",
                 candidate.name,
@@ -126,11 +136,28 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
     let timings: Vec<Timings> = candidates
         .iter()
         .zip(seconds)
-        .map(|(c, seconds)| Timings {
-            kernel: c.name,
-            exponent: fitted_exponent(&args.lengths, &seconds),
-            tail_exponent: fitted_exponent(&args.lengths[tail..], &seconds[tail..]),
-            seconds,
+        .map(|(c, seconds)| -> anyhow::Result<Timings> {
+            let model_flops = args
+                .lengths
+                .iter()
+                .map(|&t| Ok(akl::cost(c.checked, &shape(&args), t)?.flops))
+                .collect::<anyhow::Result<_>>()?;
+            Ok(Timings {
+                kernel: c.name,
+                model_flops,
+                exponent: fitted_exponent(&args.lengths, &seconds),
+                tail_exponent: fitted_exponent(&args.lengths[tail..], &seconds[tail..]),
+                seconds,
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    // Spearman's rank correlation over the kernels, per length, of model FLOPs and time.
+    let rank_correlation: Vec<f64> = (0..args.lengths.len())
+        .map(|i| {
+            let column = |f: fn(&Timings) -> &Vec<f64>| -> Vec<f64> {
+                timings.iter().map(|k| f(k)[i]).collect()
+            };
+            spearman(&column(|k| &k.model_flops), &column(|k| &k.seconds))
         })
         .collect();
     let exact = &timings[0];
@@ -164,6 +191,7 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
             "threads": rayon::current_num_threads(),
             "kernels": timings,
             "exact_gflops": exact_gflops,
+            "cost_model_spearman": rank_correlation,
             "matmul_gflops": matmul_gflops,
             "plot": args.plot,
         });
@@ -203,6 +231,29 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
             k.tail_exponent,
             exact.seconds[last] / k.seconds[last]
         );
+    }
+    println!();
+    println!("cost model (FLOP-equivalents) against measured time:");
+    println!(
+        "| kernel | {} |",
+        args.lengths
+            .iter()
+            .map(|t| format!("GFLOP at {t} | ms at {t}"))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
+    println!("|---|{}", "---|---|".repeat(args.lengths.len()));
+    for k in &timings {
+        let cells: Vec<String> = k
+            .model_flops
+            .iter()
+            .zip(&k.seconds)
+            .map(|(f, s)| format!("{:.2} | {:.1}", f / 1e9, s * 1e3))
+            .collect();
+        println!("| {} | {} |", k.kernel, cells.join(" | "));
+    }
+    for (&t, rho) in args.lengths.iter().zip(&rank_correlation) {
+        println!("Spearman's rho of cost-model FLOPs and time at T = {t}: {rho:.2}");
     }
     println!();
     println!("matmul (candle-core f32, 2048³): {matmul_gflops:.1} GFLOP/s");
@@ -247,8 +298,10 @@ impl RandomAttention {
         }
     }
 
-    /// The median wall time of `repeats` runs, after a warm-up run at short lengths.
-    fn time(&self, candidate: &Candidate, repeats: usize) -> anyhow::Result<f64> {
+    /// Each candidate's median wall time over `repeats` rounds that run every candidate once
+    /// (after a warm-up round at short lengths): a load spike hits one round of every
+    /// candidate, and the median drops it.
+    fn median_times(&self, candidates: &[Candidate], repeats: usize) -> anyhow::Result<Vec<f64>> {
         let input = AttentionInput {
             q: &self.q,
             k: &self.k,
@@ -268,15 +321,17 @@ impl RandomAttention {
         };
         let mut out = self.out.clone();
         let warm_up = usize::from(self.len <= 4096);
-        let mut times = Vec::with_capacity(repeats);
-        for run in 0..warm_up + repeats {
-            let started = Instant::now();
-            candidate.kernel.forward(&input, &layer, &mut out)?;
-            if run >= warm_up {
-                times.push(started.elapsed().as_secs_f64());
+        let mut times = vec![Vec::with_capacity(repeats); candidates.len()];
+        for round in 0..warm_up + repeats {
+            for (candidate, times) in candidates.iter().zip(&mut times) {
+                let started = Instant::now();
+                candidate.kernel.forward(&input, &layer, &mut out)?;
+                if round >= warm_up {
+                    times.push(started.elapsed().as_secs_f64());
+                }
             }
         }
-        Ok(median(&times))
+        Ok(times.iter().map(|t| median(t)).collect())
     }
 }
 
