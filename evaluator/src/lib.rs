@@ -26,7 +26,6 @@ pub mod metric;
 pub mod probe;
 pub mod recommender;
 pub mod seeds;
-pub mod stats;
 
 pub use confirm::{confirm, ConfirmOptions, Confirmation};
 pub use error::{Error, Result};

@@ -65,6 +65,8 @@ impl Prefill {
             n_queries: self.len,
             kv_len: self.len,
             kv_capacity: self.len,
+            key_positions: None,
+            page_summaries: &[],
         };
         let layer = LayerAttention {
             scale: scale(),

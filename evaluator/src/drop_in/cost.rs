@@ -9,8 +9,8 @@ use kernels::akl::{self, ModelShape};
 use super::{could_not_run, Candidate, DropInTask, TrialData};
 use crate::cascade::{failed, Stop};
 use crate::probe::{time_forward, ForwardTime};
-use crate::stats::{median, Speedup};
 use crate::{Evaluation, Stage};
+use kernels::stats::{median, Speedup};
 
 impl DropInTask {
     pub(super) fn cost(

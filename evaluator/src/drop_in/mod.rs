@@ -28,8 +28,8 @@ pub use slices::{Corpus, Slice};
 use crate::cascade::{failed, static_check, Cascade, Stop};
 use crate::probe::{self, CausalityViolation, Difference, Trace};
 use crate::seeds::{trial_seed, SplitMix64};
-use crate::stats::Speedup;
 use crate::{Evaluation, Provenance, Result, Stage, Task, EVALUATOR_VERSION};
+use kernels::stats::Speedup;
 
 /// The drop-in task, with its model, texts and reference cache loaded once.
 #[derive(Debug)]
