@@ -69,6 +69,27 @@ fn a_command_task_scores_a_program_from_the_cli() {
         1
     );
 
+    // A candidate that fails its evaluation is a non-zero exit, with the report still printed.
+    std::fs::write(dir.join("broken.py"), "").unwrap();
+    std::fs::write(
+        dir.join("strict.toml"),
+        "[command]\ncommand = [\"python3\", \"-c\", \"import sys; sys.exit(3)\"]\n",
+    )
+    .unwrap();
+    let failed = run(&[
+        "eval",
+        "broken.py",
+        "--task",
+        "command",
+        "--config",
+        "strict.toml",
+        "--json",
+    ]);
+    assert_eq!(failed.status.code(), Some(1));
+    let evaluation: serde_json::Value = serde_json::from_slice(&failed.stdout).unwrap();
+    assert_eq!(evaluation["passed"], false);
+    assert!(String::from_utf8_lossy(&failed.stderr).contains("did not pass"));
+
     let missing = run(&["eval", "program.py", "--task", "command"]);
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("[command] section"));

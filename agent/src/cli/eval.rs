@@ -89,6 +89,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             );
         }
     }
+    // A script can tell a candidate that failed from one that passed by the exit status.
+    if !evaluation.passed {
+        anyhow::bail!(
+            "the candidate did not pass: it stopped at the {} stage",
+            evaluation.stage_reached.name()
+        );
+    }
     Ok(())
 }
 
