@@ -33,7 +33,7 @@ impl fmt::Display for LineageNode {
             f,
             "#{} {} gen {} {}",
             self.id,
-            &self.hash[..self.hash.len().min(12)],
+            crate::db::short_hash(&self.hash),
             self.generation,
             self.mutator
         )?;

@@ -8,9 +8,9 @@ mod db_common;
 use std::path::{Path, PathBuf};
 
 use agent::campaign::Strategy;
-use agent::db::{Db, NewCampaign, NewLlmCall, NewProgram};
+use agent::db::{short_hash, Db, NewCampaign, NewLlmCall, NewProgram};
 use agent::llm::kernel::{
-    candidates, recorded_prompts, short_hash, Candidate, GatePrompt, KernelChoice, Prepared,
+    candidates, recorded_prompts, Candidate, GatePrompt, KernelChoice, Prepared,
 };
 use agent::llm::local::LocalLlm;
 use agent::llm::Request;

@@ -109,6 +109,14 @@ fn rule(mask: &str, score: &str) -> CheckedProgram {
     ))
 }
 
+/// Exact attention's rule with page selection on top.
+fn select(page: usize, top: usize, summary: &str) -> CheckedProgram {
+    program(&format!(
+        "(kernel k (mask causal) (score (* s scale)) (norm softmax) \
+         (select (page {page}) (top {top}) (summary {summary})))"
+    ))
+}
+
 /// Training-free library programs and shapes an adversary would pick: a score that is
 /// expensive per pair, masks that leave every tile partial, pages far too large or small.
 fn programs() -> Vec<(String, CheckedProgram)> {
@@ -138,20 +146,8 @@ fn programs() -> Vec<(String, CheckedProgram)> {
                 plain,
             ),
         ),
-        (
-            "huge_pages",
-            program(
-                "(kernel k (mask causal) (score (* s scale)) (norm softmax) \
-                 (select (page 1024) (top 2) (summary mean)))",
-            ),
-        ),
-        (
-            "tiny_pages",
-            program(
-                "(kernel k (mask causal) (score (* s scale)) (norm softmax) \
-                 (select (page 4) (top 64) (summary minmax)))",
-            ),
-        ),
+        ("huge_pages", select(1024, 2, "mean")),
+        ("tiny_pages", select(4, 64, "minmax")),
     ];
     library
         .iter()
@@ -198,15 +194,12 @@ fn per_pair_work_beyond_the_score_and_value_loop_is_charged() {
 
 #[test]
 fn page_selection_pays_for_scoring_pages() {
-    let select = |page: usize, top: usize| {
-        program(&format!(
-            "(kernel k (mask causal) (score (* s scale)) (norm softmax) \
-             (select (page {page}) (top {top}) (summary minmax)))"
-        ))
-    };
     let t = 4096;
     // The same 1024-key budget: small pages mean many more pages to score per row.
-    let (small, large) = (flops(&select(4, 256), t), flops(&select(64, 16), t));
+    let (small, large) = (
+        flops(&select(4, 256, "minmax"), t),
+        flops(&select(64, 16, "minmax"), t),
+    );
     assert!(small > 2.0 * large, "{small} vs {large}");
 }
 
@@ -257,27 +250,9 @@ fn calibrate() {
         ),
         ("quest", akl::library::checked("quest").unwrap().clone()),
         ("moba", akl::library::checked("moba").unwrap().clone()),
-        (
-            "huge_pages",
-            program(
-                "(kernel k (mask causal) (score (* s scale)) (norm softmax) \
-                 (select (page 1024) (top 2) (summary mean)))",
-            ),
-        ),
-        (
-            "tiny_pages",
-            program(
-                "(kernel k (mask causal) (score (* s scale)) (norm softmax) \
-                 (select (page 4) (top 64) (summary minmax)))",
-            ),
-        ),
-        (
-            "tiny_pages_mean",
-            program(
-                "(kernel k (mask causal) (score (* s scale)) (norm softmax) \
-                 (select (page 4) (top 64) (summary mean)))",
-            ),
-        ),
+        ("huge_pages", select(1024, 2, "mean")),
+        ("tiny_pages", select(4, 64, "minmax")),
+        ("tiny_pages_mean", select(4, 64, "mean")),
     ];
     let kernels: Vec<_> = cases.iter().map(|(_, c)| kernel(c)).collect();
     let seconds = Prefill::new(T).median_times(&kernels, 5);

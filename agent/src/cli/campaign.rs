@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 
 use agent::campaign::config::Budget;
 use agent::campaign::{CampaignConfig, Strategy};
-use agent::db::{Campaign, CampaignProgress, CampaignStatus, Db, MetricValue, ProgramSummary};
+use agent::db::{
+    short_hash, Campaign, CampaignProgress, CampaignStatus, Db, MetricValue, ProgramSummary,
+};
 use agent::engine::run::{self, Options, Summary};
 use agent::llm::replay::ReplayBook;
 use agent::pareto::{hypervolume, pareto_front, Direction};
@@ -463,7 +465,7 @@ async fn compare(db: &Db, names: [&str; 2], x: &str, y: &str, json: bool) -> any
             .map(|v| {
                 vec![
                     v.program_id.to_string(),
-                    v.hash[..v.hash.len().min(12)].to_string(),
+                    short_hash(&v.hash).to_string(),
                     number(Some(v.value)),
                     number(v.other),
                 ]

@@ -56,7 +56,7 @@ pub fn run(args: Args, db_path: &Path) -> anyhow::Result<()> {
         eprintln!(
             "attention: {} (hash {}, {})",
             prepared.name,
-            kernel::short_hash(&prepared.hash),
+            agent::db::short_hash(&prepared.hash),
             candidate.origin
         );
     }

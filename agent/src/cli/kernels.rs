@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use agent::db::{Db, MetricValue, ProgramSummary};
+use agent::db::{short_hash, Db, MetricValue, ProgramSummary};
 use agent::diff::unified_diff;
 use agent::lineage::Lineage;
 use agent::pareto::{pareto_front, Direction};
@@ -11,7 +11,7 @@ use clap::{Args, Subcommand};
 use evaluator::metric;
 use serde_json::json;
 
-use super::table::{number, render, short_hash};
+use super::table::{number, render};
 use super::{block_on, campaign_filter};
 
 #[derive(Subcommand)]

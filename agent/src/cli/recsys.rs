@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use agent::db::{Db, EnrichmentKey};
+use agent::db::{short_hash, Db, EnrichmentKey};
 use agent::llm::local::LocalLlm;
 use agent::recgpt::{self, Enricher, Plan, PlanConfig, RunOptions};
 use anyhow::Context;
@@ -319,7 +319,7 @@ fn resolve_reference(db: &Path, reference: &str) -> anyhow::Result<ChosenKernel>
             origin: format!(
                 "program {} of campaign {campaign} (hash {})",
                 program.id,
-                &program.hash[..program.hash.len().min(12)]
+                short_hash(&program.hash)
             ),
             text: program.canonical_text,
             source: Some(KernelSource {

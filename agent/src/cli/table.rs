@@ -31,8 +31,3 @@ pub fn number(value: Option<f64>) -> String {
         Some(v) => format!("{v:.4}"),
     }
 }
-
-/// The first twelve characters of a hash, as tables show it.
-pub fn short_hash(hash: &str) -> &str {
-    &hash[..hash.len().min(12)]
-}

@@ -24,7 +24,7 @@ pub use campaigns::{Campaign, CampaignStatus, NewCampaign};
 pub use error::{Error, Result};
 pub use evaluations::{StoredEvaluation, INDEXED_METRICS};
 pub use llm_calls::{LlmCall, NewLlmCall};
-pub use programs::{NewProgram, Program, ProgramInsert};
+pub use programs::{short_hash, NewProgram, Program, ProgramInsert};
 pub use recgpt::{EnrichmentCounts, EnrichmentKey, Explanation, ItemTags, UserProfile};
 pub use search_state::{ArchiveCell, Insight, MutatorOutcome, MutatorStats};
 pub use summaries::{CampaignProgress, LineageNode, MetricValue, ProgramSummary};

@@ -161,3 +161,8 @@ impl Db {
         .await?)
     }
 }
+
+/// The first twelve hex digits of a program's hash: how tables, logs and records name it.
+pub fn short_hash(hash: &str) -> &str {
+    &hash[..hash.len().min(12)]
+}

@@ -212,11 +212,6 @@ pub fn built_prompts(task: &str, n: usize) -> Vec<GatePrompt> {
         .collect()
 }
 
-/// The first 12 hex digits of a program's hash, as records name the kernel.
-pub fn short_hash(hash: &str) -> &str {
-    &hash[..hash.len().min(12)]
-}
-
 /// A program made ready for one model: its kernels for the model's shape.
 pub struct Prepared {
     pub name: String,
@@ -354,7 +349,7 @@ pub async fn load_mutator(
             "the local LLM mutator runs {} (hash {}, {}): mean KL {:.4} nats; its calls are \
              recorded as {}",
             k.name,
-            short_hash(&k.hash),
+            crate::db::short_hash(&k.hash),
             k.origin,
             k.kl,
             llm.name()

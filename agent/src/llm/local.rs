@@ -141,7 +141,7 @@ impl LocalLlm {
         let trie = TokenTrie::new(&model.tokenizer);
         let mut name = super::model_name(path);
         if let Some(k) = &kernel {
-            name = format!("{name}@kernel:{}", kernel::short_hash(&k.hash));
+            name = format!("{name}@kernel:{}", crate::db::short_hash(&k.hash));
         }
         Ok(Self {
             model,
