@@ -1,5 +1,12 @@
 //! The cost stage: the cost model's ratios to exact attention at every context length, and
 //! measured prefill and attention time of the candidate against exact attention.
+//!
+//! Every cost is priced where fidelity scores: a slice of `ctx` tokens scores the predictions
+//! of rows `0..=ctx-2`, and the cache a row finds holds what the keep policy kept after the
+//! row before it. So costs at context `ctx` are those of a prefill of [`priced_len`]`(ctx)`
+//! tokens, whose work and whose final cache are both seen by scored rows. Pricing the last
+//! row, or the cache after it, would reward a kernel that is exact on every scored row and
+//! sees (and keeps) nothing from the evaluated length on.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -24,8 +31,9 @@ impl DropInTask {
         if let Some(program) = candidate.program {
             let shape = ModelShape::of(&self.model.config);
             for &ctx in &self.config.contexts {
-                let cost = akl::cost(program, &shape, ctx).map_err(crate::Error::from)?;
-                let exact = akl::exact_cost(&shape, ctx).map_err(crate::Error::from)?;
+                let priced = priced_len(ctx);
+                let cost = akl::cost(program, &shape, priced).map_err(crate::Error::from)?;
+                let exact = akl::exact_cost(&shape, priced).map_err(crate::Error::from)?;
                 let ratios = [
                     ("attn_flops_ratio", cost.flops / exact.flops),
                     (
@@ -65,8 +73,8 @@ impl DropInTask {
         self.time(candidate, data, timing_ctx, metrics)
     }
 
-    /// Interleaved timed prefills of one slice at `ctx`, exact and candidate in alternating
-    /// order so that drifting machine load falls on both.
+    /// Interleaved timed prefills of one slice at `ctx` (its first `priced_len(ctx)` tokens),
+    /// exact and candidate in alternating order so that drifting machine load falls on both.
     fn time(
         &self,
         candidate: &Candidate,
@@ -80,7 +88,7 @@ impl DropInTask {
             .find(|(c, _)| *c == ctx)
             .expect("the timing context is one of the contexts")
             .1[0]
-            .tokens;
+            .tokens[..priced_len(ctx)];
         let exact = self.model.attention_kernels();
         let (mut ours, mut theirs) = (Vec::new(), Vec::new());
         for repeat in 0..self.config.timing_repeats {
@@ -95,7 +103,7 @@ impl DropInTask {
                 }
             }
         }
-        record_kv_held(&ours, &theirs, ctx, metrics);
+        record_kv_held(&ours, &theirs, tokens.len(), metrics);
         metrics.insert("timing_context".into(), ctx as f64);
         metrics.insert("timing_repeats".into(), self.config.timing_repeats as f64);
         let parts: [(&str, TimePart); 2] =
@@ -131,20 +139,26 @@ fn spread(times: &[f64]) -> f64 {
     (hi - lo) / median(times).max(1e-12)
 }
 
+/// How many tokens' prefill the costs at context `ctx` are priced and timed on (see the
+/// module docs): the cache after them is what the last scored row finds.
+pub(super) fn priced_len(ctx: usize) -> usize {
+    ctx - 2
+}
+
 /// The bytes of keys and values the candidate's cache and exact attention's hold after the
-/// timed prefills of `ctx` tokens, measured: `kv_bytes_held_measured` per token, and its
+/// timed prefills of `tokens` tokens, measured: `kv_bytes_held_measured` per token, and its
 /// ratio to exact's, beside the cost model's `kv_bytes_held_ratio`.
 fn record_kv_held(
     ours: &[ForwardTime],
     theirs: &[ForwardTime],
-    ctx: usize,
+    tokens: usize,
     metrics: &mut BTreeMap<String, f64>,
 ) {
     let (Some(ours), Some(theirs)) = (ours.last(), theirs.last()) else {
         return;
     };
     let held = ours.kv_bytes_held as f64;
-    metrics.insert("kv_bytes_held_measured".into(), held / ctx.max(1) as f64);
+    metrics.insert("kv_bytes_held_measured".into(), held / tokens.max(1) as f64);
     metrics.insert(
         "kv_bytes_held_measured_ratio".into(),
         held / (theirs.kv_bytes_held as f64).max(1.0),

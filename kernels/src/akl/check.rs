@@ -3,9 +3,11 @@
 //! can still show. All of it runs before anything is allocated.
 
 use super::ast::*;
-use super::fm::{unproven_future_key, unproven_kept};
+use super::fm::{unproven_future_key, unproven_kept, PROOF_BUDGET};
 use super::library;
-use super::mask::{CompiledMask, CompiledScore, Env, MaskTerm, MAX_POSITION};
+use super::mask::{
+    CompiledMask, CompiledScore, Env, MaskTerm, MAX_POSITION, MAX_SCORE_MAGNITUDE, RAW_SCORE_BOUND,
+};
 use super::mechanism;
 use super::print::{mask_text, selector_text};
 use super::CheckError;
@@ -23,6 +25,14 @@ pub const MAX_TILE: i64 = 4096;
 pub const MAX_INDEX: i64 = 1024;
 /// The largest magnitude of a float parameter.
 const MAX_FLOAT: f64 = 1e9;
+/// Most parameters one program may declare.
+pub const MAX_PARAMS: usize = 32;
+/// Most `layers` and `heads` overrides one program may hold, counted over every level.
+pub const MAX_OVERRIDES: usize = 32;
+/// Most comparisons one mask or keep policy may hold.
+pub const MAX_COMPARISONS: usize = 32;
+/// Most nodes one score expression may hold (the runtime evaluates it on every visible pair).
+pub const MAX_SCORE_NODES: usize = 64;
 /// Names with a meaning of their own, which a parameter may not take.
 const RESERVED: &[&str] = &[
     "q", "kv", "s", "scale", "head", "causal", "true", "false", "all",
@@ -37,17 +47,96 @@ fn fail<T>(clause: impl Into<String>, reason: impl Into<String>) -> Result<T, Ch
 
 /// Runs every static check on `program`.
 pub fn check(program: &Program) -> Result<CheckedProgram, CheckError> {
+    check_size(program)?;
     let env = check_params(&program.params)?;
-    check_rule(&program.rule, &env, "", false)?;
+    let mut budget = PROOF_BUDGET;
+    check_rule(&program.rule, &env, "", false, &mut budget)?;
     for layer in &program.layers {
         let at = format!("(layers {}) ", selector_text(&layer.selector));
         check_selector(&layer.selector, &at, "layer")?;
-        check_body(&layer.body, &env, &at, false)?;
+        check_body(&layer.body, &env, &at, false, &mut budget)?;
     }
     Ok(CheckedProgram {
         program: program.clone(),
         env,
     })
+}
+
+/// The size limits, checked in one linear pass before any proof or allocation, so that the
+/// proofs after them stay within their stated worst case.
+fn check_size(program: &Program) -> Result<(), CheckError> {
+    if program.params.len() > MAX_PARAMS {
+        return fail(
+            "param",
+            format!(
+                "{} parameters; at most {MAX_PARAMS} are allowed",
+                program.params.len()
+            ),
+        );
+    }
+    // Every rule written in the program: its own, and those of its overrides at any level.
+    fn rule_of(o: &Override) -> Option<&Rule> {
+        match &o.body {
+            Body::Rule(rule) => Some(rule),
+            Body::Library(_) => None,
+        }
+    }
+    let mut rules = vec![&program.rule];
+    rules.extend(program.layers.iter().filter_map(rule_of));
+    let mut overrides = program.layers.len();
+    let mut next = 0;
+    while let Some(&rule) = rules.get(next) {
+        overrides += rule.heads.len();
+        rules.extend(rule.heads.iter().filter_map(rule_of));
+        next += 1;
+    }
+    if overrides > MAX_OVERRIDES {
+        return fail(
+            "layers",
+            format!("{overrides} layers and heads overrides; at most {MAX_OVERRIDES} are allowed"),
+        );
+    }
+    for rule in rules {
+        let keep = match &rule.cache {
+            Some(CachePolicy::Keep(keep)) => Some(keep),
+            _ => None,
+        };
+        for (clause, mask) in [("mask", rule.mask.as_ref()), ("cache", keep)] {
+            let comparisons = mask.map_or(0, comparisons);
+            if comparisons > MAX_COMPARISONS {
+                return fail(
+                    clause,
+                    format!("{comparisons} comparisons; at most {MAX_COMPARISONS} are allowed"),
+                );
+            }
+        }
+        let nodes = rule.score.as_ref().map_or(0, score_nodes);
+        if nodes > MAX_SCORE_NODES {
+            return fail(
+                "score",
+                format!("{nodes} nodes; at most {MAX_SCORE_NODES} are allowed"),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The comparisons in a mask (its atoms that the prover turns into constraints).
+fn comparisons(mask: &MaskExpr) -> usize {
+    match mask {
+        MaskExpr::Causal | MaskExpr::True | MaskExpr::False => 0,
+        MaskExpr::Compare(..) => 1,
+        MaskExpr::Not(inner) => comparisons(inner),
+        MaskExpr::And(parts) | MaskExpr::Or(parts) => parts.iter().map(comparisons).sum(),
+    }
+}
+
+fn score_nodes(score: &ScoreExpr) -> usize {
+    1 + match score {
+        ScoreExpr::Binary(_, a, b) => score_nodes(a) + score_nodes(b),
+        ScoreExpr::Tanh(inner) => score_nodes(inner),
+        _ => 0,
+    }
 }
 
 fn check_params(params: &[Param]) -> Result<Env, CheckError> {
@@ -67,7 +156,7 @@ fn check_params(params: &[Param]) -> Result<Env, CheckError> {
             (ParamRange::Int { lo, hi } | ParamRange::Pow2 { lo, hi }, Value::Int(v)) => {
                 let pow2 = matches!(param.range, ParamRange::Pow2 { .. });
                 for bound in [lo, hi, v] {
-                    if bound.abs() > MAX_POSITION {
+                    if bound.unsigned_abs() > MAX_POSITION as u64 {
                         return fail(
                             at,
                             format!("{bound} is an absurd size (the limit is ±{MAX_POSITION})"),
@@ -153,9 +242,15 @@ fn check_selector(selector: &Selector, at: &str, what: &str) -> Result<(), Check
     }
 }
 
-fn check_body(body: &Body, env: &Env, at: &str, in_heads: bool) -> Result<(), CheckError> {
+fn check_body(
+    body: &Body,
+    env: &Env,
+    at: &str,
+    in_heads: bool,
+    budget: &mut usize,
+) -> Result<(), CheckError> {
     match body {
-        Body::Rule(rule) => check_rule(rule, env, at, in_heads),
+        Body::Rule(rule) => check_rule(rule, env, at, in_heads, budget),
         Body::Library(name) => {
             let clause = format!("{at}body");
             let library = library::checked(name).map_err(|reason| CheckError {
@@ -182,7 +277,13 @@ fn check_body(body: &Body, env: &Env, at: &str, in_heads: bool) -> Result<(), Ch
     }
 }
 
-fn check_rule(rule: &Rule, env: &Env, at: &str, in_heads: bool) -> Result<(), CheckError> {
+fn check_rule(
+    rule: &Rule,
+    env: &Env,
+    at: &str,
+    in_heads: bool,
+    budget: &mut usize,
+) -> Result<(), CheckError> {
     let clause = |name: &str| format!("{at}{name}");
     let in_range = |name: &str, what: &str, v: i64, lo: i64, hi: i64| {
         if (lo..=hi).contains(&v) {
@@ -247,16 +348,26 @@ fn check_rule(rule: &Rule, env: &Env, at: &str, in_heads: bool) -> Result<(), Ch
     }
     let mask = rule.mask.clone().unwrap_or(MaskExpr::Causal);
     if let Some(written) = &rule.mask {
-        check_within_causal(written, env, &clause("mask"))?;
+        check_within_causal(written, env, &clause("mask"), budget)?;
     }
     if let Some(score) = &rule.score {
-        CompiledScore::new(score, env).map_err(|reason| CheckError {
+        let compiled = CompiledScore::new(score, env).map_err(|reason| CheckError {
             clause: clause("score"),
             reason,
         })?;
+        let bound = compiled.term.magnitude_bound();
+        if !(bound <= MAX_SCORE_MAGNITUDE) {
+            return fail(
+                clause("score"),
+                format!(
+                    "the score may reach {bound:.1e} (for positions up to 2^24 and raw scores up \
+                     to {RAW_SCORE_BOUND:e}), past what f32 holds safely; bound it, e.g. with tanh"
+                ),
+            );
+        }
     }
     if let Some(CachePolicy::Keep(keep)) = &rule.cache {
-        check_keeps_visible(&mask, keep, env, &clause("cache"))?;
+        check_keeps_visible(&mask, keep, env, &clause("cache"), budget)?;
     }
     if !rule.heads.is_empty() && in_heads {
         return fail(clause("heads"), "heads overrides cannot nest");
@@ -264,10 +375,14 @@ fn check_rule(rule: &Rule, env: &Env, at: &str, in_heads: bool) -> Result<(), Ch
     for head in &rule.heads {
         let at = format!("{at}(heads {}) ", selector_text(&head.selector));
         check_selector(&head.selector, &at, "head")?;
-        check_body(&head.body, env, &at, true)?;
+        check_body(&head.body, env, &at, true, budget)?;
     }
     Ok(())
 }
+
+/// Position pairs (or triples) tried when looking for a counterexample to show: the search
+/// only illustrates an unproven case, so it stops here rather than grow with the parameters.
+const EXAMPLE_TRIES: usize = 100_000;
 
 /// Positions worth trying when looking for a counterexample: small ones and those near the
 /// parameters' values.
@@ -284,12 +399,17 @@ fn probe_positions(env: &Env) -> Vec<i64> {
     probes
 }
 
-fn check_within_causal(mask: &MaskExpr, env: &Env, clause: &str) -> Result<(), CheckError> {
+fn check_within_causal(
+    mask: &MaskExpr,
+    env: &Env,
+    clause: &str,
+    budget: &mut usize,
+) -> Result<(), CheckError> {
     let compiled = CompiledMask::new(mask, env).map_err(|reason| CheckError {
         clause: clause.to_string(),
         reason,
     })?;
-    let open = unproven_future_key(mask, env).map_err(|reason| CheckError {
+    let open = unproven_future_key(mask, env, budget).map_err(|reason| CheckError {
         clause: clause.to_string(),
         reason,
     })?;
@@ -297,12 +417,15 @@ fn check_within_causal(mask: &MaskExpr, env: &Env, clause: &str) -> Result<(), C
         return Ok(());
     };
     let probes = probe_positions(env);
-    let example = probes.iter().find_map(|&q| {
-        let near = (q + 1..=q + 40).chain(probes.iter().copied().filter(|&k| k > q));
-        near.into_iter()
-            .find(|&kv| compiled.term.eval(q, kv))
-            .map(|kv| format!("; for example q={q} sees kv={kv}"))
-    });
+    let example = probes
+        .iter()
+        .flat_map(|&q| {
+            let near = (q + 1..=q + 40).chain(probes.iter().copied().filter(move |&k| k > q));
+            near.map(move |kv| (q, kv))
+        })
+        .take(EXAMPLE_TRIES)
+        .find(|&(q, kv)| compiled.term.eval(q, kv))
+        .map(|(q, kv)| format!("; for example q={q} sees kv={kv}"));
     fail(
         clause,
         format!(
@@ -319,6 +442,7 @@ fn check_keeps_visible(
     keep: &MaskExpr,
     env: &Env,
     clause: &str,
+    budget: &mut usize,
 ) -> Result<(), CheckError> {
     let error = |reason| CheckError {
         clause: clause.to_string(),
@@ -326,22 +450,22 @@ fn check_keeps_visible(
     };
     let keep_term = CompiledMask::new(keep, env).map_err(error)?.term;
     let mask_term = MaskTerm::compile(mask, env).map_err(error)?;
-    let Some(first) = unproven_kept(mask, keep, env).map_err(error)? else {
+    let Some(first) = unproven_kept(mask, keep, env, budget).map_err(error)? else {
         return Ok(());
     };
     let probes = probe_positions(env);
-    let example = probes.iter().find_map(|&q| {
-        let keys: Vec<i64> = ((q - 40).max(0)..=q)
-            .chain(probes.iter().copied().filter(|&kv| kv <= q))
-            .collect();
-        let later = probes.iter().copied().filter(|&l| l >= q);
-        later
-            .flat_map(|l| keys.iter().map(move |&kv| (l, kv)))
-            .find(|&(l, kv)| mask_term.eval(l, kv) && !keep_term.eval(q, kv))
-            .map(|(l, kv)| {
-                format!("; for example key {kv} is dropped at position {q} but query {l} sees it")
-            })
-    });
+    let example = probes
+        .iter()
+        .flat_map(|&q| {
+            let keys = ((q - 40).max(0)..=q).chain(probes.iter().copied().filter(move |&kv| kv <= q));
+            let later = probes.iter().copied().filter(move |&l| l >= q);
+            keys.flat_map(move |kv| later.clone().map(move |l| (q, l, kv)))
+        })
+        .take(EXAMPLE_TRIES)
+        .find(|&(q, l, kv)| mask_term.eval(l, kv) && !keep_term.eval(q, kv))
+        .map(|(q, l, kv)| {
+            format!("; for example key {kv} is dropped at position {q} but query {l} sees it")
+        });
     fail(
         clause,
         format!(

@@ -36,12 +36,13 @@ impl Conjunct {
 }
 
 /// More disjuncts than this and a mask is rejected as too complex to prove.
-pub const MAX_DISJUNCTS: usize = 1024;
+pub const MAX_DISJUNCTS: usize = 256;
 /// Elimination gives up (the proof fails) when a system grows past this many constraints.
 const MAX_CONSTRAINTS: usize = 4096;
-/// Derived constraints one check may spend over all its cases, so that no mask can keep
-/// the checker busy for long.
-const PROOF_BUDGET: usize = 2_000_000;
+/// Work the checks of one program may spend over all their masks and cases, in coefficients
+/// read or written by elimination steps, so that no program can keep the checker busy for
+/// long (about 50 ms at this budget on one core; see AKL.md's worst case).
+pub const PROOF_BUDGET: usize = 2_000_000;
 
 /// Variable indices: positions first, auxiliary variables after.
 const Q: usize = 0;
@@ -163,10 +164,14 @@ impl Prover<'_> {
                 constraints,
             }]
         };
-        let text = if negated {
-            format!("(not {})", mask_text(expr))
-        } else {
-            mask_text(expr)
+        // Only literals (a comparison or `causal`) need their text: formatting every
+        // and/or node would cost the square of the mask's size.
+        let text = || {
+            if negated {
+                format!("(not {})", mask_text(expr))
+            } else {
+                mask_text(expr)
+            }
         };
         Ok(match (expr, negated) {
             (MaskExpr::True, false) | (MaskExpr::False, true) => vec![Conjunct::default()],
@@ -178,7 +183,7 @@ impl Prover<'_> {
                 } else {
                     kv_minus_q.at_most(0)
                 };
-                literal(text, vec![constraint])
+                literal(text(), vec![constraint])
             }
             (MaskExpr::Not(inner), _) => self.dnf(inner, !negated, q_var)?,
             (MaskExpr::And(parts), false) | (MaskExpr::Or(parts), true) => {
@@ -223,8 +228,8 @@ impl Prover<'_> {
                         CmpOp::Ge => CmpOp::Lt,
                         // a != b: a < b or a > b.
                         CmpOp::Eq => {
-                            let below = literal(text.clone(), vec![d.at_most(-1)]);
-                            let above = literal(text, vec![d.scaled(-1).at_most(-1)]);
+                            let below = literal(text(), vec![d.at_most(-1)]);
+                            let above = literal(text(), vec![d.scaled(-1).at_most(-1)]);
                             return Ok([below, above].concat());
                         }
                     }
@@ -238,7 +243,7 @@ impl Prover<'_> {
                     CmpOp::Ge => vec![d.scaled(-1).at_most(0)],
                     CmpOp::Eq => vec![d.at_most(0), d.scaled(-1).at_most(0)],
                 };
-                literal(text, constraints)
+                literal(text(), constraints)
             }
         })
     }
@@ -275,6 +280,20 @@ fn causal_by_structure(mask: &MaskExpr) -> bool {
     }
 }
 
+/// Charges the budget for building a normal form: a coefficient per variable per constraint.
+fn spend(budget: &mut usize, disjuncts: &[Conjunct], n_vars: usize) -> Result<(), String> {
+    let work: usize = disjuncts.iter().map(|d| d.constraints.len() * n_vars).sum();
+    *budget = budget.checked_sub(work).ok_or_else(out_of_budget)?;
+    Ok(())
+}
+
+fn out_of_budget() -> String {
+    format!(
+        "proving this needs more work than the checker allows a program ({PROOF_BUDGET} \
+         coefficient steps); simplify it"
+    )
+}
+
 /// Whether the system is proven empty. The constraints over positions alone are tried
 /// first: a contradiction among them (the usual `causal` conjunct) is found at once, and
 /// a subset without solutions proves the whole system has none.
@@ -287,21 +306,25 @@ fn refuted(constraints: Vec<Constraint>, budget: &mut usize) -> Result<bool, Str
     let smaller = positions_only.len() < constraints.len();
     let proven = (smaller && infeasible(positions_only, budget)) || infeasible(constraints, budget);
     if *budget == 0 {
-        return Err(format!(
-            "proving this needs more than {PROOF_BUDGET} derived constraints; simplify it"
-        ));
+        return Err(out_of_budget());
     }
     Ok(proven)
 }
 
 /// The first disjunct of `mask` that could not be shown to exclude every future key
 /// (`kv > q`). `None` means the mask is proven to lie within causal.
-pub fn unproven_future_key(mask: &MaskExpr, env: &Env) -> Result<Option<Conjunct>, String> {
+/// Proofs spend `budget` (shared by every proof of one program).
+pub fn unproven_future_key(
+    mask: &MaskExpr,
+    env: &Env,
+    budget: &mut usize,
+) -> Result<Option<Conjunct>, String> {
     if causal_by_structure(mask) {
         return Ok(None);
     }
     let mut prover = prover(env);
     let disjuncts = prover.dnf(mask, false, Q)?;
+    spend(budget, &disjuncts, prover.next_var)?;
     let future = Linear::var(Q, 1)
         .combine(-1, &Linear::var(KV, 1))
         .at_most(-1);
@@ -310,9 +333,8 @@ pub fn unproven_future_key(mask: &MaskExpr, env: &Env) -> Result<Option<Conjunct
         prover.definitions.clone(),
     ]
     .concat();
-    let mut budget = PROOF_BUDGET;
     for d in disjuncts {
-        if !refuted([facts.clone(), d.constraints.clone()].concat(), &mut budget)? {
+        if !refuted([facts.clone(), d.constraints.clone()].concat(), budget)? {
             return Ok(Some(d));
         }
     }
@@ -321,15 +343,18 @@ pub fn unproven_future_key(mask: &MaskExpr, env: &Env) -> Result<Option<Conjunct
 
 /// The first case of `mask(q', kv) ∧ ¬keep(q, kv)` with `kv <= q <= q'` that could not be
 /// shown empty: a key the mask shows a later query may already be evicted. `None` means the
-/// policy is proven to keep every key the mask can still show.
+/// policy is proven to keep every key the mask can still show. Proofs spend `budget`.
 pub fn unproven_kept(
     mask: &MaskExpr,
     keep: &MaskExpr,
     env: &Env,
+    budget: &mut usize,
 ) -> Result<Option<Conjunct>, String> {
     let mut prover = prover(env);
     let seen = prover.dnf(mask, false, LATER_Q)?;
     let evicted = prover.dnf(keep, true, Q)?;
+    spend(budget, &seen, prover.next_var)?;
+    spend(budget, &evicted, prover.next_var)?;
     if seen.len() * evicted.len() > MAX_DISJUNCTS {
         return Err(too_complex());
     }
@@ -343,12 +368,11 @@ pub fn unproven_kept(
             .at_most(0),
     ];
     let facts = [order, prover.definitions.clone()].concat();
-    let mut budget = PROOF_BUDGET;
     for s in &seen {
         for e in &evicted {
             let constraints =
                 [facts.clone(), s.constraints.clone(), e.constraints.clone()].concat();
-            if !refuted(constraints, &mut budget)? {
+            if !refuted(constraints, budget)? {
                 return Ok(Some(Conjunct {
                     literals: [s.literals.clone(), e.literals.clone()].concat(),
                     constraints: Vec::new(),
@@ -387,7 +411,8 @@ fn tighten(mut c: Constraint) -> Option<Constraint> {
 /// Whether Fourier–Motzkin elimination proves the system has no solution. `false` means
 /// "not proven", never "feasible for sure".
 ///
-/// Every derived constraint spends one unit of `budget`; at zero the proof gives up.
+/// Every coefficient an elimination step reads or writes spends one unit of `budget`; at zero
+/// the proof gives up.
 pub fn infeasible(constraints: Vec<Constraint>, budget: &mut usize) -> bool {
     let mut system = constraints;
     loop {
@@ -427,11 +452,13 @@ pub fn infeasible(constraints: Vec<Constraint>, budget: &mut usize) -> bool {
         if without.len() + derived > MAX_CONSTRAINTS {
             return false;
         }
-        if derived > *budget {
+        // The step reads every constraint's coefficients and writes the derived ones.
+        let work = (without.len() + upper.len() + lower.len() + derived) * n_vars;
+        if work > *budget {
             *budget = 0;
             return false;
         }
-        *budget -= derived;
+        *budget -= work;
         let mut next = without;
         for u in &upper {
             for l in &lower {

@@ -44,12 +44,26 @@ impl Sexp {
 /// Lists nested deeper than this are rejected, so hostile input cannot exhaust the stack.
 pub const MAX_DEPTH: usize = 64;
 
+/// Longer texts are refused before they are read: the library's programs are well under
+/// 1 KiB, and every later stage is bounded by the size of what passes here.
+pub const MAX_BYTES: usize = 16 * 1024;
+/// Most expressions (atoms and lists) one text may hold.
+pub const MAX_EXPRESSIONS: usize = 2048;
+
 /// Reads every top-level expression of `text`.
 pub fn read_all(text: &str) -> Result<Vec<Sexp>, ParseError> {
+    if text.len() > MAX_BYTES {
+        return Err(ParseError::new(
+            Pos { line: 1, col: 1 },
+            &format!("a program of at most {MAX_BYTES} bytes"),
+            &format!("{} bytes", text.len()),
+        ));
+    }
     let mut reader = Reader {
         chars: text.chars().collect(),
         at: 0,
         pos: Pos { line: 1, col: 1 },
+        expressions: 0,
     };
     let mut out = Vec::new();
     loop {
@@ -65,6 +79,8 @@ struct Reader {
     chars: Vec<char>,
     at: usize,
     pos: Pos,
+    /// Expressions read so far, against `MAX_EXPRESSIONS`.
+    expressions: usize,
 }
 
 fn is_delimiter(c: char) -> bool {
@@ -104,6 +120,14 @@ impl Reader {
 
     fn expression(&mut self, depth: usize) -> Result<Sexp, ParseError> {
         let start = self.pos;
+        self.expressions += 1;
+        if self.expressions > MAX_EXPRESSIONS {
+            return Err(ParseError::new(
+                start,
+                &format!("a program of at most {MAX_EXPRESSIONS} expressions"),
+                "more",
+            ));
+        }
         match self.peek() {
             None => Err(ParseError::new(start, "an expression", "end of input")),
             Some(')') => Err(ParseError::new(start, "an expression", "\")\"")),

@@ -90,13 +90,25 @@ impl Tri {
     }
 }
 
+/// A constant folded from `expr`, refused when it overflowed or reaches `MAX_MAGNITUDE` (the
+/// same bound every mask subterm is held to, so no intermediate escapes it by folding).
+fn folded(expr: &IntExpr, value: Option<i64>) -> Result<IntTerm, String> {
+    match value {
+        Some(v) if v.unsigned_abs() < MAX_MAGNITUDE as u64 => Ok(IntTerm::Const(v)),
+        _ => Err(format!(
+            "`{}` reaches 2^52 or more; positions are at most 2^24, keep constants near that",
+            super::print::int_text(expr)
+        )),
+    }
+}
+
 impl IntTerm {
     /// Resolves parameters and folds constants. Errors name what to fix.
     pub fn compile(expr: &IntExpr, env: &Env) -> Result<IntTerm, String> {
         Ok(match expr {
             IntExpr::Q => IntTerm::Q,
             IntExpr::Kv => IntTerm::Kv,
-            IntExpr::Lit(v) if v.abs() > MAX_POSITION => {
+            IntExpr::Lit(v) if v.unsigned_abs() > MAX_POSITION as u64 => {
                 return Err(format!(
                     "{v} is an absurd size (the limit is ±{MAX_POSITION})"
                 ))
@@ -115,15 +127,15 @@ impl IntTerm {
                 let (a, b) = (IntTerm::compile(a, env)?, IntTerm::compile(b, env)?);
                 match (op, a, b) {
                     (IntOp::Add, IntTerm::Const(x), IntTerm::Const(y)) => {
-                        IntTerm::Const(x.saturating_add(y))
+                        folded(expr, x.checked_add(y))?
                     }
                     (IntOp::Add, a, b) => IntTerm::Add(Box::new(a), Box::new(b)),
                     (IntOp::Sub, IntTerm::Const(x), IntTerm::Const(y)) => {
-                        IntTerm::Const(x.saturating_sub(y))
+                        folded(expr, x.checked_sub(y))?
                     }
                     (IntOp::Sub, a, b) => IntTerm::Sub(Box::new(a), Box::new(b)),
                     (IntOp::Mul, IntTerm::Const(x), IntTerm::Const(y)) => {
-                        IntTerm::Const(x.saturating_mul(y))
+                        folded(expr, x.checked_mul(y))?
                     }
                     (IntOp::Mul, IntTerm::Const(c), t) | (IntOp::Mul, t, IntTerm::Const(c)) => {
                         IntTerm::Scale(c, Box::new(t))
@@ -444,6 +456,29 @@ impl ScoreTerm {
         (nodes + 1, transcendental)
     }
 
+    /// An upper bound on `|score|` for raw dot products up to `RAW_SCORE_BOUND`, scales up to
+    /// 1, heads up to 1024 and positions up to `MAX_POSITION` (interval arithmetic, one pass).
+    pub fn magnitude_bound(&self) -> f64 {
+        match self {
+            ScoreTerm::S => RAW_SCORE_BOUND,
+            ScoreTerm::Scale => 1.0,
+            ScoreTerm::Q | ScoreTerm::Kv => MAX_POSITION as f64,
+            ScoreTerm::Head => 1024.0,
+            ScoreTerm::Const(c) => c.abs(),
+            ScoreTerm::Tanh(_) => 1.0,
+            ScoreTerm::Binary(op, a, b) => {
+                let (a, b) = (a.magnitude_bound(), b.magnitude_bound());
+                match op {
+                    ScoreOp::Add | ScoreOp::Sub => a + b,
+                    ScoreOp::Mul => a * b,
+                    // The divisor is a nonzero constant: its bound is its magnitude.
+                    ScoreOp::Div => a / b,
+                    ScoreOp::Min | ScoreOp::Max => a.max(b),
+                }
+            }
+        }
+    }
+
     /// The score for raw dot product `s` at the layer's `scale`.
     pub fn eval(&self, head: usize, q: usize, kv: usize, s: f64, scale: f64) -> f64 {
         let go = |t: &ScoreTerm| t.eval(head, q, kv, s, scale);
@@ -469,6 +504,12 @@ impl ScoreTerm {
         }
     }
 }
+
+/// The raw dot products `q·k` the score bound assumes; real models stay far below it.
+pub const RAW_SCORE_BOUND: f64 = 1e6;
+/// Scores whose bound passes this are refused: past it the f32 runtime may reach infinity
+/// (f32 holds up to 3.4e38) at some position, where no evaluation looks.
+pub const MAX_SCORE_MAGNITUDE: f64 = 1e30;
 
 /// A checked score expression bound to its parameter values. The layer's scale is not known
 /// until a model is: `at_scale` binds it and gives the runtime's `ScoreModifier`.

@@ -1121,12 +1121,14 @@ fn reduce(xs: &[f32], init: f32, op: impl Fn(f32, f32) -> f32) -> f32 {
 /// `exp(x)` for `x <= 0` (down to where f32 underflows), in plain arithmetic that vectorises.
 ///
 /// Cephes `expf`: `x = n·ln2 + r` with `|r| <= ln2/2`, `exp(r)` by a degree-6 polynomial,
-/// `2^n` built in the exponent bits. Relative error about 2 ulp.
+/// `2^n` built in the exponent bits. Relative error about 2 ulp. A NaN stays NaN (a score
+/// of +inf or NaN must surface as a non-finite output, not vanish into the underflow clamp:
+/// `f32::max` would turn NaN into -87).
 #[inline(always)]
 pub(crate) fn exp_nonpositive(simd: impl Simd, x: f32) -> f32 {
     /// Adding 1.5·2²³ rounds to an integer, which then sits in the low mantissa bits.
     const ROUND: f32 = 12_582_912.0;
-    let x = x.max(-87.0);
+    let x = if x < -87.0 { -87.0 } else { x };
     let shifted = simd.mul_add_f32(x, std::f32::consts::LOG2_E, ROUND);
     let n = shifted - ROUND;
     let r = simd.mul_add_f32(n, -0.693_359_4, x);
@@ -1157,6 +1159,13 @@ mod tests {
                 "exp({x}) = {got}, std says {want}"
             );
         }
+    }
+
+    #[test]
+    fn exp_keeps_a_nan_and_flushes_what_underflows() {
+        assert!(exp_nonpositive(Portable, f32::NAN).is_nan());
+        assert!(exp_nonpositive(Portable, f32::INFINITY - f32::INFINITY).is_nan());
+        assert!(exp_nonpositive(Portable, f32::NEG_INFINITY) < 1e-37);
     }
 
     #[test]
