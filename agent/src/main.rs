@@ -47,6 +47,9 @@ enum Command {
     },
     /// Evaluate a candidate kernel through the evaluator's cascade of checks.
     Eval(cli::eval::Args),
+    /// A worker process for campaigns: evaluations requested on stdin, one JSON line each.
+    #[command(hide = true)]
+    EvalWorker(cli::eval::WorkerArgs),
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -76,6 +79,7 @@ fn main() -> ExitCode {
         Command::Kernels { which } => cli::kernels::run(&args.db, which),
         Command::Campaign { which } => cli::campaign::run(&args.db, which),
         Command::Eval(a) => cli::eval::run(a),
+        Command::EvalWorker(a) => cli::eval::run_worker(a),
         Command::Bench {
             which: BenchCommand::Core(a),
         } => cli::bench::core::run_core(a),

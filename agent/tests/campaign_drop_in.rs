@@ -99,3 +99,68 @@ fn a_drop_in_campaign_with_an_in_process_model_finishes_and_records_everything()
             db.close().await.unwrap();
         });
 }
+
+/// Evaluations run in worker processes under the task's time limit: one that runs past it is
+/// stopped within about a second of the limit, stored as failed at the `timeout` stage, and
+/// leaves no worker behind.
+#[test]
+fn an_evaluation_past_its_time_limit_is_stopped_and_recorded_as_a_timeout() {
+    assets::SMOLLM2.require().unwrap_or_else(|e| panic!("{e}"));
+    let dir = ScratchDir::new("campaign-timeout");
+    // Contexts of 2048 tokens with many timed repeats take far longer than 2 s.
+    let config = CONFIG
+        .replace("name = \"tiny\"", "name = \"slow\"")
+        .replace(
+            "name = \"drop-in\"",
+            "name = \"drop-in\"\ntimeout_seconds = 2",
+        )
+        .replace("contexts = [128]", "contexts = [2048]")
+        .replace("timing_repeats = 1", "timing_repeats = 40")
+        .replace("evaluations = 6", "evaluations = 2")
+        .replace(
+            "[mutators.local_llm]\nweight = 1.0",
+            "[mutators.local_llm]\nweight = 0.0",
+        );
+    std::fs::write(dir.path().join("slow.toml"), config).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_evokernel"))
+        .args(["--db", "evokernel.db", "campaign", "run", "slow.toml"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    // The only seed is stopped, so there is nothing to mutate: the campaign says so.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("stopped at timeout"), "{stderr}");
+    assert!(stderr.contains("no seed program passed"), "{stderr}");
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let db = Db::open_existing(&dir.db()).await.unwrap();
+            let campaign = db.campaign_by_name("slow").await.unwrap();
+            let evaluations = db.campaign_evaluations(campaign.id).await.unwrap();
+            assert_eq!(evaluations.len(), 1);
+            for e in &evaluations {
+                let e = &e.evaluation;
+                assert_eq!(e.stage_reached, evaluator::Stage::Timeout, "{}", e.feedback);
+                assert!(!e.passed && e.score.is_none());
+                assert!(e.feedback.contains("limit of 2 s"), "{}", e.feedback);
+                let seconds = e.seconds();
+                assert!((2.0..3.0).contains(&seconds), "stopped after {seconds} s");
+            }
+            db.close().await.unwrap();
+        });
+    // The campaign's process has exited: so have its workers.
+    let workers = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|process| {
+            let cmdline = std::fs::read(process.join("cmdline")).unwrap_or_default();
+            let cwd = std::fs::read_link(process.join("cwd")).ok();
+            String::from_utf8_lossy(&cmdline).contains("eval-worker")
+                && cwd.as_deref() == Some(dir.path())
+        })
+        .count();
+    assert_eq!(workers, 0, "a worker outlived its campaign");
+}

@@ -27,6 +27,8 @@ pub enum Stage {
     Cost,
     /// The scalar score and the archive descriptors.
     Score,
+    /// The evaluation ran past its wall-clock limit and was stopped (any stage).
+    Timeout,
 }
 
 impl Stage {
@@ -42,6 +44,7 @@ impl Stage {
             Stage::Run => "run",
             Stage::Cost => "cost",
             Stage::Score => "score",
+            Stage::Timeout => "timeout",
         }
     }
 }

@@ -12,6 +12,7 @@
 //! - `command` (Linux): any program scored by an external command in a sandbox;
 //! - [`probe`]: the run-time probes (causality, finite, determinism) on any kernels;
 //! - [`confirm()`]: elite confirmation on fresh slices and seeds;
+//! - [`worker`]: evaluations in worker processes under a wall-clock limit;
 //! - [`config`]: the evaluator's TOML file.
 
 mod cascade;
@@ -26,6 +27,7 @@ pub mod metric;
 pub mod probe;
 pub mod recommender;
 pub mod seeds;
+pub mod worker;
 
 pub use confirm::{confirm, ConfirmOptions, Confirmation};
 pub use error::{Error, Result};

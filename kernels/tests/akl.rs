@@ -698,9 +698,15 @@ fn extreme_integers_are_refused_not_wrapped() {
     assert!(e.contains("absurd size"), "{e}");
     // Folding 2^72 and subtracting it again must not hide the overflow.
     let huge = "(* (* 16777216 16777216) 16777216)";
-    let e = check_error(&rule("", &format!("(mask (and causal (> kv (- {huge} {huge}))))")));
+    let e = check_error(&rule(
+        "",
+        &format!("(mask (and causal (> kv (- {huge} {huge}))))"),
+    ));
     assert!(e.contains("2^52"), "{e}");
-    let e = check_error(&rule("", "(mask (and causal (> kv (* (* 16777216 16777216) 16))))"));
+    let e = check_error(&rule(
+        "",
+        "(mask (and causal (> kv (* (* 16777216 16777216) 16))))",
+    ));
     assert!(e.contains("2^52"), "{e}");
 }
 
@@ -729,7 +735,9 @@ fn sizes_past_the_limits_are_refused_naming_the_limit() {
     assert!(e.contains(&format!("at most {MAX_PARAMS}")), "{e}");
 
     let window = |n: usize| {
-        let parts: String = (0..n).map(|i| format!(" (> kv (- q {}))", 100 + i)).collect();
+        let parts: String = (0..n)
+            .map(|i| format!(" (> kv (- q {}))", 100 + i))
+            .collect();
         format!("(mask (and causal (or{parts})))")
     };
     checked(&rule("", &window(MAX_COMPARISONS)));
@@ -753,9 +761,15 @@ fn sizes_past_the_limits_are_refused_naming_the_limit() {
     let long = format!("(kernel t){}", " ".repeat(MAX_BYTES));
     let e = parse(&long).unwrap_err().to_string();
     assert!(e.contains(&format!("at most {MAX_BYTES} bytes")), "{e}");
-    let many = format!("(kernel t {})", "(tile q 32 kv 128) ".repeat(MAX_EXPRESSIONS / 5));
+    let many = format!(
+        "(kernel t {})",
+        "(tile q 32 kv 128) ".repeat(MAX_EXPRESSIONS / 5)
+    );
     let e = parse(&many).unwrap_err().to_string();
-    assert!(e.contains(&format!("at most {MAX_EXPRESSIONS} expressions")), "{e}");
+    assert!(
+        e.contains(&format!("at most {MAX_EXPRESSIONS} expressions")),
+        "{e}"
+    );
 }
 
 /// The hardest programs within the limits for the prover: every parameter, every override,
@@ -781,7 +795,13 @@ fn the_checker_finishes_quickly_on_the_hardest_programs_within_the_limits() {
     // Pairs in a conjunction: 2^(n/2) cases, up to the 256-case limit.
     let product = |offset: usize, n: usize| {
         let pairs: String = (0..n / 2)
-            .map(|j| format!(" (or {} {})", atom(offset + 2 * j), atom(offset + 2 * j + 1)))
+            .map(|j| {
+                format!(
+                    " (or {} {})",
+                    atom(offset + 2 * j),
+                    atom(offset + 2 * j + 1)
+                )
+            })
             .collect();
         format!("(and{pairs})")
     };
@@ -794,7 +814,10 @@ fn the_checker_finishes_quickly_on_the_hardest_programs_within_the_limits() {
             product(2, 8),
             product(3, 8)
         ),
-        format!("(mask (or {}))", (0..MAX_COMPARISONS).map(atom).collect::<String>()),
+        format!(
+            "(mask (or {}))",
+            (0..MAX_COMPARISONS).map(atom).collect::<String>()
+        ),
         // Within causal, but only by proof, case by case.
         format!("(mask (and (<= kv q) {}))", product(4, 16)),
     ];
@@ -821,7 +844,11 @@ fn the_checker_finishes_quickly_on_the_hardest_programs_within_the_limits() {
         eprintln!(
             "{took:>10.1?}  {} bytes  {}",
             text.len(),
-            verdict.err().map_or("passed".to_string(), |e| e.to_string().chars().take(100).collect())
+            verdict.err().map_or("passed".to_string(), |e| e
+                .to_string()
+                .chars()
+                .take(100)
+                .collect())
         );
         worst = worst.max(took);
     }

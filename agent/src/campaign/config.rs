@@ -9,6 +9,7 @@
 //!
 //! [task]
 //! name = "drop-in"             # drop-in | recsys | command
+//! timeout_seconds = 1800       # one evaluation's wall-clock limit (drop-in, recsys)
 //! [task.evaluator]             # the evaluator's own settings (evaluator::config)
 //! model = "smollm2"
 //!
@@ -158,9 +159,17 @@ fn default_concurrency() -> u32 {
 #[serde(deny_unknown_fields)]
 pub struct TaskConfig {
     pub name: TaskName,
+    /// The wall-clock limit of one evaluation of a drop-in or recsys candidate, which runs in
+    /// a worker process killed at the limit (the command task has its own limit).
+    #[serde(default = "default_evaluation_timeout")]
+    pub timeout_seconds: f64,
     /// The evaluator's own settings (its `[drop_in]`, `[command]` sections).
     #[serde(default)]
     pub evaluator: evaluator::config::EvaluatorConfig,
+}
+
+fn default_evaluation_timeout() -> f64 {
+    1800.0
 }
 
 /// The evaluator's tasks.
@@ -436,6 +445,12 @@ impl CampaignConfig {
         }
         if let Err(e) = self.task.evaluator.validate() {
             return invalid("task.evaluator", &e.to_string());
+        }
+        if !(self.task.timeout_seconds.is_finite() && self.task.timeout_seconds >= 1.0) {
+            return invalid(
+                "task.timeout_seconds",
+                "must be a number of seconds, at least 1",
+            );
         }
         if self.seeds.is_empty() {
             return invalid("seeds", "must list at least one seed program");

@@ -2,4 +2,4 @@
 
 pub mod config;
 
-pub use config::{CampaignConfig, ConfigError, SeedProgram, Strategy, TaskName};
+pub use config::{CampaignConfig, ConfigError, SeedProgram, Strategy, TaskConfig, TaskName};

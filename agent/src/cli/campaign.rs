@@ -190,7 +190,16 @@ where
             campaign.strategy.name(),
             db.path().display()
         );
-        let summary = run::run(&db, &campaign, Options { progress, replay }).await;
+        let summary = run::run(
+            &db,
+            &campaign,
+            Options {
+                progress,
+                replay,
+                worker: Some(std::env::current_exe()?),
+            },
+        )
+        .await;
         let best = match &summary {
             Ok(Summary {
                 best: Some((id, _)),

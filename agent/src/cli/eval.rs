@@ -1,9 +1,12 @@
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
-use evaluator::command::CommandTask;
+use agent::campaign::TaskConfig;
+use agent::engine::run::{task_for, worker_command};
 use evaluator::config::EvaluatorConfig;
-use evaluator::drop_in::DropInTask;
-use evaluator::recommender::RecsysTask;
+use evaluator::worker::{self, Isolated};
 use evaluator::{confirm, ConfirmOptions, Evaluation, Task};
 
 #[derive(clap::Args)]
@@ -29,6 +32,34 @@ pub struct Args {
     /// Print the evaluation (with `--confirm`: `{"evaluation", "confirmation"}`) as JSON.
     #[arg(long)]
     json: bool,
+    /// Stop a drop-in or recsys evaluation after this many seconds, recording it as failed at
+    /// the `timeout` stage (it then runs in a worker process, as campaigns run it).
+    #[arg(long, value_name = "SECONDS")]
+    timeout: Option<f64>,
+}
+
+/// The worker a campaign (or `eval --timeout`) starts: it builds the task once and answers
+/// evaluation requests, one JSON line each, on stdin and stdout.
+#[derive(clap::Args)]
+pub struct WorkerArgs {
+    /// The campaign's `[task]` table, as JSON.
+    #[arg(long)]
+    task: String,
+    /// What a command task's `{config_dir}` means.
+    #[arg(long)]
+    config_dir: PathBuf,
+}
+
+pub fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
+    let build = || -> Result<Arc<dyn Task>, String> {
+        let task: TaskConfig =
+            serde_json::from_str(&args.task).map_err(|e| format!("--task: {e}"))?;
+        task_for(&task, &args.config_dir).map_err(|e| format!("{e:#}"))
+    };
+    let stdout = std::io::stdout();
+    worker::serve(build, std::io::stdin().lock(), stdout.lock())?;
+    stdout.lock().flush()?;
+    Ok(())
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -40,24 +71,45 @@ enum TaskName {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let source = super::read_text(&args.program)?;
-    let config = match &args.config {
+    let evaluator = match &args.config {
         Some(path) => EvaluatorConfig::load(path)?,
         None => EvaluatorConfig::default(),
     };
-    let task: Box<dyn Task> = match args.task {
-        TaskName::DropIn => Box::new(DropInTask::new(config.drop_in)?),
-        TaskName::Recsys => Box::new(RecsysTask::new(config.recsys)?),
-        TaskName::Command => {
-            let (Some(path), Some(command)) = (&args.config, config.command) else {
-                anyhow::bail!("--task command needs --config FILE with a [command] section");
-            };
-            // `eval.toml` has the parent "", which means the current directory.
-            let dir = path
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(std::path::Path::new("."));
-            Box::new(CommandTask::new(command, dir)?)
+    let name = match args.task {
+        TaskName::DropIn => agent::campaign::TaskName::DropIn,
+        TaskName::Recsys => agent::campaign::TaskName::Recsys,
+        TaskName::Command => agent::campaign::TaskName::Command,
+    };
+    if matches!(args.task, TaskName::Command) && evaluator.command.is_none() {
+        anyhow::bail!("--task command needs --config FILE with a [command] section");
+    }
+    // `eval.toml` has the parent "", which means the current directory.
+    let dir = args
+        .config
+        .as_deref()
+        .and_then(Path::parent)
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    let task = TaskConfig {
+        name,
+        timeout_seconds: args.timeout.unwrap_or(f64::INFINITY),
+        evaluator,
+    };
+    let task: Arc<dyn Task> = match args.timeout {
+        Some(seconds) if name.is_akl() => {
+            anyhow::ensure!(
+                seconds.is_finite() && seconds > 0.0,
+                "--timeout must be a positive number of seconds"
+            );
+            let command = worker_command(std::env::current_exe()?, &task, &dir)?;
+            Arc::new(Isolated::new(
+                name.name(),
+                command,
+                Duration::from_secs_f64(seconds),
+            ))
         }
+        _ => task_for(&task, &dir)?,
     };
     let evaluation = task.evaluate(&source, args.trial)?;
     let confirmation = match (args.confirm, evaluation.passed) {

@@ -12,14 +12,15 @@
 //! programs stored but never evaluated (the work in flight) are evaluated first.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use evaluator::drop_in::DropInTask;
 use evaluator::recommender::RecsysTask;
+use evaluator::worker::{Isolated, WorkerCommand};
 use evaluator::{Evaluation, Task};
 use indicatif::ProgressBar;
 use rand::rngs::StdRng;
@@ -29,7 +30,7 @@ use tokio::task::JoinHandle;
 
 use super::job::{self, Backend, LlmSlot, Parent, Plan, Report, Work};
 use super::search::{Origin, Search};
-use crate::campaign::{CampaignConfig, Strategy, TaskName};
+use crate::campaign::{CampaignConfig, Strategy, TaskConfig, TaskName};
 use crate::db::{Campaign, CampaignStatus, Db, NewCampaign, NewProgram, Program};
 use crate::llm::kernel;
 use crate::llm::remote::{RemoteConfig, RemoteLlm};
@@ -46,6 +47,10 @@ pub struct Options {
     pub progress: ProgressBar,
     /// Answer every LLM call from this recording instead of a model.
     pub replay: Option<ReplayBook>,
+    /// The `evokernel` binary whose `eval-worker` runs drop-in and recsys evaluations, each
+    /// in a worker process under the task's time limit; `None` evaluates in this process,
+    /// where no limit can be enforced.
+    pub worker: Option<PathBuf>,
 }
 
 /// What a run did, for the closing report.
@@ -131,7 +136,12 @@ pub async fn run(db: &Db, campaign: &Campaign, options: Options) -> anyhow::Resu
     progress.set_position(evaluations_done);
 
     tracing::info!("loading the {} task", config.task.name.name());
-    let task = build_task(&config, campaign.config_dir.as_deref()).await?;
+    let task = build_task(
+        &config,
+        campaign.config_dir.as_deref(),
+        options.worker.as_deref(),
+    )
+    .await?;
     let uses_llm = campaign.strategy == Strategy::Evolve;
     let replaying = options.replay.is_some();
     let local = match (&config.mutators.local_llm, uses_llm) {
@@ -571,23 +581,60 @@ async fn restore(db: &Db, campaign_id: i64, search: &mut Search) -> anyhow::Resu
     Ok(total)
 }
 
-/// The evaluator's task for this campaign, built off the runtime (it loads a model).
+/// The evaluator's task for this campaign, built off the runtime (it loads a model, or
+/// starts a worker that does).
 async fn build_task(
     config: &CampaignConfig,
     config_dir: Option<&str>,
+    worker: Option<&Path>,
 ) -> anyhow::Result<Arc<dyn Task>> {
-    let settings = config.task.evaluator.clone();
-    let name = config.task.name;
-    let dir = std::path::PathBuf::from(config_dir.unwrap_or("."));
+    let task = config.task.clone();
+    let dir = PathBuf::from(config_dir.unwrap_or("."));
+    let worker = worker.map(Path::to_path_buf);
     tokio::task::spawn_blocking(move || -> anyhow::Result<Arc<dyn Task>> {
-        Ok(match name {
-            TaskName::DropIn => Arc::new(DropInTask::new(settings.drop_in)?),
-            TaskName::Recsys => Arc::new(RecsysTask::new(settings.recsys)?),
-            TaskName::Command => command_task(settings.command, &dir)?,
-        })
+        match (task.name, worker) {
+            (TaskName::DropIn | TaskName::Recsys, Some(program)) => {
+                let isolated = Isolated::new(
+                    task.name.name(),
+                    worker_command(program, &task, &dir)?,
+                    Duration::from_secs_f64(task.timeout_seconds),
+                );
+                isolated.start()?;
+                Ok(Arc::new(isolated))
+            }
+            _ => task_for(&task, &dir),
+        }
     })
     .await
     .context("building the task panicked")?
+}
+
+/// The task itself, in this process; `dir` is what a command task's `{config_dir}` means.
+pub fn task_for(task: &TaskConfig, dir: &Path) -> anyhow::Result<Arc<dyn Task>> {
+    let settings = task.evaluator.clone();
+    Ok(match task.name {
+        TaskName::DropIn => Arc::new(DropInTask::new(settings.drop_in)?),
+        TaskName::Recsys => Arc::new(RecsysTask::new(settings.recsys)?),
+        TaskName::Command => command_task(settings.command, dir)?,
+    })
+}
+
+/// How `program` (the `evokernel` binary) is started as a worker for `task`.
+pub fn worker_command(
+    program: PathBuf,
+    task: &TaskConfig,
+    dir: &Path,
+) -> anyhow::Result<WorkerCommand> {
+    Ok(WorkerCommand {
+        program,
+        args: vec![
+            "eval-worker".into(),
+            "--task".into(),
+            serde_json::to_string(task)?,
+            "--config-dir".into(),
+            dir.display().to_string(),
+        ],
+    })
 }
 
 #[cfg(target_os = "linux")]

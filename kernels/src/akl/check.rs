@@ -457,7 +457,8 @@ fn check_keeps_visible(
     let example = probes
         .iter()
         .flat_map(|&q| {
-            let keys = ((q - 40).max(0)..=q).chain(probes.iter().copied().filter(move |&kv| kv <= q));
+            let keys =
+                ((q - 40).max(0)..=q).chain(probes.iter().copied().filter(move |&kv| kv <= q));
             let later = probes.iter().copied().filter(move |&l| l >= q);
             keys.flat_map(move |kv| later.clone().map(move |l| (q, l, kv)))
         })
