@@ -523,6 +523,17 @@ impl Task for DropInTask {
             // MLA changes the key and value projections: it runs in a converted copy.
             let converted = match drop_in.kv_rank {
                 Some(rank) => {
+                    // Refused from the config before the expensive factorisation.
+                    let most = kernels::trainable::mla::max_kv_rank(&self.model.config);
+                    if rank > most {
+                        return Err(failed(
+                            Stage::Static,
+                            format!(
+                                "mechanism mla: kv_rank {rank} is beyond this model's largest, \
+                                 {most} (min of 2 · kv_dim and d_model)"
+                            ),
+                        ));
+                    }
                     let mut copy = Model::load(&self.model_path)?;
                     kernels::trainable::mla::convert_model_kv(&mut copy, rank)
                         .map_err(|e| failed(Stage::Static, format!("{e}")))?;

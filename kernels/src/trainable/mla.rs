@@ -499,6 +499,12 @@ pub fn apply_kv_rank(
     })
 }
 
+/// The largest latent rank a model's keys and values can take, `min(2 · kv_dim, d_model)`:
+/// known from its config, before any factorisation.
+pub fn max_kv_rank(config: &crate::ModelConfig) -> usize {
+    (2 * config.kv_dim()).min(config.d_model)
+}
+
 /// Converts every layer of a pretrained model to rank-`rank` latent keys and values by SVD,
 /// without training (the MLA idea applied to a GQA model). The model then runs the product
 /// weights, which give the same keys and values as the latent form; the cache the latent
