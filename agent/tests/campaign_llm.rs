@@ -209,14 +209,16 @@ fn an_llm_campaign_records_its_calls_and_replays_without_the_model() {
     );
     // The campaign ends when its last evaluation lands; jobs still running then, or done
     // but behind it in plan order, are dropped wherever they are, in the recording and the
-    // replay alike, so the two runs may differ by those jobs' calls. None of them made a
-    // program: every call that did is in both, and none of those diverged.
+    // replay alike, so the two runs may differ by those jobs' calls. Such a call may still be
+    // linked to a program (one the campaign already had), so the replay links no more calls
+    // than the recording did; the programs themselves are the same (above), and no replayed
+    // call diverged (below).
     let linked =
         |calls: &[agent::db::LlmCall]| calls.iter().filter(|c| c.program_id.is_some()).count();
-    assert_eq!(
-        linked(&replay_calls),
-        linked(&calls),
-        "every program's calls were replayed"
+    assert!(linked(&replay_calls) > 0, "the replay's calls made programs");
+    assert!(
+        linked(&replay_calls) <= linked(&calls),
+        "the replay linked calls the recording never made"
     );
     let diverged: Vec<_> = replay_calls
         .iter()
