@@ -1,15 +1,27 @@
 //! The command task: a program in any language, scored by an external command.
 //!
-//! Each evaluation writes the candidate into a fresh private directory, runs the configured
-//! command there under the sandbox's limits (`sandbox`), reads the metrics it reports
-//! (`metrics`), and removes the directory. The stages are [`Stage::Run`] (the command ran,
-//! within its limits, exited 0, reported readable metrics, and `correct.json` did not say
+//! Each evaluation writes the candidate into a fresh private area (`area`), runs the
+//! configured command in a sandbox, reads the metrics it reports (`metrics`), and removes the
+//! area. With `candidate_command`, the candidate runs first in a sandbox of its own and the
+//! command then grades what it left. The stages are [`Stage::Run`] (the commands ran, within
+//! their limits, exited 0, reported readable metrics, and `correct.json` did not say
 //! otherwise) and [`Stage::Score`] (the score metric is present and finite, and so is every
-//! descriptor). Linux only: the sweep for stray processes reads `/proc`.
+//! descriptor).
+//!
+//! The sandbox is bubblewrap's namespaces where it can run (`bubblewrap`, `holder`): each run
+//! sees the system directories, the programs it names and the paths the config lists, all
+//! read-only, and its own directories on a quota-bounded tmpfs, with no network and a PID
+//! namespace that dies with it. Elsewhere (`isolation = "off"`, or `"auto"` without
+//! bubblewrap) it is the process-group sandbox (`sandbox`, `sweep`): rlimits, a process group
+//! and a `/proc` sweep, and a warning. Linux only.
 
+mod area;
+mod bubblewrap;
 mod capture;
 mod config;
+mod holder;
 pub mod metrics;
+mod program;
 pub mod sandbox;
 mod scratch;
 mod sweep;
@@ -17,18 +29,21 @@ mod sweep;
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use area::{Area, Part, Quota};
+use bubblewrap::{Bubblewrap, View, INSTALL_HINT};
 pub use capture::Captured;
-pub use config::{CommandConfig, Direction};
+pub use config::{CommandConfig, Direction, Isolation};
+use config::Placeholder;
 use metrics::{Correctness, Reported};
-use sandbox::{Job, LimitHit, Limits, RunReport};
-use scratch::ScratchDir;
+use sandbox::{Enclosure, Job, LimitHit, Limits, RunReport};
 
-use crate::{Error, Evaluation, Provenance, Result, Stage, StageTiming, Task, EVALUATOR_VERSION};
-
-/// The results directory's name inside the run's private directory.
-const RESULTS_DIR: &str = "results";
+use crate::{
+    Error, Evaluation, Provenance, Result, SandboxKind, Stage, StageTiming, Task,
+    EVALUATOR_VERSION,
+};
 
 /// Scores candidates with an external command (see the module docs).
 #[derive(Clone, Debug)]
@@ -36,15 +51,143 @@ pub struct CommandTask {
     config: CommandConfig,
     /// What `{config_dir}` expands to: absolute, since the command runs elsewhere.
     config_dir: PathBuf,
+    /// `read_only_paths`, absolute.
+    read_only_paths: Vec<PathBuf>,
+    /// The sandbox, chosen at the first evaluation.
+    sandbox: OnceLock<Chosen>,
+}
+
+/// The sandbox a task's runs use.
+#[derive(Clone, Debug)]
+enum Chosen {
+    Namespaces(Bubblewrap),
+    ProcessGroup,
+    /// `isolation = "required"` and namespaces cannot run here, for this reason.
+    Refused(String),
+}
+
+/// Whether the namespace sandbox can run on this machine; `Err` says why not and what to
+/// install. It starts a private tmpfs in a user namespace and runs bubblewrap there.
+pub fn probe_namespaces() -> std::result::Result<(), String> {
+    probe().map(|_| ())
+}
+
+fn probe() -> std::result::Result<Bubblewrap, String> {
+    let bwrap = Bubblewrap::find()?;
+    let area = Area::create(Some(Quota {
+        bytes: 1 << 20,
+        files: 16,
+    }))
+    .map_err(|e| format!("cannot make a private user and mount namespace ({e}); {INSTALL_HINT}"))?;
+    let report = (|| {
+        let workdir = area.path(Part::Grader);
+        area.fresh_dir(Part::Grader)?;
+        area.fresh_dir(Part::GraderShm)?;
+        let view = View {
+            read_only: program::needs(bwrap.path(), None, None, Path::to_path_buf),
+            writable: vec![workdir.clone()],
+            shm: area.path(Part::GraderShm),
+            workdir: workdir.clone(),
+            network: false,
+        };
+        let argv = [bwrap.path().display().to_string(), "--version".into()];
+        let limits = Limits {
+            wall: Duration::from_secs(10),
+            cpu_seconds: 10,
+            memory_bytes: 1 << 30,
+            file_bytes: 1 << 20,
+            output_bytes: 1 << 12,
+        };
+        let job = Job {
+            argv: &argv,
+            env: &[],
+            dir: &workdir,
+            limits: &limits,
+        };
+        let enclosure = Enclosure {
+            bwrap: &bwrap,
+            view: &view,
+            holder: area.holder().expect("an area with a quota has a holder"),
+        };
+        sandbox::run_enclosed(&job, &enclosure)
+    })();
+    let _ = area.remove();
+    let report = report.map_err(|e| format!("cannot start bubblewrap ({e}); {INSTALL_HINT}"))?;
+    if report.exit.success() {
+        Ok(bwrap)
+    } else {
+        Err(format!(
+            "bubblewrap cannot make a sandbox here ({}: {}); {INSTALL_HINT}",
+            report.exit,
+            report.stderr.text().trim()
+        ))
+    }
+}
+
+/// One of an evaluation's runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    /// `candidate_command`: the candidate alone.
+    Candidate,
+    /// `command`: the grader (and in the one-command shape the candidate inside it).
+    Grader,
+}
+
+impl Role {
+    fn noun(self) -> &'static str {
+        match self {
+            Role::Candidate => "the candidate command",
+            Role::Grader => "the command",
+        }
+    }
+
+    fn config_key(self) -> &'static str {
+        match self {
+            Role::Candidate => "candidate_command",
+            Role::Grader => "command",
+        }
+    }
+
+    fn workdir(self) -> Part {
+        match self {
+            Role::Candidate => Part::Candidate,
+            Role::Grader => Part::Grader,
+        }
+    }
+
+    fn shm(self) -> Part {
+        match self {
+            Role::Candidate => Part::CandidateShm,
+            Role::Grader => Part::GraderShm,
+        }
+    }
 }
 
 impl CommandTask {
-    /// A task from a checked config; `config_dir` is what `{config_dir}` stands for.
+    /// A task from a checked config; `config_dir` is what `{config_dir}` stands for, and what
+    /// relative `read_only_paths` are taken from. Each of those must exist.
     pub fn new(config: CommandConfig, config_dir: &Path) -> Result<CommandTask> {
         config.validate().map_err(Error::Invalid)?;
+        let config_dir = std::path::absolute(config_dir)?;
+        let read_only_paths = config
+            .read_only_paths
+            .iter()
+            .map(|path| {
+                let path = config_dir.join(path);
+                match path.try_exists() {
+                    Ok(true) => Ok(path),
+                    _ => Err(Error::Invalid(format!(
+                        "`read_only_paths` names {}, which does not exist",
+                        path.display()
+                    ))),
+                }
+            })
+            .collect::<Result<_>>()?;
         Ok(CommandTask {
             config,
-            config_dir: std::path::absolute(config_dir)?,
+            config_dir,
+            read_only_paths,
+            sandbox: OnceLock::new(),
         })
     }
 
@@ -64,6 +207,33 @@ impl CommandTask {
         &self.config
     }
 
+    /// The sandbox for this task's runs, chosen (and warned about) once.
+    fn sandbox(&self) -> Result<&Chosen> {
+        let chosen = self.sandbox.get_or_init(|| match self.config.isolation {
+            Isolation::Off => Chosen::ProcessGroup,
+            Isolation::Required => probe().map_or_else(Chosen::Refused, Chosen::Namespaces),
+            Isolation::Auto => probe().map_or_else(
+                |reason| {
+                eprintln!(
+                    "evokernel: WARNING: the command task runs WITHOUT namespace isolation: \
+                     {reason}.\nevokernel: WARNING: each run is confined only by rlimits and a \
+                     process-group sweep: a candidate can read and write whatever this user \
+                     can, use the network, forge its results and leave processes behind. Set \
+                     `isolation = \"required\"` to refuse to run like this."
+                    );
+                    Chosen::ProcessGroup
+                },
+                Chosen::Namespaces,
+            ),
+        });
+        match chosen {
+            Chosen::Refused(reason) => Err(Error::Invalid(format!(
+                "isolation = \"required\", but the namespace sandbox cannot run here: {reason}"
+            ))),
+            chosen => Ok(chosen),
+        }
+    }
+
     fn limits(&self) -> Limits {
         Limits {
             wall: Duration::from_secs_f64(self.config.timeout_seconds),
@@ -74,15 +244,30 @@ impl CommandTask {
         }
     }
 
-    fn argv(&self, program: &Path, results: &Path, trial: u32) -> Vec<String> {
-        let replacements = [
-            ("{program}", program.display().to_string()),
-            ("{results_dir}", results.display().to_string()),
-            ("{config_dir}", self.config_dir.display().to_string()),
-            ("{trial}", trial.to_string()),
-        ];
-        self.config
-            .command
+    /// Where the candidate's file is: in its own directory when it runs alone.
+    fn program_part(&self) -> Part {
+        match self.config.candidate_command {
+            Some(_) => Part::Candidate,
+            None => Part::Grader,
+        }
+    }
+
+    fn argv(&self, template: &[String], area: &Area, trial: u32) -> Vec<String> {
+        let value = |placeholder| match placeholder {
+            Placeholder::Program => self.program_path(area),
+            Placeholder::Trial => trial.to_string(),
+            Placeholder::ResultsDir => area.path(Part::Results).display().to_string(),
+            Placeholder::ConfigDir => self.config_dir.display().to_string(),
+            Placeholder::CandidateDir => area.path(Part::Candidate).display().to_string(),
+            Placeholder::CandidateStdout => {
+                area.path(Part::CandidateStdout).display().to_string()
+            }
+        };
+        let replacements: Vec<(&str, String)> = Placeholder::ALL
+            .into_iter()
+            .map(|placeholder| (placeholder.token(), value(placeholder)))
+            .collect();
+        template
             .iter()
             .map(|arg| {
                 replacements
@@ -92,13 +277,14 @@ impl CommandTask {
             .collect()
     }
 
-    fn environment(
-        &self,
-        dir: &Path,
-        program: &Path,
-        results: &Path,
-        trial: u32,
-    ) -> Vec<(String, String)> {
+    fn program_path(&self, area: &Area) -> String {
+        area.path(self.program_part())
+            .join(&self.config.program_file)
+            .display()
+            .to_string()
+    }
+
+    fn environment(&self, area: &Area, role: Role, trial: u32) -> Vec<(String, String)> {
         let mut env: BTreeMap<String, String> = self
             .config
             .inherit_env
@@ -106,46 +292,139 @@ impl CommandTask {
             .filter_map(|name| Some((name.clone(), std::env::var(name).ok()?)))
             .collect();
         env.extend(self.config.env.clone());
-        for (name, value) in [
-            ("TMPDIR", dir.display().to_string()),
-            ("EVOKERNEL_PROGRAM", program.display().to_string()),
-            ("EVOKERNEL_RESULTS_DIR", results.display().to_string()),
-            ("EVOKERNEL_TRIAL", trial.to_string()),
-        ] {
-            env.insert(name.into(), value);
+        let shown = |part| area.path(part).display().to_string();
+        env.insert("TMPDIR".into(), shown(role.workdir()));
+        env.insert("EVOKERNEL_PROGRAM".into(), self.program_path(area));
+        env.insert("EVOKERNEL_TRIAL".into(), trial.to_string());
+        if role == Role::Grader {
+            env.insert("EVOKERNEL_RESULTS_DIR".into(), shown(Part::Results));
+            if self.config.candidate_command.is_some() {
+                env.insert("EVOKERNEL_CANDIDATE_DIR".into(), shown(Part::Candidate));
+                env.insert(
+                    "EVOKERNEL_CANDIDATE_STDOUT".into(),
+                    shown(Part::CandidateStdout),
+                );
+            }
         }
         env.into_iter().collect()
     }
 
-    /// Runs the command on the candidate in a fresh directory and reads what it reported.
-    fn run_in_scratch(&self, source: &str, trial: u32) -> Result<(RunReport, Reading)> {
-        let scratch = ScratchDir::create()?;
-        let program = scratch.path().join(&self.config.program_file);
-        let results = scratch.path().join(RESULTS_DIR);
-        fs::write(&program, source)?;
-        fs::create_dir(&results)?;
-        let argv = self.argv(&program, &results, trial);
-        let env = self.environment(scratch.path(), &program, &results, trial);
+    /// What a run sees in namespaces besides the system directories.
+    fn view(&self, area: &Area, role: Role, needs: Vec<PathBuf>) -> View {
+        let mut read_only = needs;
+        read_only.extend(self.read_only_paths.iter().cloned());
+        let mut writable = vec![area.path(role.workdir())];
+        if role == Role::Grader {
+            read_only.push(self.config_dir.clone());
+            writable.push(area.path(Part::Results));
+            if self.config.candidate_command.is_some() {
+                read_only.push(area.path(Part::Candidate));
+                read_only.push(area.path(Part::CandidateStdout));
+            }
+        }
+        View {
+            read_only,
+            writable,
+            shm: area.path(role.shm()),
+            workdir: area.path(role.workdir()),
+            network: self.config.network,
+        }
+    }
+
+    /// Runs one of the commands in its sandbox; its working directory must exist.
+    fn run(
+        &self,
+        sandbox: &Chosen,
+        area: &Area,
+        role: Role,
+        template: &[String],
+        trial: u32,
+    ) -> Result<RunReport> {
+        let mut argv = self.argv(template, area, trial);
+        let env = self.environment(area, role, trial);
+        let path_var = env
+            .iter()
+            .find(|(name, _)| name == "PATH")
+            .map(|(_, value)| value.as_str());
+        let outside = |path: &Path| area.outside(path);
+        let named = argv[0].clone();
+        let cannot_run = |problem: String| {
+            Error::Invalid(format!(
+                "cannot run {} {named:?}: {problem}; check `{}` in the config",
+                role.noun(),
+                role.config_key()
+            ))
+        };
+        let program = program::find(&named, path_var, outside).map_err(&cannot_run)?;
+        argv[0] = program.display().to_string();
         let limits = self.limits();
+        let dir = area.path(role.workdir());
         let job = Job {
             argv: &argv,
             env: &env,
-            dir: scratch.path(),
+            dir: &dir,
             limits: &limits,
         };
-        let report = sandbox::run(&job).map_err(|e| {
-            Error::Invalid(format!(
-                "cannot run the command {:?}: {e}; check `command` in the config",
-                argv[0]
-            ))
-        })?;
+        let report = match sandbox {
+            Chosen::Namespaces(bwrap) => {
+                let home = std::env::var_os("HOME").map(PathBuf::from);
+                let needs = program::needs(&program, path_var, home.as_deref(), outside);
+                let view = self.view(area, role, needs);
+                area.fresh_dir(role.shm())?;
+                let enclosure = Enclosure {
+                    bwrap,
+                    view: &view,
+                    holder: area.holder().expect("a namespace area has a holder"),
+                };
+                sandbox::run_enclosed(&job, &enclosure)
+            }
+            Chosen::ProcessGroup | Chosen::Refused(_) => sandbox::run(&job),
+        };
+        let mut report = report.map_err(|e| cannot_run(e.to_string()))?;
+        if !report.exit.success() && report.limit_hit.is_none() && area.is_full() {
+            report.limit_hit = Some(LimitHit::PrivateDirFull);
+        }
+        Ok(report)
+    }
+
+    /// Runs the candidate (where it runs alone) and the command, and reads what the command
+    /// reported; the command does not run when the candidate failed.
+    fn run_all(&self, sandbox: &Chosen, area: &Area, source: &str, trial: u32) -> Result<Runs> {
+        let program_dir = area.fresh_dir(self.program_part())?;
+        fs::write(program_dir.join(&self.config.program_file), source)?;
+        let candidate = match &self.config.candidate_command {
+            Some(template) => {
+                let report = self.run(sandbox, area, Role::Candidate, template, trial)?;
+                if run_failure(&self.config, &report, Role::Candidate).is_some() {
+                    return Ok(Runs {
+                        candidate: Some(report),
+                        grader: None,
+                    });
+                }
+                area.fresh_file(Part::CandidateStdout, report.stdout.bytes())?;
+                area.fresh_dir(Part::Grader)?;
+                Some(report)
+            }
+            None => None,
+        };
+        let results = area.fresh_dir(Part::Results)?;
+        let report = self.run(sandbox, area, Role::Grader, &self.config.command, trial)?;
         let reading = Reading {
             correctness: metrics::read_correctness(&results),
             metrics: metrics::read_metrics(&report.stdout.text(), &results),
         };
-        scratch.remove()?;
-        Ok((report, reading))
+        Ok(Runs {
+            candidate,
+            grader: Some((report, reading)),
+        })
     }
+}
+
+/// What an evaluation's runs did.
+struct Runs {
+    candidate: Option<RunReport>,
+    /// The command's run and what it reported; `None` when the candidate's run failed.
+    grader: Option<(RunReport, Reading)>,
 }
 
 /// What the command left for us to read, read before its directory goes.
@@ -161,7 +440,23 @@ impl Task for CommandTask {
 
     fn evaluate(&self, source: &str, trial: u32) -> Result<Evaluation> {
         let started = Instant::now();
-        let (report, reading) = self.run_in_scratch(source, trial)?;
+        let sandbox = self.sandbox()?;
+        let (quota, kind) = match sandbox {
+            Chosen::Namespaces(_) => {
+                let quota = Quota {
+                    bytes: self.config.private_dir_bytes,
+                    files: self.config.private_dir_files,
+                };
+                (Some(quota), SandboxKind::Namespaces)
+            }
+            Chosen::ProcessGroup | Chosen::Refused(_) => (None, SandboxKind::ProcessGroup),
+        };
+        let area = Area::create(quota).map_err(|e| {
+            Error::Invalid(format!("cannot make the private directory of a run: {e}"))
+        })?;
+        let runs = self.run_all(sandbox, &area, source, trial);
+        area.remove()?;
+        let runs = runs?;
         let mut evaluation = Evaluation {
             task: self.name().into(),
             candidate_hash: kernels::akl::sha256_hex(source.as_bytes()),
@@ -178,20 +473,23 @@ impl Task for CommandTask {
             provenance: Provenance {
                 evaluator_version: EVALUATOR_VERSION.into(),
                 trial,
+                sandbox: Some(kind),
                 ..Provenance::default()
             },
         };
         let scoring = Instant::now();
         let mut feedback = Feedback::default();
-        let verdict = judge(
-            &self.config,
-            &report,
-            reading,
-            &mut evaluation,
-            &mut feedback,
-        );
-        feedback.run_notes(&report, self.config.feedback_bytes);
-        evaluation.metrics.extend(run_metrics(&report));
+        let verdict = judge(&self.config, &runs, &mut evaluation, &mut feedback);
+        if let Some(report) = &runs.candidate {
+            feedback.run_notes(report, Role::Candidate, self.config.feedback_bytes);
+            evaluation
+                .metrics
+                .extend(run_metrics(report, "run.candidate."));
+        }
+        if let Some((report, _)) = &runs.grader {
+            feedback.run_notes(report, Role::Grader, self.config.feedback_bytes);
+            evaluation.metrics.extend(run_metrics(report, "run."));
+        }
         if evaluation.stage_reached == Stage::Score {
             evaluation.timings.push(StageTiming {
                 stage: Stage::Score,
@@ -205,15 +503,19 @@ impl Task for CommandTask {
     }
 }
 
-/// Decides the stages from the run and its metrics; returns the score when every stage
+/// Decides the stages from the runs and the metrics; returns the score when every stage
 /// passed. Fills the evaluation's metrics, descriptors and stage, and the feedback.
 fn judge(
     config: &CommandConfig,
-    report: &RunReport,
-    reading: Reading,
+    runs: &Runs,
     evaluation: &mut Evaluation,
     feedback: &mut Feedback,
 ) -> Option<f64> {
+    let Some((report, reading)) = &runs.grader else {
+        let candidate = runs.candidate.as_ref()?;
+        feedback.headline = run_failure(config, candidate, Role::Candidate)?;
+        return None;
+    };
     // Whatever the outcome, keep what the command managed to report.
     if let Ok(reported) = &reading.metrics {
         feedback.absorb(reported);
@@ -232,20 +534,18 @@ fn judge(
         Ok(_) => None,
         Err(problem) => Some(problem.clone()),
     };
-    if let Some(limit) = report.limit_hit {
-        feedback.headline = limit_headline(limit, report, config);
-        return None;
-    }
-    if !report.exit.success() {
-        feedback.headline = format!("Run failed: the command ended with {}.", report.exit);
-        feedback.sections.extend(incorrect);
+    if let Some(headline) = run_failure(config, report, Role::Grader) {
+        feedback.headline = headline;
+        if report.limit_hit.is_none() {
+            feedback.sections.extend(incorrect);
+        }
         return None;
     }
     if let Some(incorrect) = incorrect {
         feedback.headline = format!("Run failed: {incorrect}");
         return None;
     }
-    let reported = match reading.metrics {
+    let reported = match &reading.metrics {
         Ok(reported) => reported,
         Err(problem) => {
             feedback.headline = format!("Run failed: the metrics could not be read: {problem}");
@@ -294,6 +594,42 @@ fn judge(
     Some(score)
 }
 
+/// The headline for a run that hit a limit or did not exit 0, `None` for one that did.
+fn run_failure(config: &CommandConfig, report: &RunReport, role: Role) -> Option<String> {
+    let noun = role.noun();
+    let exit = report.exit;
+    let headline = match report.limit_hit {
+        Some(LimitHit::WallClock) => format!(
+            "Run failed: {noun} ran past the wall-clock limit of {} s and every process it \
+             started was killed. Look for an infinite loop or a blocking wait, or make it faster.",
+            config.timeout_seconds
+        ),
+        Some(LimitHit::CpuTime) => format!(
+            "Run failed: a process of {noun} used more than the CPU limit of {} s and was \
+             killed ({exit}). Do less work or look for an infinite loop.",
+            config.cpu_seconds
+        ),
+        Some(LimitHit::Memory) => format!(
+            "Run failed: {noun} ran out of memory under the address-space limit of {} MiB \
+             and ended with {exit}. Use less memory.",
+            config.memory_bytes >> 20
+        ),
+        Some(LimitHit::FileSize) => format!(
+            "Run failed: a file grew past the file-size limit of {} MiB ({exit}).",
+            config.file_bytes >> 20
+        ),
+        Some(LimitHit::PrivateDirFull) => format!(
+            "Run failed: the private directory is full (at most {} MiB in {} files and \
+             directories) and {noun} ended with {exit}. Write less.",
+            config.private_dir_bytes >> 20,
+            config.private_dir_files
+        ),
+        None if !exit.success() => format!("Run failed: {noun} ended with {exit}."),
+        None => return None,
+    };
+    Some(headline)
+}
+
 fn listing<'a>(names: impl Iterator<Item = &'a String>) -> String {
     let names: Vec<&str> = names.map(String::as_str).collect();
     if names.is_empty() {
@@ -303,38 +639,12 @@ fn listing<'a>(names: impl Iterator<Item = &'a String>) -> String {
     }
 }
 
-fn limit_headline(limit: LimitHit, report: &RunReport, config: &CommandConfig) -> String {
-    match limit {
-        LimitHit::WallClock => format!(
-            "Run failed: the command ran past the wall-clock limit of {} s and its whole process \
-             group was killed. Look for an infinite loop or a blocking wait, or make it faster.",
-            config.timeout_seconds
-        ),
-        LimitHit::CpuTime => format!(
-            "Run failed: a process used more than the CPU limit of {} s and was killed ({}). \
-             Do less work or look for an infinite loop.",
-            config.cpu_seconds, report.exit
-        ),
-        LimitHit::Memory => format!(
-            "Run failed: the program ran out of memory under the address-space limit of {} MiB \
-             and ended with {}. Use less memory.",
-            config.memory_bytes >> 20,
-            report.exit
-        ),
-        LimitHit::FileSize => format!(
-            "Run failed: a file grew past the file-size limit of {} MiB ({}).",
-            config.file_bytes >> 20,
-            report.exit
-        ),
-    }
-}
-
-/// The sandbox's own measurements, recorded beside whatever the command reported.
-fn run_metrics(report: &RunReport) -> [(String, f64); 3] {
+/// The sandbox's own measurements of a run, recorded beside whatever the command reported.
+fn run_metrics(report: &RunReport, prefix: &str) -> [(String, f64); 3] {
     [
-        ("run.wall_seconds".into(), report.wall.as_secs_f64()),
-        ("run.cpu_seconds".into(), report.cpu.as_secs_f64()),
-        ("run.peak_rss_bytes".into(), report.peak_rss_bytes as f64),
+        (format!("{prefix}wall_seconds"), report.wall.as_secs_f64()),
+        (format!("{prefix}cpu_seconds"), report.cpu.as_secs_f64()),
+        (format!("{prefix}peak_rss_bytes"), report.peak_rss_bytes as f64),
     ]
 }
 
@@ -357,10 +667,11 @@ impl Feedback {
         }
     }
 
-    fn run_notes(&mut self, report: &RunReport, feedback_bytes: usize) {
+    fn run_notes(&mut self, report: &RunReport, role: Role, feedback_bytes: usize) {
+        let noun = role.noun();
         if report.strays_killed > 0 {
             self.sections.push(format!(
-                "{} process(es) left running by the command were killed.",
+                "{} process(es) left running by {noun} were killed.",
                 report.strays_killed
             ));
         }
@@ -371,16 +682,20 @@ impl Feedback {
                     .into(),
             );
         }
+        let stream = match role {
+            Role::Candidate => "the candidate's ",
+            Role::Grader => "",
+        };
         if report.stdout.cut_bytes() > 0 {
             self.sections.push(format!(
-                "stdout was {} bytes; only the last {} were kept.",
+                "{stream}stdout was {} bytes; only the last {} were kept.",
                 report.stdout.total_bytes(),
                 report.stdout.bytes().len()
             ));
         }
         if report.stderr.total_bytes() > 0 && feedback_bytes > 0 {
             self.sections.push(format!(
-                "stderr:\n{}",
+                "{stream}stderr:\n{}",
                 report.stderr.tail_for_feedback(feedback_bytes)
             ));
         }
