@@ -316,7 +316,12 @@ if mode == "hang":
         time.sleep(1)
 "#;
 
-fn run_forking_tree(name: &str, mode: &str, timeout: f64, isolation: Isolation) -> (Evaluation, f64) {
+fn run_forking_tree(
+    name: &str,
+    mode: &str,
+    timeout: f64,
+    isolation: Isolation,
+) -> (Evaluation, f64) {
     let dir = TestDir::new(name);
     let script = dir.write("tree.py", FORKING_TREE);
     let task = task(&dir, &["python3", &script, mode], |config| {
@@ -541,7 +546,9 @@ fn parallel_evaluations_keep_to_their_own_directories_and_processes() {
         "sleep 1000 &\nsleep 0.2\nprintf '{\"combined_score\": %s}\\n' \"$(cat program.py)\"\n",
     );
     for isolation in [Isolation::Auto, Isolation::Off] {
-        let task = task(&dir, &["sh", &script], |config| config.isolation = isolation);
+        let task = task(&dir, &["sh", &script], |config| {
+            config.isolation = isolation
+        });
         std::thread::scope(|scope| {
             let runs: Vec<_> = (0..4)
                 .map(|i| {

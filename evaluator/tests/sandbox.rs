@@ -117,7 +117,11 @@ fn escapees_that_leave_the_session_wipe_their_environment_and_fork_on_do_not_out
         left.is_empty() && later.is_empty(),
         "still alive: {left:?} {later:?}"
     );
-    assert!(!evaluation.feedback.contains("escaped"), "{}", evaluation.feedback);
+    assert!(
+        !evaluation.feedback.contains("escaped"),
+        "{}",
+        evaluation.feedback
+    );
 }
 
 #[test]
@@ -186,20 +190,33 @@ fn writes_outside_the_private_directory_fail_or_vanish_and_nothing_else_is_reada
     // The temp dir shows only the run's own directory and the config's (both live there
     // here), not other runs' or anything else of the machine's.
     let config_dir = dir.0.file_name().unwrap().to_str().unwrap();
-    let mut tmp: Vec<&str> = reported(&evaluation, "tmp_entries").split_whitespace().collect();
+    let mut tmp: Vec<&str> = reported(&evaluation, "tmp_entries")
+        .split_whitespace()
+        .collect();
     tmp.retain(|entry| *entry != config_dir);
     assert_eq!(tmp.len(), 1, "{tmp:?}");
-    assert!(tmp[0].starts_with(&format!("evokernel-command-{pid}-")), "{tmp:?}");
+    assert!(
+        tmp[0].starts_with(&format!("evokernel-command-{pid}-")),
+        "{tmp:?}"
+    );
     // The root holds the system directories and nothing else.
-    let mut expected: Vec<String> = ["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/opt"]
-        .into_iter()
-        .filter(|dir| Path::new(dir).exists())
-        .map(|dir| dir[1..].to_string())
-        .chain(["dev", "proc"].map(String::from))
-        .chain(temp.iter().nth(1).map(|top| top.to_string_lossy().into_owned()))
-        .collect();
+    let mut expected: Vec<String> = [
+        "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/opt",
+    ]
+    .into_iter()
+    .filter(|dir| Path::new(dir).exists())
+    .map(|dir| dir[1..].to_string())
+    .chain(["dev", "proc"].map(String::from))
+    .chain(
+        temp.iter()
+            .nth(1)
+            .map(|top| top.to_string_lossy().into_owned()),
+    )
+    .collect();
     expected.sort();
-    let mut root: Vec<&str> = reported(&evaluation, "root_entries").split_whitespace().collect();
+    let mut root: Vec<&str> = reported(&evaluation, "root_entries")
+        .split_whitespace()
+        .collect();
     root.sort();
     assert_eq!(root, expected);
 }
@@ -257,7 +274,9 @@ fn a_candidate_command_cannot_forge_the_score_or_change_the_grader() {
     assert!(evaluation.passed, "{}", evaluation.feedback);
     assert_eq!(evaluation.score, Some(0.0), "{}", evaluation.feedback);
     assert_eq!(evaluation.metrics["greeted"], 1.0);
-    assert!(evaluation.metrics.contains_key("run.candidate.wall_seconds"));
+    assert!(evaluation
+        .metrics
+        .contains_key("run.candidate.wall_seconds"));
     assert_eq!(fs::read_to_string(&grader).unwrap(), GRADER);
 
     // The same pipeline scores an honest candidate.
@@ -272,13 +291,17 @@ fn a_candidate_that_fails_is_reported_and_the_grader_does_not_run() {
         return;
     }
     let dir = TestDir::new("ns-candidate-fails");
-    let task = enclosed(&dir, &["sh", "-c", "echo '{\"combined_score\": 1}'"], |config| {
-        config.candidate_command = Some(vec![
-            "sh".into(),
-            "-c".into(),
-            "echo 'Traceback: boom' >&2; exit 4".into(),
-        ]);
-    });
+    let task = enclosed(
+        &dir,
+        &["sh", "-c", "echo '{\"combined_score\": 1}'"],
+        |config| {
+            config.candidate_command = Some(vec![
+                "sh".into(),
+                "-c".into(),
+                "echo 'Traceback: boom' >&2; exit 4".into(),
+            ]);
+        },
+    );
     let evaluation = evaluate(&task, "x");
     assert_failed_at(
         &evaluation,
@@ -286,7 +309,9 @@ fn a_candidate_that_fails_is_reported_and_the_grader_does_not_run() {
         "the candidate command ended with exit status 4",
     );
     assert!(
-        evaluation.feedback.contains("the candidate's stderr:\nTraceback: boom"),
+        evaluation
+            .feedback
+            .contains("the candidate's stderr:\nTraceback: boom"),
         "{}",
         evaluation.feedback
     );
@@ -376,7 +401,9 @@ fn isolation_off_is_the_process_group_sandbox_and_the_provenance_says_so() {
     if !namespaces("isolation-off") {
         return;
     }
-    let required = task(&dir, &command, |config| config.isolation = Isolation::Required);
+    let required = task(&dir, &command, |config| {
+        config.isolation = Isolation::Required
+    });
     let evaluation = evaluate(&required, "x");
     assert!(evaluation.passed, "{}", evaluation.feedback);
     assert!(!dir.0.join("written-from-the-run").exists());

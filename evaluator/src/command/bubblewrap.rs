@@ -3,9 +3,15 @@
 //! Every run gets new user, PID, IPC, UTS and (unless the config asks for the network) network
 //! namespaces, no capabilities, a new session, and a root that is an empty read-only tmpfs on
 //! which only these appear: the system directories read-only, a fresh `/proc` of its own PID
-//! namespace, a minimal `/dev`, and the paths its [`View`] lists. bwrap's init is PID 1 of
-//! the namespace: when the command exits, or when we kill that init, the kernel kills every
-//! process left in it, whatever session, group or environment it gave itself.
+//! namespace, a minimal `/dev`, and the paths its [`View`] lists.
+//!
+//! The command itself is PID 1 of its namespace (`--as-pid-1`). When it exits, or when we kill
+//! it, the kernel kills every process left in the namespace, whatever session, group or
+//! environment it gave itself, and waits for them before the exit is reported to bwrap, which
+//! reaps the command (so its resource usage is ours to read) and only then exits. The price:
+//! like any init, the command ignores signals it has no handler for unless the kernel forces
+//! them, so the CPU limit ends it with SIGKILL at the hard limit rather than SIGXCPU, and a
+//! write past the file-size limit fails with EFBIG rather than SIGXFSZ.
 
 use std::ffi::OsString;
 use std::fs;
@@ -63,6 +69,7 @@ impl Bubblewrap {
             "--unshare-ipc",
             "--unshare-uts",
             "--unshare-cgroup-try",
+            "--as-pid-1",
             "--die-with-parent",
             "--new-session",
             "--cap-drop",
@@ -137,12 +144,21 @@ mod tests {
 
     #[test]
     fn only_outermost_paths_outside_the_system_are_bound() {
-        let paths = ["/data/b", "/usr/bin/env", "/data", "/home/me/tool", "/data/a", "/etcetera"]
-            .map(PathBuf::from)
-            .to_vec();
+        let paths = [
+            "/data/b",
+            "/usr/bin/env",
+            "/data",
+            "/home/me/tool",
+            "/data/a",
+            "/etcetera",
+        ]
+        .map(PathBuf::from)
+        .to_vec();
         assert_eq!(
             outermost(paths),
-            ["/data", "/etcetera", "/home/me/tool"].map(PathBuf::from).to_vec()
+            ["/data", "/etcetera", "/home/me/tool"]
+                .map(PathBuf::from)
+                .to_vec()
         );
     }
 

@@ -397,14 +397,20 @@ mod tests {
         assert_eq!(config.isolation, Isolation::Required);
         assert!(config.network);
         assert_eq!(config.read_only_paths, vec![PathBuf::from("data")]);
-        assert_eq!((config.private_dir_bytes, config.private_dir_files), (2000000, 500));
+        assert_eq!(
+            (config.private_dir_bytes, config.private_dir_files),
+            (2000000, 500)
+        );
 
         for (text, phrase) in [
             ("isolation = \"strict\"", "unknown variant `strict`"),
             ("private_dir_bytes = 1000", "below 1 MiB"),
             ("private_dir_files = 3", "between 16 and"),
             ("read_only_paths = [\"/\"]", "not `/`"),
-            ("candidate_command = []", "`candidate_command` needs at least"),
+            (
+                "candidate_command = []",
+                "`candidate_command` needs at least",
+            ),
             (
                 "candidate_command = [\"sh\", \"{config_dir}/run.sh\"]",
                 "cannot use {config_dir}",
@@ -414,12 +420,15 @@ mod tests {
                 "cannot use {results_dir}",
             ),
         ] {
-            let error = CommandConfig::from_toml(&format!("command = [\"x\"]\n{text}"))
-                .unwrap_err();
+            let error =
+                CommandConfig::from_toml(&format!("command = [\"x\"]\n{text}")).unwrap_err();
             assert!(error.contains(phrase), "{text}: {error}");
         }
         let error =
             CommandConfig::from_toml("command = [\"cat\", \"{candidate_stdout}\"]").unwrap_err();
-        assert!(error.contains("only exists with `candidate_command`"), "{error}");
+        assert!(
+            error.contains("only exists with `candidate_command`"),
+            "{error}"
+        );
     }
 }

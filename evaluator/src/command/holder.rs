@@ -100,9 +100,7 @@ impl Holder {
                     io::Error::from_raw_os_error(errno)
                 )))
             }
-            _ => Err(io::Error::other(
-                "the namespace holder exited during setup",
-            )),
+            _ => Err(io::Error::other("the namespace holder exited during setup")),
         }
     }
 
@@ -114,7 +112,8 @@ impl Holder {
 
     /// The holder's user and mount namespaces, for `setns` in a child about to run a sandbox.
     pub(crate) fn namespaces(&self) -> io::Result<Namespaces> {
-        let open = |kind: &str| File::open(format!("/proc/{}/ns/{kind}", self.pid)).map(OwnedFd::from);
+        let open =
+            |kind: &str| File::open(format!("/proc/{}/ns/{kind}", self.pid)).map(OwnedFd::from);
         Ok(Namespaces {
             user: open("user")?,
             mount: open("mnt")?,
@@ -270,7 +269,11 @@ unsafe fn write_file(path: &std::ffi::CStr, bytes: &[u8]) -> bool {
 /// Closes descriptors others may own: only for a forked child that never returns.
 unsafe fn close_all_but(a: c_int, b: c_int) {
     let (low, high) = (a.min(b) as u32, a.max(b) as u32);
-    let ranges = [(0, low.checked_sub(1)), (low + 1, high.checked_sub(1)), (high + 1, Some(u32::MAX))];
+    let ranges = [
+        (0, low.checked_sub(1)),
+        (low + 1, high.checked_sub(1)),
+        (high + 1, Some(u32::MAX)),
+    ];
     for (first, last) in ranges {
         let Some(last) = last.filter(|&last| first <= last) else {
             continue;

@@ -35,14 +35,13 @@ use std::time::{Duration, Instant};
 use area::{Area, Part, Quota};
 use bubblewrap::{Bubblewrap, View, INSTALL_HINT};
 pub use capture::Captured;
-pub use config::{CommandConfig, Direction, Isolation};
 use config::Placeholder;
+pub use config::{CommandConfig, Direction, Isolation};
 use metrics::{Correctness, Reported};
 use sandbox::{Enclosure, Job, LimitHit, Limits, RunReport};
 
 use crate::{
-    Error, Evaluation, Provenance, Result, SandboxKind, Stage, StageTiming, Task,
-    EVALUATOR_VERSION,
+    Error, Evaluation, Provenance, Result, SandboxKind, Stage, StageTiming, Task, EVALUATOR_VERSION,
 };
 
 /// Scores candidates with an external command (see the module docs).
@@ -214,8 +213,8 @@ impl CommandTask {
             Isolation::Required => probe().map_or_else(Chosen::Refused, Chosen::Namespaces),
             Isolation::Auto => probe().map_or_else(
                 |reason| {
-                eprintln!(
-                    "evokernel: WARNING: the command task runs WITHOUT namespace isolation: \
+                    eprintln!(
+                        "evokernel: WARNING: the command task runs WITHOUT namespace isolation: \
                      {reason}.\nevokernel: WARNING: each run is confined only by rlimits and a \
                      process-group sweep: a candidate can read and write whatever this user \
                      can, use the network, forge its results and leave processes behind. Set \
@@ -259,9 +258,7 @@ impl CommandTask {
             Placeholder::ResultsDir => area.path(Part::Results).display().to_string(),
             Placeholder::ConfigDir => self.config_dir.display().to_string(),
             Placeholder::CandidateDir => area.path(Part::Candidate).display().to_string(),
-            Placeholder::CandidateStdout => {
-                area.path(Part::CandidateStdout).display().to_string()
-            }
+            Placeholder::CandidateStdout => area.path(Part::CandidateStdout).display().to_string(),
         };
         let replacements: Vec<(&str, String)> = Placeholder::ALL
             .into_iter()
@@ -644,7 +641,10 @@ fn run_metrics(report: &RunReport, prefix: &str) -> [(String, f64); 3] {
     [
         (format!("{prefix}wall_seconds"), report.wall.as_secs_f64()),
         (format!("{prefix}cpu_seconds"), report.cpu.as_secs_f64()),
-        (format!("{prefix}peak_rss_bytes"), report.peak_rss_bytes as f64),
+        (
+            format!("{prefix}peak_rss_bytes"),
+            report.peak_rss_bytes as f64,
+        ),
     ]
 }
 

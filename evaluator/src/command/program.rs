@@ -120,9 +120,7 @@ fn interpreter(script: &Path) -> Option<(PathBuf, Option<String>)> {
     let interpreter = PathBuf::from(words.next()?);
     // `env -S python3 -u` and `env python3` both name the program after the options.
     let argument = words.find(|word| !word.starts_with('-')).map(String::from);
-    interpreter
-        .is_absolute()
-        .then_some((interpreter, argument))
+    interpreter.is_absolute().then_some((interpreter, argument))
 }
 
 #[cfg(test)]
@@ -162,14 +160,24 @@ mod tests {
         let tree = Tree::new("find");
         let tool = tree.executable("one/tool", "");
         tree.executable("two/tool", "");
-        let dirs = format!("relative:{}:{}", tree.0.join("one").display(), tree.0.join("two").display());
+        let dirs = format!(
+            "relative:{}:{}",
+            tree.0.join("one").display(),
+            tree.0.join("two").display()
+        );
         let identity = Path::to_path_buf;
         assert_eq!(find("tool", Some(&dirs), identity).unwrap(), tool);
         let error = find("tool", Some("/nonexistent"), identity).unwrap_err();
-        assert!(error.contains("not found on PATH (/nonexistent)"), "{error}");
+        assert!(
+            error.contains("not found on PATH (/nonexistent)"),
+            "{error}"
+        );
         let error = find("./tool", None, identity).unwrap_err();
         assert!(error.contains("relative path"), "{error}");
-        assert_eq!(find(tool.to_str().unwrap(), Some(""), identity).unwrap(), tool);
+        assert_eq!(
+            find(tool.to_str().unwrap(), Some(""), identity).unwrap(),
+            tool
+        );
     }
 
     #[test]
@@ -183,7 +191,7 @@ mod tests {
             "pyenv/shims/python3",
             &format!("#!{}\nexec pyenv\n", venv_bin.join("python").display()),
         );
-        let lone = tree.executable("scripts/score", "#!/usr/bin/env -S python3 -u\n");
+        let lone = tree.executable("scripts/score", "#!/usr/bin/env -S python -u\n");
         let path_var = venv_bin.display().to_string();
         let canonical = |path: &Path| fs::canonicalize(path).unwrap();
         let identity = |path: &Path| path.to_path_buf();
@@ -200,16 +208,19 @@ mod tests {
         found.retain(|path| path.starts_with(&tree.0) || path.starts_with(canonical(&tree.0)));
         assert_eq!(found, expected);
 
-        // A script outside any prefix is bound alone; `env -S python3` is followed on PATH.
+        // A script outside any prefix is bound alone; `env -S python` is followed on PATH.
         let found = needs(&lone, Some(&path_var), None, identity);
         assert!(found.contains(&lone), "{found:?}");
         assert!(found.contains(&tree.0.join("venv")), "{found:?}");
-        assert!(found.contains(&PathBuf::from("/usr/bin/env")), "{found:?}");
+        assert!(found.contains(&PathBuf::from("/usr")), "{found:?}");
 
         // Never `/` or the home directory as a prefix: the bin directory instead.
         let home_tool = tree.executable("home/bin/tool", "");
         let found = needs(&home_tool, None, Some(&tree.0.join("home")), identity);
         assert!(found.contains(&tree.0.join("home/bin")), "{found:?}");
-        assert_eq!(visible_part(Path::new("/bin/sh"), None), PathBuf::from("/bin"));
+        assert_eq!(
+            visible_part(Path::new("/bin/sh"), None),
+            PathBuf::from("/bin")
+        );
     }
 }

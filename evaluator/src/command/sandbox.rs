@@ -11,8 +11,9 @@
 //! Two confinements share this loop. In the process-group sandbox ([`run`]) the rest is the
 //! leader's group plus the strays a `/proc` sweep finds (see `sweep`), which a determined
 //! process can outrun. In the namespace sandbox ([`run_enclosed`]) the leader is bwrap, which
-//! runs the command in its own PID namespace (see `bubblewrap`): killing the namespace's init
-//! kills everything in it, and bwrap exits only after that.
+//! runs the command as PID 1 of its own PID namespace (see `bubblewrap`): when the command
+//! exits or we kill it, the kernel kills everything else in the namespace, and bwrap exits
+//! only after that.
 
 use std::collections::BTreeSet;
 use std::fs::File;
@@ -36,9 +37,9 @@ const POLL_INTERVAL: Duration = Duration::from_millis(10);
 /// How long output may still drain after the leader exits and its group is killed.
 const DRAIN_GRACE: Duration = Duration::from_millis(500);
 /// How long a leader killed at the deadline may take to exit before it is killed itself
-/// (bwrap exits once its init has; this is only a backstop).
+/// (bwrap exits once the command has; this is only a backstop).
 const KILL_GRACE: Duration = Duration::from_secs(2);
-/// How long bwrap may take to report its init's pid.
+/// How long bwrap may take to report the command's pid.
 const INFO_WAIT: Duration = Duration::from_secs(10);
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -160,10 +161,7 @@ fn supervise(job: &Job<'_>, enclosure: Option<&Enclosure<'_>>) -> io::Result<Run
         None => {
             let token = run_token();
             command = Command::new(&job.argv[0]);
-            command
-                .args(&job.argv[1..])
-                .current_dir(job.dir)
-                .env(TOKEN_VAR, &token);
+            command.args(&job.argv[1..]).current_dir(job.dir);
             // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
             // system calls (setsid, setrlimit) on values computed before the fork.
             unsafe {
@@ -207,6 +205,9 @@ fn supervise(job: &Job<'_>, enclosure: Option<&Enclosure<'_>>) -> io::Result<Run
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    if let Confinement::ProcessGroup { token, .. } = &confinement {
+        command.env(TOKEN_VAR, token);
+    }
     let started = Instant::now();
     let mut child = command.spawn()?;
     drop(command);
@@ -290,9 +291,10 @@ fn supervise(job: &Job<'_>, enclosure: Option<&Enclosure<'_>>) -> io::Result<Run
     })
 }
 
-/// bwrap's init, from the JSON bwrap writes to its info pipe before the command starts, as a
-/// pidfd (so that it can be killed without any risk of the pid being reused), checked to be
-/// the child of `bwrap`. `None` if bwrap wrote nothing usable (it failed before starting).
+/// The command, PID 1 of its namespace, from the JSON bwrap writes to its info pipe before the
+/// command starts, as a pidfd (so that it can be killed without any risk of the pid being
+/// reused), checked to be the child of `bwrap`. `None` if bwrap wrote nothing usable (it
+/// failed before starting).
 fn read_init(info: OwnedFd, bwrap: pid_t, deadline: Option<Instant>) -> Option<OwnedFd> {
     let mut pipe = Pipe::new(Some(info), 1 << 16);
     let until = Instant::now() + INFO_WAIT;
@@ -431,8 +433,8 @@ enum Confinement {
         token: String,
         strays: BTreeSet<pid_t>,
     },
-    /// By killing bwrap's init, PID 1 of the run's PID namespace: the kernel kills the rest,
-    /// and bwrap exits only once its init has, so the namespace is empty when it is reaped.
+    /// By killing the command, PID 1 of the run's PID namespace: the kernel kills the rest
+    /// before bwrap learns of it, so the namespace is empty once bwrap has exited.
     Namespace { init: Option<OwnedFd> },
 }
 
@@ -473,7 +475,7 @@ impl Leader {
         }
     }
 
-    /// Kills the leader and its group; in the namespace sandbox bwrap's init follows (bwrap
+    /// Kills the leader and its group; in the namespace sandbox the command follows (bwrap
     /// gives it a parent-death signal).
     fn kill_leader(&self) {
         // SAFETY: kill has no memory-safety preconditions; the pid is our unreaped child.
