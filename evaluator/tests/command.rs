@@ -7,7 +7,6 @@
 
 mod command_common;
 
-use std::fs;
 use std::path::Path;
 use std::time::{Duration, Instant};
 

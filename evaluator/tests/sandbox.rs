@@ -221,19 +221,22 @@ fn writes_outside_the_private_directory_fail_or_vanish_and_nothing_else_is_reada
     assert_eq!(root, expected);
 }
 
-/// The grader scores the candidate's answer (42 is right) from the file the candidate left;
-/// it also records whether the candidate's stdout reached it.
+/// The grader scores the candidate's answer from the file the candidate left against the key
+/// beside it; it also records whether the candidate's stdout reached it.
 const GRADER: &str = r#"#!/bin/sh
 answer=$(cat "$1/answer.txt")
-score=0; [ "$answer" = 42 ] && score=1
+score=0; [ "$answer" = "$(cat "$(dirname "$0")/answer-key.txt")" ] && score=1
 greeted=0; grep -q hello "$2" && greeted=1
 printf '{"combined_score": %s, "greeted": %s}' "$score" "$greeted" > "$3/metrics.json"
 "#;
 
-/// A wrong candidate that tries every way to forge a perfect score and to change the grader.
+/// A candidate that does not know the answer and tries every way to forge a perfect score
+/// and to change the grader: it points its answer at the grader's key, writes results
+/// wherever it can, rewrites the grader, prints a score and leaves a straggler.
 fn forger(grader: &str) -> String {
+    let key = Path::new(grader).with_file_name("answer-key.txt");
     format!(
-        r#"echo 41 > answer.txt
+        r#"ln -s '{}' answer.txt
 echo hello
 for dir in . results ../results ../grader ../grader/results "$TMPDIR" /tmp /dev/shm; do
   mkdir -p "$dir" 2>/dev/null
@@ -245,7 +248,8 @@ chmod 777 '{grader}' 2>/dev/null
 # A straggler that would forge the results while the grader runs.
 (setsid sh -c 'sleep 0.5; for d in /tmp/evokernel-command-*/results; do echo "{{\"combined_score\": 100}}" > $d/metrics.json; done' &) 2>/dev/null
 echo '{{"combined_score": 100}}'
-"#
+"#,
+        key.display()
     )
 }
 
@@ -256,6 +260,7 @@ fn a_candidate_command_cannot_forge_the_score_or_change_the_grader() {
     }
     let dir = TestDir::new("ns-forge");
     let grader = dir.write("grade.sh", GRADER);
+    dir.write("answer-key.txt", "42\n");
     let task = enclosed(
         &dir,
         &[
@@ -274,6 +279,13 @@ fn a_candidate_command_cannot_forge_the_score_or_change_the_grader() {
     assert!(evaluation.passed, "{}", evaluation.feedback);
     assert_eq!(evaluation.score, Some(0.0), "{}", evaluation.feedback);
     assert_eq!(evaluation.metrics["greeted"], 1.0);
+    assert!(
+        evaluation
+            .feedback
+            .contains("1 symbolic link(s) or special file(s) the candidate left were removed"),
+        "{}",
+        evaluation.feedback
+    );
     assert!(evaluation
         .metrics
         .contains_key("run.candidate.wall_seconds"));

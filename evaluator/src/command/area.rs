@@ -8,6 +8,7 @@
 
 use std::fs;
 use std::io;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use super::holder::Holder;
@@ -105,6 +106,14 @@ impl Area {
             .and_then(|mut file| io::Write::write_all(&mut file, bytes))
     }
 
+    /// Removes, below the part, everything but regular files and directories — symbolic
+    /// links above all, which a later run would follow into what it can see and the
+    /// candidate cannot — and returns how many. Directories are made ours to list first,
+    /// so that none can hide an entry.
+    pub(crate) fn scrub(&self, part: Part) -> io::Result<usize> {
+        scrub(&self.outside(&self.path(part)))
+    }
+
     /// Whether a quota is exhausted: no byte or no inode left (only in namespaces).
     pub(crate) fn is_full(&self) -> bool {
         let Some(holder) = &self.holder else {
@@ -128,6 +137,22 @@ impl Area {
         self.holder = None;
         self.scratch.remove()
     }
+}
+
+fn scrub(dir: &Path) -> io::Result<usize> {
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+    let mut removed = 0;
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            removed += scrub(&entry.path())?;
+        } else if !kind.is_file() {
+            fs::remove_file(entry.path())?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 /// Removes a file, link or directory tree at `path`, if there is one.

@@ -287,8 +287,8 @@ unsafe fn close_all_but(a: c_int, b: c_int) {
                     rlim_max: 0,
                 };
                 libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
-                let end = (limit.rlim_cur as u64).min(u64::from(last) + 1);
-                for fd in u64::from(first)..end {
+                let end = limit.rlim_cur.min(libc::rlim_t::from(last) + 1);
+                for fd in libc::rlim_t::from(first)..end {
                     libc::close(fd as c_int);
                 }
             }

@@ -389,15 +389,18 @@ impl CommandTask {
     fn run_all(&self, sandbox: &Chosen, area: &Area, source: &str, trial: u32) -> Result<Runs> {
         let program_dir = area.fresh_dir(self.program_part())?;
         fs::write(program_dir.join(&self.config.program_file), source)?;
+        let mut scrubbed = 0;
         let candidate = match &self.config.candidate_command {
             Some(template) => {
                 let report = self.run(sandbox, area, Role::Candidate, template, trial)?;
                 if run_failure(&self.config, &report, Role::Candidate).is_some() {
                     return Ok(Runs {
                         candidate: Some(report),
+                        scrubbed,
                         grader: None,
                     });
                 }
+                scrubbed = area.scrub(Part::Candidate)?;
                 area.fresh_file(Part::CandidateStdout, report.stdout.bytes())?;
                 area.fresh_dir(Part::Grader)?;
                 Some(report)
@@ -412,6 +415,7 @@ impl CommandTask {
         };
         Ok(Runs {
             candidate,
+            scrubbed,
             grader: Some((report, reading)),
         })
     }
@@ -420,6 +424,8 @@ impl CommandTask {
 /// What an evaluation's runs did.
 struct Runs {
     candidate: Option<RunReport>,
+    /// Links and special files the candidate left, removed before the command ran.
+    scrubbed: usize,
     /// The command's run and what it reported; `None` when the candidate's run failed.
     grader: Option<(RunReport, Reading)>,
 }
@@ -477,6 +483,13 @@ impl Task for CommandTask {
         let scoring = Instant::now();
         let mut feedback = Feedback::default();
         let verdict = judge(&self.config, &runs, &mut evaluation, &mut feedback);
+        if runs.scrubbed > 0 {
+            feedback.sections.push(format!(
+                "{} symbolic link(s) or special file(s) the candidate left were removed before \
+                 grading; leave regular files only.",
+                runs.scrubbed
+            ));
+        }
         if let Some(report) = &runs.candidate {
             feedback.run_notes(report, Role::Candidate, self.config.feedback_bytes);
             evaluation
