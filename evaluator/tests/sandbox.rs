@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use command_common::{assert_failed_at, live_processes_mentioning, task, TestDir};
 use evaluator::command::{probe_namespaces, CommandConfig, CommandTask, Isolation};
-use evaluator::{Evaluation, SandboxKind, Stage, Task};
+use evaluator::{Error, Evaluation, SandboxKind, Stage, Task};
 
 /// Whether the namespace sandbox can run here; prints why a test is skipped when not.
 fn namespaces(test: &str) -> bool {
@@ -410,12 +410,21 @@ fn isolation_off_is_the_process_group_sandbox_and_the_provenance_says_so() {
     assert!(dir.0.join("written-from-the-run").exists());
     fs::remove_file(dir.0.join("written-from-the-run")).unwrap();
 
-    if !namespaces("isolation-off") {
-        return;
-    }
     let required = task(&dir, &command, |config| {
         config.isolation = Isolation::Required
     });
+    if !namespaces("isolation-off") {
+        // Where namespaces cannot run, `required` refuses and names what to install.
+        match required.evaluate("x", 0) {
+            Err(Error::Invalid(message)) => assert!(
+                message.contains("isolation = \"required\"")
+                    && message.contains("apt-get install bubblewrap"),
+                "{message}"
+            ),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        return;
+    }
     let evaluation = evaluate(&required, "x");
     assert!(evaluation.passed, "{}", evaluation.feedback);
     assert!(!dir.0.join("written-from-the-run").exists());
