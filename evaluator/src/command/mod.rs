@@ -52,17 +52,9 @@ pub struct CommandTask {
     config_dir: PathBuf,
     /// `read_only_paths`, absolute.
     read_only_paths: Vec<PathBuf>,
-    /// The sandbox, chosen at the first evaluation.
-    sandbox: OnceLock<Chosen>,
-}
-
-/// The sandbox a task's runs use.
-#[derive(Clone, Debug)]
-enum Chosen {
-    Namespaces(Bubblewrap),
-    ProcessGroup,
-    /// `isolation = "required"` and namespaces cannot run here, for this reason.
-    Refused(String),
+    /// The sandbox, chosen at the first evaluation: bubblewrap, the process-group sandbox
+    /// (`None`), or a refusal saying why namespaces cannot run (`isolation = "required"`).
+    sandbox: OnceLock<std::result::Result<Option<Bubblewrap>, String>>,
 }
 
 /// Whether the namespace sandbox can run on this machine; `Err` says why not and what to
@@ -206,12 +198,13 @@ impl CommandTask {
         &self.config
     }
 
-    /// The sandbox for this task's runs, chosen (and warned about) once.
-    fn sandbox(&self) -> Result<&Chosen> {
+    /// The sandbox for this task's runs, chosen (and warned about) once: bubblewrap, or
+    /// `None` for the process-group sandbox.
+    fn sandbox(&self) -> Result<Option<&Bubblewrap>> {
         let chosen = self.sandbox.get_or_init(|| match self.config.isolation {
-            Isolation::Off => Chosen::ProcessGroup,
-            Isolation::Required => probe().map_or_else(Chosen::Refused, Chosen::Namespaces),
-            Isolation::Auto => probe().map_or_else(
+            Isolation::Off => Ok(None),
+            Isolation::Required => probe().map(Some),
+            Isolation::Auto => Ok(probe().map_or_else(
                 |reason| {
                     eprintln!(
                         "evokernel: WARNING: the command task runs WITHOUT namespace isolation: \
@@ -220,16 +213,16 @@ impl CommandTask {
                      can, use the network, forge its results and leave processes behind. Set \
                      `isolation = \"required\"` to refuse to run like this."
                     );
-                    Chosen::ProcessGroup
+                    None
                 },
-                Chosen::Namespaces,
-            ),
+                Some,
+            )),
         });
         match chosen {
-            Chosen::Refused(reason) => Err(Error::Invalid(format!(
+            Ok(bwrap) => Ok(bwrap.as_ref()),
+            Err(reason) => Err(Error::Invalid(format!(
                 "isolation = \"required\", but the namespace sandbox cannot run here: {reason}"
             ))),
-            chosen => Ok(chosen),
         }
     }
 
@@ -331,7 +324,7 @@ impl CommandTask {
     /// Runs one of the commands in its sandbox; its working directory must exist.
     fn run(
         &self,
-        sandbox: &Chosen,
+        bwrap: Option<&Bubblewrap>,
         area: &Area,
         role: Role,
         template: &[String],
@@ -362,8 +355,8 @@ impl CommandTask {
             dir: &dir,
             limits: &limits,
         };
-        let report = match sandbox {
-            Chosen::Namespaces(bwrap) => {
+        let report = match bwrap {
+            Some(bwrap) => {
                 let home = std::env::var_os("HOME").map(PathBuf::from);
                 let needs = program::needs(&program, path_var, home.as_deref(), outside);
                 let view = self.view(area, role, needs);
@@ -375,7 +368,7 @@ impl CommandTask {
                 };
                 sandbox::run_enclosed(&job, &enclosure)
             }
-            Chosen::ProcessGroup | Chosen::Refused(_) => sandbox::run(&job),
+            None => sandbox::run(&job),
         };
         let mut report = report.map_err(|e| cannot_run(e.to_string()))?;
         if !report.exit.success() && report.limit_hit.is_none() && area.is_full() {
@@ -386,13 +379,19 @@ impl CommandTask {
 
     /// Runs the candidate (where it runs alone) and the command, and reads what the command
     /// reported; the command does not run when the candidate failed.
-    fn run_all(&self, sandbox: &Chosen, area: &Area, source: &str, trial: u32) -> Result<Runs> {
+    fn run_all(
+        &self,
+        bwrap: Option<&Bubblewrap>,
+        area: &Area,
+        source: &str,
+        trial: u32,
+    ) -> Result<Runs> {
         let program_dir = area.fresh_dir(self.program_part())?;
         fs::write(program_dir.join(&self.config.program_file), source)?;
         let mut scrubbed = 0;
         let candidate = match &self.config.candidate_command {
             Some(template) => {
-                let report = self.run(sandbox, area, Role::Candidate, template, trial)?;
+                let report = self.run(bwrap, area, Role::Candidate, template, trial)?;
                 if run_failure(&self.config, &report, Role::Candidate).is_some() {
                     return Ok(Runs {
                         candidate: Some(report),
@@ -408,7 +407,7 @@ impl CommandTask {
             None => None,
         };
         let results = area.fresh_dir(Part::Results)?;
-        let report = self.run(sandbox, area, Role::Grader, &self.config.command, trial)?;
+        let report = self.run(bwrap, area, Role::Grader, &self.config.command, trial)?;
         let reading = Reading {
             correctness: metrics::read_correctness(&results),
             metrics: metrics::read_metrics(&report.stdout.text(), &results),
@@ -443,21 +442,21 @@ impl Task for CommandTask {
 
     fn evaluate(&self, source: &str, trial: u32) -> Result<Evaluation> {
         let started = Instant::now();
-        let sandbox = self.sandbox()?;
-        let (quota, kind) = match sandbox {
-            Chosen::Namespaces(_) => {
+        let bwrap = self.sandbox()?;
+        let (quota, kind) = match bwrap {
+            Some(_) => {
                 let quota = Quota {
                     bytes: self.config.private_dir_bytes,
                     files: self.config.private_dir_files,
                 };
                 (Some(quota), SandboxKind::Namespaces)
             }
-            Chosen::ProcessGroup | Chosen::Refused(_) => (None, SandboxKind::ProcessGroup),
+            None => (None, SandboxKind::ProcessGroup),
         };
         let area = Area::create(quota).map_err(|e| {
             Error::Invalid(format!("cannot make the private directory of a run: {e}"))
         })?;
-        let runs = self.run_all(sandbox, &area, source, trial);
+        let runs = self.run_all(bwrap, &area, source, trial);
         area.remove()?;
         let runs = runs?;
         let mut evaluation = Evaluation {
