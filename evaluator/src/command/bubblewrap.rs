@@ -1,4 +1,5 @@
-//! Bubblewrap (`bwrap`), the namespace sandbox a run goes into, and what the run sees there.
+//! Bubblewrap (`bwrap`), the namespace sandbox a run goes into, and what the run sees there;
+//! and the probe that says whether it can run on this machine at all.
 //!
 //! Every run gets new user, PID, IPC, UTS and (unless the config asks for the network) network
 //! namespaces, no capabilities, a new session, and a root that is an empty read-only tmpfs on
@@ -16,11 +17,14 @@
 use std::ffi::OsString;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
+use super::area::{Area, Part, Quota};
 use super::program;
+use super::sandbox::{self, Enclosure, Job, Limits};
 
 /// What to install, named in every message about a missing or unusable bwrap.
-pub(crate) const INSTALL_HINT: &str = "install bubblewrap (Debian and Ubuntu: \
+const INSTALL_HINT: &str = "install bubblewrap (Debian and Ubuntu: \
     `apt-get install bubblewrap`; Fedora: `dnf install bubblewrap`) and allow unprivileged \
     user namespaces (`sysctl kernel.unprivileged_userns_clone=1` where that setting exists, \
     and `user.max_user_namespaces` above 0)";
@@ -37,7 +41,7 @@ pub(crate) struct Bubblewrap {
 }
 
 /// What one sandboxed run sees besides the system directories.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub(crate) struct View {
     pub read_only: Vec<PathBuf>,
     pub writable: Vec<PathBuf>,
@@ -55,6 +59,63 @@ impl Bubblewrap {
         program::find("bwrap", path_var.as_deref(), Path::to_path_buf)
             .map(|path| Bubblewrap { path })
             .map_err(|_| format!("bubblewrap (`bwrap`) is not on PATH; {INSTALL_HINT}"))
+    }
+
+    /// bwrap, found and seen to make a sandbox in a private namespace of ours: the check
+    /// behind `probe_namespaces`.
+    pub(crate) fn probe() -> Result<Bubblewrap, String> {
+        let bwrap = Bubblewrap::find()?;
+        let area = Area::create(Some(Quota {
+            bytes: 1 << 20,
+            files: 16,
+        }))
+        .map_err(|e| {
+            format!("cannot make a private user and mount namespace ({e}); {INSTALL_HINT}")
+        })?;
+        let report = (|| {
+            let workdir = area.path(Part::Grader);
+            area.fresh_dir(Part::Grader)?;
+            area.fresh_dir(Part::GraderShm)?;
+            let view = View {
+                read_only: program::needs(bwrap.path(), None, None, Path::to_path_buf),
+                writable: vec![workdir.clone()],
+                shm: area.path(Part::GraderShm),
+                workdir: workdir.clone(),
+                network: false,
+            };
+            let argv = [bwrap.path().display().to_string(), "--version".into()];
+            let limits = Limits {
+                wall: Duration::from_secs(10),
+                cpu_seconds: 10,
+                memory_bytes: 1 << 30,
+                file_bytes: 1 << 20,
+                output_bytes: 1 << 12,
+            };
+            let job = Job {
+                argv: &argv,
+                env: &[],
+                dir: &workdir,
+                limits: &limits,
+            };
+            let enclosure = Enclosure {
+                bwrap: &bwrap,
+                view: &view,
+                holder: area.holder().expect("an area with a quota has a holder"),
+            };
+            sandbox::run_enclosed(&job, &enclosure)
+        })();
+        let _ = area.remove();
+        let report =
+            report.map_err(|e| format!("cannot start bubblewrap ({e}); {INSTALL_HINT}"))?;
+        if report.exit.success() {
+            Ok(bwrap)
+        } else {
+            Err(format!(
+                "bubblewrap cannot make a sandbox here ({}: {}); {INSTALL_HINT}",
+                report.exit,
+                report.stderr.text().trim()
+            ))
+        }
     }
 
     pub(crate) fn path(&self) -> &Path {
