@@ -75,10 +75,15 @@ impl Area {
         self.scratch.path().join(part.name())
     }
 
+    /// Whether `path`, as the commands see it, lies in the area.
+    pub(crate) fn contains(&self, path: &Path) -> bool {
+        path.starts_with(self.scratch.path())
+    }
+
     /// Where we read and write `path`, a path as the commands see it.
     pub(crate) fn outside(&self, path: &Path) -> PathBuf {
         match &self.holder {
-            Some(holder) if path.starts_with(self.scratch.path()) => holder.outside_view(path),
+            Some(holder) if self.contains(path) => holder.outside_view(path),
             _ => path.to_path_buf(),
         }
     }

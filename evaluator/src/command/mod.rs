@@ -250,7 +250,11 @@ impl CommandTask {
 
     /// What a run sees in namespaces besides the system directories.
     fn view(&self, area: &Area, role: Role, needs: Vec<PathBuf>) -> View {
-        let mut read_only = needs;
+        // A program in the area itself (`{program}` run directly) is bound with its directory.
+        let mut read_only: Vec<PathBuf> = needs
+            .into_iter()
+            .filter(|path| !area.contains(path))
+            .collect();
         read_only.extend(self.read_only_paths.iter().cloned());
         let mut writable = vec![area.path(role.workdir())];
         if role == Role::Grader {
