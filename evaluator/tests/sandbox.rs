@@ -429,3 +429,54 @@ fn isolation_off_is_the_process_group_sandbox_and_the_provenance_says_so() {
     assert!(evaluation.passed, "{}", evaluation.feedback);
     assert!(!dir.0.join("written-from-the-run").exists());
 }
+
+#[test]
+fn read_only_paths_are_seen_and_not_changed() {
+    if !namespaces("read-only-paths") {
+        return;
+    }
+    let dir = TestDir::new("ns-read-only");
+    let beside = dir.write("beside.txt", "beside the config\n");
+    fs::create_dir(dir.0.join("data")).unwrap();
+    let data = dir.write("data/input.txt", "7\n");
+    let elsewhere = TestDir::new("ns-read-only-elsewhere");
+    let table = elsewhere.write("table.txt", "35\n");
+    let script = format!(
+        "a=$(cat '{data}'); b=$(cat '{table}'); \
+         echo changed > '{table}' 2>/dev/null && echo table=written >&2 || echo table=refused >&2; \
+         cat '{beside}' >/dev/null 2>&1 && echo beside=read >&2 || echo beside=hidden >&2; \
+         echo \"{{\\\"combined_score\\\": $((a * b))}}\""
+    );
+    // A candidate run sees them too, though not the config's directory.
+    let task = enclosed(
+        &dir,
+        &["sh", "-c", "cat \"$0\"", "{candidate_stdout}"],
+        |config| {
+            config.candidate_command = Some(vec!["sh".into(), "-c".into(), script]);
+            config.read_only_paths = vec!["data".into(), elsewhere.0.clone()];
+        },
+    );
+    let evaluation = evaluate(&task, "x");
+    assert_eq!(evaluation.score, Some(245.0), "{}", evaluation.feedback);
+    assert_eq!(reported(&evaluation, "table"), "refused");
+    assert_eq!(reported(&evaluation, "beside"), "hidden");
+    assert_eq!(fs::read_to_string(&table).unwrap(), "35\n");
+
+    let missing = CommandTask::new(
+        {
+            let mut config = CommandConfig::new(vec!["true".into()]);
+            config.read_only_paths = vec!["no-such-dir".into()];
+            config
+        },
+        &dir.0,
+    );
+    match missing {
+        Err(Error::Invalid(message)) => {
+            assert!(
+                message.contains("no-such-dir, which does not exist"),
+                "{message}"
+            )
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
