@@ -53,7 +53,7 @@ pub struct CommandConfig {
     /// The candidate's file name inside the run's private directory.
     #[serde(default = "defaults::program_file")]
     pub program_file: String,
-    /// Wall-clock limit; at it the whole process group is killed.
+    /// Wall-clock limit of each run; at it every process of the run is killed.
     #[serde(default = "defaults::timeout_seconds")]
     pub timeout_seconds: f64,
     /// CPU-time limit per process (RLIMIT_CPU).

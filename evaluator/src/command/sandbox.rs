@@ -46,7 +46,7 @@ const READ_CHUNK: usize = 64 * 1024;
 /// The limits a command runs under.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Limits {
-    /// Wall-clock time until the whole process group is killed.
+    /// Wall-clock time until every process of the run is killed.
     pub wall: Duration,
     /// CPU seconds per process (RLIMIT_CPU): SIGXCPU at the limit, SIGKILL one second later.
     pub cpu_seconds: u64,
