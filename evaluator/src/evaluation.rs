@@ -67,6 +67,20 @@ pub struct Provenance {
     pub seeds: Vec<u64>,
     /// 0 for a first evaluation; confirmation runs use later trials.
     pub trial: u32,
+    /// The command task's sandbox; absent for the other tasks and in older records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<SandboxKind>,
+}
+
+/// How the command task isolated a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SandboxKind {
+    /// bubblewrap's namespaces: its own file-system view, PID namespace and network.
+    Namespaces,
+    /// rlimits, a process group and a `/proc` sweep only (where namespaces are unavailable
+    /// or the config turns them off).
+    ProcessGroup,
 }
 
 /// The result of evaluating one candidate on one task.

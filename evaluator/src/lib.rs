@@ -31,7 +31,7 @@ pub mod worker;
 
 pub use confirm::{confirm, ConfirmOptions, Confirmation};
 pub use error::{Error, Result};
-pub use evaluation::{Evaluation, Provenance, Stage, StageTiming};
+pub use evaluation::{Evaluation, Provenance, SandboxKind, Stage, StageTiming};
 
 /// The version recorded in every evaluation, so that a stored row names the code that scored it.
 pub const EVALUATOR_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -213,6 +213,7 @@ impl Task for RecsysTask {
             )],
             seeds: vec![seed],
             trial,
+            sandbox: None,
         };
         let mut cascade = Cascade::new(self.name(), hash, provenance);
         let Some(program) = cascade.run(Stage::Parse, |_| {

@@ -1,86 +1,19 @@
 //! The command task end to end: small sh and python3 evaluators written by the tests run in
 //! the sandbox, which must stop them at each limit, leave no process or directory behind, and
-//! read OpenEvolve- and ShinkaEvolve-style metrics. No network, no assets.
+//! read OpenEvolve- and ShinkaEvolve-style metrics. The tests run in whichever sandbox the
+//! machine allows (`isolation = "auto"`) unless they name one; `tests/sandbox.rs` holds what
+//! only the namespace sandbox guarantees. No network, no assets.
 #![cfg(target_os = "linux")]
 
-use std::fs;
-use std::path::{Path, PathBuf};
+mod command_common;
+
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use command_common::{assert_failed_at, live_processes_mentioning, task, TestDir};
 use evaluator::command::sandbox::{self, Exit, Job, LimitHit, Limits};
-use evaluator::command::{CommandConfig, CommandTask, Direction};
-use evaluator::{Error, Evaluation, Stage, Task};
-
-/// A directory for one test's scripts, removed at the end.
-struct TestDir(PathBuf);
-
-impl TestDir {
-    fn new(name: &str) -> TestDir {
-        let path = std::env::temp_dir().join(format!(
-            "evokernel-command-test-{name}-{}",
-            std::process::id()
-        ));
-        let _ = fs::remove_dir_all(&path);
-        fs::create_dir_all(&path).unwrap();
-        TestDir(path)
-    }
-
-    fn write(&self, name: &str, text: &str) -> String {
-        let path = self.0.join(name);
-        fs::write(&path, text).unwrap();
-        path.display().to_string()
-    }
-}
-
-impl Drop for TestDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-fn task(dir: &TestDir, command: &[&str], tweak: impl FnOnce(&mut CommandConfig)) -> CommandTask {
-    let mut config = CommandConfig::new(command.iter().map(|s| s.to_string()).collect());
-    config.timeout_seconds = 20.0;
-    tweak(&mut config);
-    CommandTask::new(config, &dir.0).unwrap()
-}
-
-fn assert_failed_at(evaluation: &Evaluation, stage: Stage, phrase: &str) {
-    assert_eq!(evaluation.stage_reached, stage, "{}", evaluation.feedback);
-    assert!(!evaluation.passed);
-    assert_eq!(evaluation.score, None);
-    assert!(
-        evaluation.feedback.contains(phrase),
-        "feedback lacks {phrase:?}:\n{}",
-        evaluation.feedback
-    );
-}
-
-/// Live (not zombie) processes whose command line mentions `marker`.
-fn live_processes_mentioning(marker: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    for entry in fs::read_dir("/proc").unwrap().flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .filter(|s| s.bytes().all(|b| b.is_ascii_digit()))
-        else {
-            continue;
-        };
-        let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        let zombie = fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|stat| Some(stat[stat.rfind(')')? + 2..].starts_with('Z')))
-            .unwrap_or(true);
-        if cmdline.contains(marker) && !zombie {
-            found.push(format!("{pid}: {cmdline}"));
-        }
-    }
-    found
-}
+use evaluator::command::{CommandTask, Direction, Isolation};
+use evaluator::{Error, Evaluation, SandboxKind, Stage, Task};
 
 #[test]
 fn openevolve_dictionary_on_stdout_scores_the_candidate() {
@@ -326,9 +259,9 @@ fn a_huge_stdout_is_capped_and_the_metrics_on_its_last_line_still_count() {
 #[test]
 fn a_child_that_sleeps_forever_is_stopped_within_a_second_of_the_timeout() {
     let dir = TestDir::new("sleep");
-    let script = dir.write("evaluate.sh", "pwd > \"$1/cwd.txt\"\nexec sleep 1000\n");
+    let script = dir.write("evaluate.sh", "echo \"cwd=$(pwd)\" >&2\nexec sleep 1000\n");
     let timeout = 1.0;
-    let task = task(&dir, &["sh", &script, "{config_dir}"], |config| {
+    let task = task(&dir, &["sh", &script], |config| {
         config.timeout_seconds = timeout;
     });
     let started = Instant::now();
@@ -340,16 +273,22 @@ fn a_child_that_sleeps_forever_is_stopped_within_a_second_of_the_timeout() {
         "stopped {elapsed:.2} s after the start"
     );
     assert!(elapsed >= timeout);
-    let cwd = fs::read_to_string(dir.0.join("cwd.txt")).unwrap();
-    assert!(!Path::new(cwd.trim()).exists(), "{cwd} is still there");
+    let cwd = evaluation
+        .feedback
+        .lines()
+        .find_map(|line| line.strip_prefix("cwd="))
+        .unwrap();
+    assert!(!Path::new(cwd).exists(), "{cwd} is still there");
 }
 
 /// A leader that forks a child ignoring SIGTERM, a grandchild, a child in its own process
-/// group and one in its own session, waits until all are in place, and then either exits
-/// (`leave`) or sleeps forever (`hang`).
+/// group and one in its own session, waits until all are in place (each marks a file in
+/// its private directory), says so, and then either exits (`leave`) or sleeps forever
+/// (`hang`).
 const FORKING_TREE: &str = r#"
 import os, signal, sys, time
-mode, ready = sys.argv[1], sys.argv[2]
+mode, ready = sys.argv[1], "ready"
+os.mkdir(ready)
 def child(name, setup):
     if os.fork() == 0:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -369,28 +308,32 @@ child("own-group", lambda: os.setpgid(0, 0))
 child("own-session", os.setsid)
 while len(os.listdir(ready)) < 5:
     time.sleep(0.01)
+print("all 5 started", file=sys.stderr, flush=True)
 print('{"combined_score": 1}', flush=True)
 if mode == "hang":
     while True:
         time.sleep(1)
 "#;
 
-fn run_forking_tree(name: &str, mode: &str, timeout: f64) -> (Evaluation, f64) {
+fn run_forking_tree(
+    name: &str,
+    mode: &str,
+    timeout: f64,
+    isolation: Isolation,
+) -> (Evaluation, f64) {
     let dir = TestDir::new(name);
     let script = dir.write("tree.py", FORKING_TREE);
-    let ready = dir.0.join("ready");
-    fs::create_dir(&ready).unwrap();
-    let ready = ready.display().to_string();
-    let task = task(&dir, &["python3", &script, mode, &ready], |config| {
+    let task = task(&dir, &["python3", &script, mode], |config| {
         config.timeout_seconds = timeout;
+        config.isolation = isolation;
     });
     let started = Instant::now();
     let evaluation = task.evaluate("x", 0).unwrap();
     let elapsed = started.elapsed().as_secs_f64();
-    assert_eq!(
-        fs::read_dir(&ready).unwrap().count(),
-        5,
-        "not every process started"
+    assert!(
+        evaluation.feedback.contains("all 5 started"),
+        "not every process started: {}",
+        evaluation.feedback
     );
     let left = live_processes_mentioning(&script);
     assert!(left.is_empty(), "left behind: {left:?}");
@@ -399,26 +342,31 @@ fn run_forking_tree(name: &str, mode: &str, timeout: f64) -> (Evaluation, f64) {
 
 #[test]
 fn a_forking_tree_leaves_no_process_behind_when_its_leader_exits() {
-    let (evaluation, _) = run_forking_tree("tree-leave", "leave", 20.0);
-    assert!(evaluation.passed, "{}", evaluation.feedback);
-    assert!(
-        evaluation
-            .feedback
-            .contains("5 process(es) left running by the command were killed"),
-        "{}",
-        evaluation.feedback
-    );
-    assert!(
-        !evaluation.feedback.contains("escaped"),
-        "{}",
-        evaluation.feedback
-    );
+    for isolation in [Isolation::Auto, Isolation::Off] {
+        let (evaluation, _) = run_forking_tree("tree-leave", "leave", 20.0, isolation);
+        assert!(evaluation.passed, "{}", evaluation.feedback);
+        assert!(
+            !evaluation.feedback.contains("escaped"),
+            "{}",
+            evaluation.feedback
+        );
+        // Only the sweep counts what it kills; in namespaces the kernel kills them unseen.
+        if evaluation.provenance.sandbox == Some(SandboxKind::ProcessGroup) {
+            assert!(
+                evaluation
+                    .feedback
+                    .contains("5 process(es) left running by the command were killed"),
+                "{}",
+                evaluation.feedback
+            );
+        }
+    }
 }
 
 #[test]
 fn a_forking_tree_is_killed_whole_at_the_timeout() {
     let timeout = 2.0;
-    let (evaluation, elapsed) = run_forking_tree("tree-hang", "hang", timeout);
+    let (evaluation, elapsed) = run_forking_tree("tree-hang", "hang", timeout, Isolation::Auto);
     assert_failed_at(&evaluation, Stage::Run, "wall-clock limit");
     assert!(
         elapsed < timeout + 1.0,
@@ -493,22 +441,21 @@ fn the_private_directory_is_removed_even_when_made_read_only() {
     let dir = TestDir::new("scratch");
     let script = dir.write(
         "evaluate.sh",
-        "pwd > \"$1/cwd.txt\"\n\
-         [ \"$(dirname \"$2\")\" = \"$(pwd)\" ] && [ \"$TMPDIR\" = \"$(pwd)\" ] || exit 9\n\
+        "[ \"$(dirname \"$1\")\" = \"$(pwd)\" ] && [ \"$TMPDIR\" = \"$(pwd)\" ] || exit 9\n\
          mkdir -p locked/deeper && touch locked/deeper/file && chmod 000 locked/deeper && chmod 500 locked\n\
-         echo '{\"combined_score\": 1}'\n",
+         printf '{\"combined_score\": 1, \"cwd\": \"%s\"}\\n' \"$(pwd)\"\n",
     );
-    let task = task(
-        &dir,
-        &["sh", &script, "{config_dir}", "{program}"],
-        |config| {
-            config.program_file = "candidate.txt".into();
-        },
-    );
+    let task = task(&dir, &["sh", &script, "{program}"], |config| {
+        config.program_file = "candidate.txt".into();
+    });
     let evaluation = task.evaluate("x", 0).unwrap();
     assert!(evaluation.passed, "{}", evaluation.feedback);
-    let cwd = fs::read_to_string(dir.0.join("cwd.txt")).unwrap();
-    let cwd = Path::new(cwd.trim());
+    let cwd = evaluation
+        .feedback
+        .lines()
+        .find_map(|line| line.strip_prefix("cwd: "))
+        .unwrap();
+    let cwd = Path::new(cwd);
     assert!(cwd.starts_with(std::env::temp_dir()), "{}", cwd.display());
     assert!(!cwd.exists(), "{} is still there", cwd.display());
 }
@@ -597,29 +544,36 @@ fn parallel_evaluations_keep_to_their_own_directories_and_processes() {
         "evaluate.sh",
         "sleep 1000 &\nsleep 0.2\nprintf '{\"combined_score\": %s}\\n' \"$(cat program.py)\"\n",
     );
-    let task = task(&dir, &["sh", &script], |_| {});
-    std::thread::scope(|scope| {
-        let runs: Vec<_> = (0..4)
-            .map(|i| {
-                let task = &task;
-                scope.spawn(move || (i, task.evaluate(&i.to_string(), 0).unwrap()))
-            })
-            .collect();
-        for run in runs {
-            let (i, evaluation) = run.join().unwrap();
-            assert!(evaluation.passed, "{}", evaluation.feedback);
-            assert_eq!(evaluation.score, Some(i as f64));
-            assert!(
-                evaluation.feedback.contains("1 process(es) left running"),
-                "{}",
-                evaluation.feedback
-            );
-        }
-    });
+    for isolation in [Isolation::Auto, Isolation::Off] {
+        let task = task(&dir, &["sh", &script], |config| {
+            config.isolation = isolation
+        });
+        std::thread::scope(|scope| {
+            let runs: Vec<_> = (0..4)
+                .map(|i| {
+                    let task = &task;
+                    scope.spawn(move || (i, task.evaluate(&i.to_string(), 0).unwrap()))
+                })
+                .collect();
+            for run in runs {
+                let (i, evaluation) = run.join().unwrap();
+                assert!(evaluation.passed, "{}", evaluation.feedback);
+                assert_eq!(evaluation.score, Some(i as f64));
+                if evaluation.provenance.sandbox == Some(SandboxKind::ProcessGroup) {
+                    assert!(
+                        evaluation.feedback.contains("1 process(es) left running"),
+                        "{}",
+                        evaluation.feedback
+                    );
+                }
+            }
+        });
+    }
 }
 
-/// The sandbox's documented gap: a process that leaves the session and drops its environment
-/// cannot be found without cgroups. The run must still end promptly and say so.
+/// The process-group sandbox's documented gap: a process that leaves the session and drops
+/// its environment cannot be found without namespaces. The run must still end promptly and
+/// say so. (`tests/sandbox.rs` shows that in namespaces nothing escapes.)
 #[test]
 fn an_escaped_process_holding_the_output_is_reported_not_waited_for() {
     let dir = TestDir::new("escape");
@@ -630,7 +584,9 @@ fn an_escaped_process_holding_the_output_is_reported_not_waited_for() {
          if os.fork() == 0:\n    os.setsid()\n    os.execve(sleep, ['sleep', '{marker}'], {{}})\n\
          print('{{\"combined_score\": 1}}')\n"
     );
-    let task = task(&dir, &["python3", "-c", &code], |_| {});
+    let task = task(&dir, &["python3", "-c", &code], |config| {
+        config.isolation = Isolation::Off;
+    });
     let started = Instant::now();
     let evaluation = task.evaluate("x", 0).unwrap();
     let elapsed = started.elapsed().as_secs_f64();

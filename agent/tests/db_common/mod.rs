@@ -73,6 +73,7 @@ pub fn evaluation(
             slices: vec!["austen/persuasion.txt@0+1024".into()],
             seeds: vec![7],
             trial,
+            sandbox: None,
         },
     }
 }

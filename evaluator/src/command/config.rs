@@ -1,7 +1,7 @@
 //! The command task's settings, read from TOML.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -16,6 +16,19 @@ pub enum Direction {
     Minimize,
 }
 
+/// How a run is isolated from the machine (see the module docs of `command`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    /// Namespaces where bubblewrap can run, else the process-group sandbox with a warning.
+    #[default]
+    Auto,
+    /// Namespaces, or no evaluation at all.
+    Required,
+    /// The process-group sandbox only.
+    Off,
+}
+
 /// How to score a candidate with an external command. Only `command` is required:
 ///
 /// ```toml
@@ -28,6 +41,10 @@ pub enum Direction {
 /// directory for `metrics.json` / `correct.json`, `{config_dir}` the directory of the config
 /// file, and `{trial}` the trial number (also in `EVOKERNEL_TRIAL`). The command runs in the
 /// run's private directory, so a script beside the config is named through `{config_dir}`.
+///
+/// With `candidate_command`, the candidate runs first, in a sandbox of its own that sees
+/// neither the config's directory nor the results; `command` then grades what it left, seen
+/// read-only at `{candidate_dir}`, with the tail of its stdout in the file `{candidate_stdout}`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CommandConfig {
@@ -36,7 +53,7 @@ pub struct CommandConfig {
     /// The candidate's file name inside the run's private directory.
     #[serde(default = "defaults::program_file")]
     pub program_file: String,
-    /// Wall-clock limit; at it the whole process group is killed.
+    /// Wall-clock limit of each run; at it every process of the run is killed.
     #[serde(default = "defaults::timeout_seconds")]
     pub timeout_seconds: f64,
     /// CPU-time limit per process (RLIMIT_CPU).
@@ -69,6 +86,26 @@ pub struct CommandConfig {
     /// How much of stderr's tail goes into the feedback, in bytes.
     #[serde(default = "defaults::feedback_bytes")]
     pub feedback_bytes: usize,
+    /// Runs the candidate in a sandbox of its own before `command` grades it.
+    #[serde(default)]
+    pub candidate_command: Option<Vec<String>>,
+    /// Namespaces (bubblewrap) or the process-group sandbox.
+    #[serde(default)]
+    pub isolation: Isolation,
+    /// Whether runs may use the network (in namespaces they get none by default).
+    #[serde(default)]
+    pub network: bool,
+    /// Paths every run sees read-only in namespaces, besides the system directories, the
+    /// programs the commands name and (for `command`) the config's directory. Relative paths
+    /// are taken from the config's directory.
+    #[serde(default)]
+    pub read_only_paths: Vec<PathBuf>,
+    /// The private directory's size limit (a tmpfs in namespaces), in bytes.
+    #[serde(default = "defaults::private_dir_bytes")]
+    pub private_dir_bytes: u64,
+    /// How many files and directories the private directory may hold (in namespaces).
+    #[serde(default = "defaults::private_dir_files")]
+    pub private_dir_files: u64,
 }
 
 /// A week: longer than any evaluation should take, and short enough for every clock.
@@ -102,7 +139,66 @@ mod defaults {
     pub fn feedback_bytes() -> usize {
         4000
     }
+    pub fn private_dir_bytes() -> u64 {
+        1 << 30
+    }
+    pub fn private_dir_files() -> u64 {
+        100_000
+    }
 }
+
+/// What the argv templates may contain, and where.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Placeholder {
+    Program,
+    Trial,
+    ResultsDir,
+    ConfigDir,
+    CandidateDir,
+    CandidateStdout,
+}
+
+impl Placeholder {
+    pub(crate) const ALL: [Placeholder; 6] = [
+        Placeholder::Program,
+        Placeholder::Trial,
+        Placeholder::ResultsDir,
+        Placeholder::ConfigDir,
+        Placeholder::CandidateDir,
+        Placeholder::CandidateStdout,
+    ];
+
+    pub(crate) fn token(self) -> &'static str {
+        match self {
+            Placeholder::Program => "{program}",
+            Placeholder::Trial => "{trial}",
+            Placeholder::ResultsDir => "{results_dir}",
+            Placeholder::ConfigDir => "{config_dir}",
+            Placeholder::CandidateDir => "{candidate_dir}",
+            Placeholder::CandidateStdout => "{candidate_stdout}",
+        }
+    }
+
+    /// Whether the placeholder means anything in `candidate_command` (the candidate sees
+    /// neither the grader's directory nor the results).
+    fn in_candidate_command(self) -> bool {
+        matches!(
+            self,
+            Placeholder::Program | Placeholder::Trial | Placeholder::CandidateDir
+        )
+    }
+
+    /// Whether the placeholder needs a candidate run before `command`.
+    fn needs_candidate_run(self) -> bool {
+        matches!(
+            self,
+            Placeholder::CandidateDir | Placeholder::CandidateStdout
+        )
+    }
+}
+
+/// The largest tmpfs inode count we ask for; far beyond any sensible task.
+const MAX_PRIVATE_DIR_FILES: u64 = 1 << 32;
 
 impl CommandConfig {
     /// A config with `command` and every default.
@@ -121,6 +217,12 @@ impl CommandConfig {
             inherit_env: defaults::inherit_env(),
             output_bytes: defaults::output_bytes(),
             feedback_bytes: defaults::feedback_bytes(),
+            candidate_command: None,
+            isolation: Isolation::default(),
+            network: false,
+            read_only_paths: Vec::new(),
+            private_dir_bytes: defaults::private_dir_bytes(),
+            private_dir_files: defaults::private_dir_files(),
         }
     }
 
@@ -131,19 +233,54 @@ impl CommandConfig {
         Ok(config)
     }
 
-    /// Checks what serde cannot: values in range, a plain file name, a usable command.
+    /// Checks what serde cannot: values in range, a plain file name, usable commands.
     pub fn validate(&self) -> Result<(), String> {
-        if self
-            .command
-            .first()
-            .is_none_or(|program| program.is_empty())
-        {
-            return Err("`command` needs at least the program to run, for example \
-                        [\"python3\", \"evaluate.py\", \"{program}\"]"
-                .into());
+        check_argv("command", &self.command)?;
+        for placeholder in Placeholder::ALL {
+            let token = placeholder.token();
+            let used = self.command.iter().any(|arg| arg.contains(token));
+            if used && placeholder.needs_candidate_run() && self.candidate_command.is_none() {
+                return Err(format!(
+                    "`command` uses {token}, which only exists with `candidate_command`"
+                ));
+            }
         }
-        if self.command.iter().any(|arg| arg.contains('\0')) {
-            return Err("`command` arguments cannot contain NUL".into());
+        if let Some(candidate) = &self.candidate_command {
+            check_argv("candidate_command", candidate)?;
+            for placeholder in Placeholder::ALL {
+                let token = placeholder.token();
+                if !placeholder.in_candidate_command()
+                    && candidate.iter().any(|arg| arg.contains(token))
+                {
+                    return Err(format!(
+                        "`candidate_command` cannot use {token}: the candidate's sandbox sees \
+                         neither the grader's directory nor the results; list what the \
+                         candidate needs in `read_only_paths`"
+                    ));
+                }
+            }
+        }
+        if let Some(bad) = self.read_only_paths.iter().find(|path| {
+            path.as_os_str().is_empty()
+                || path.as_os_str().as_encoded_bytes().contains(&0)
+                || path.as_path() == Path::new("/")
+        }) {
+            return Err(format!(
+                "`read_only_paths` entry {bad:?} must name a file or directory (not empty, \
+                 not `/`, no NUL)"
+            ));
+        }
+        if self.private_dir_bytes < 1 << 20 {
+            return Err(format!(
+                "`private_dir_bytes` = {} is below 1 MiB; the program alone needs room",
+                self.private_dir_bytes
+            ));
+        }
+        if !(16..=MAX_PRIVATE_DIR_FILES).contains(&self.private_dir_files) {
+            return Err(format!(
+                "`private_dir_files` must be between 16 and {MAX_PRIVATE_DIR_FILES}, not {}",
+                self.private_dir_files
+            ));
         }
         let name = Path::new(&self.program_file);
         let plain = name
@@ -190,6 +327,19 @@ impl CommandConfig {
     }
 }
 
+fn check_argv(key: &str, argv: &[String]) -> Result<(), String> {
+    if argv.first().is_none_or(|program| program.is_empty()) {
+        return Err(format!(
+            "`{key}` needs at least the program to run, for example \
+             [\"python3\", \"evaluate.py\", \"{{program}}\"]"
+        ));
+    }
+    if argv.iter().any(|arg| arg.contains('\0')) {
+        return Err(format!("`{key}` arguments cannot contain NUL"));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,5 +383,52 @@ mod tests {
         let error =
             CommandConfig::from_toml("command = [\"x\"]\n[env]\n\"A=B\" = \"1\"").unwrap_err();
         assert!(error.contains("contains '='"), "{error}");
+    }
+
+    #[test]
+    fn sandbox_keys_are_read_and_checked() {
+        let config = CommandConfig::from_toml(
+            "command = [\"python3\", \"{config_dir}/grade.py\", \"{candidate_dir}\"]\n\
+             candidate_command = [\"python3\", \"{program}\"]\n\
+             isolation = \"required\"\nnetwork = true\nread_only_paths = [\"data\"]\n\
+             private_dir_bytes = 2000000\nprivate_dir_files = 500",
+        )
+        .unwrap();
+        assert_eq!(config.isolation, Isolation::Required);
+        assert!(config.network);
+        assert_eq!(config.read_only_paths, vec![PathBuf::from("data")]);
+        assert_eq!(
+            (config.private_dir_bytes, config.private_dir_files),
+            (2000000, 500)
+        );
+
+        for (text, phrase) in [
+            ("isolation = \"strict\"", "unknown variant `strict`"),
+            ("private_dir_bytes = 1000", "below 1 MiB"),
+            ("private_dir_files = 3", "between 16 and"),
+            ("read_only_paths = [\"/\"]", "not `/`"),
+            (
+                "candidate_command = []",
+                "`candidate_command` needs at least",
+            ),
+            (
+                "candidate_command = [\"sh\", \"{config_dir}/run.sh\"]",
+                "cannot use {config_dir}",
+            ),
+            (
+                "candidate_command = [\"sh\", \"-c\", \"echo > {results_dir}/m\"]",
+                "cannot use {results_dir}",
+            ),
+        ] {
+            let error =
+                CommandConfig::from_toml(&format!("command = [\"x\"]\n{text}")).unwrap_err();
+            assert!(error.contains(phrase), "{text}: {error}");
+        }
+        let error =
+            CommandConfig::from_toml("command = [\"cat\", \"{candidate_stdout}\"]").unwrap_err();
+        assert!(
+            error.contains("only exists with `candidate_command`"),
+            "{error}"
+        );
     }
 }

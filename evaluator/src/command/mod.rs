@@ -1,15 +1,28 @@
 //! The command task: a program in any language, scored by an external command.
 //!
-//! Each evaluation writes the candidate into a fresh private directory, runs the configured
-//! command there under the sandbox's limits (`sandbox`), reads the metrics it reports
-//! (`metrics`), and removes the directory. The stages are [`Stage::Run`] (the command ran,
-//! within its limits, exited 0, reported readable metrics, and `correct.json` did not say
+//! Each evaluation writes the candidate into a fresh private area (`area`), runs the
+//! configured command in a sandbox, reads the metrics it reports (`metrics`), and removes the
+//! area. With `candidate_command`, the candidate runs first in a sandbox of its own and the
+//! command then grades what it left. The stages are [`Stage::Run`] (the commands ran, within
+//! their limits, exited 0, reported readable metrics, and `correct.json` did not say
 //! otherwise) and [`Stage::Score`] (the score metric is present and finite, and so is every
-//! descriptor). Linux only: the sweep for stray processes reads `/proc`.
+//! descriptor).
+//!
+//! The sandbox is bubblewrap's namespaces where it can run (`bubblewrap`, `holder`): each run
+//! sees the system directories, the programs it names and the paths the config lists, all
+//! read-only, and its own directories on a quota-bounded tmpfs, with no network and a PID
+//! namespace that dies with it. Elsewhere (`isolation = "off"`, or `"auto"` without
+//! bubblewrap) it is the process-group sandbox (`sandbox`, `sweep`): rlimits, a process group
+//! and a `/proc` sweep, and a warning. Linux only.
 
+mod area;
+mod bubblewrap;
 mod capture;
 mod config;
+mod holder;
+mod judge;
 pub mod metrics;
+mod program;
 pub mod sandbox;
 mod scratch;
 mod sweep;
@@ -17,18 +30,20 @@ mod sweep;
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use area::{Area, Part, Quota};
+use bubblewrap::{Bubblewrap, View};
 pub use capture::Captured;
-pub use config::{CommandConfig, Direction};
-use metrics::{Correctness, Reported};
-use sandbox::{Job, LimitHit, Limits, RunReport};
-use scratch::ScratchDir;
+use config::Placeholder;
+pub use config::{CommandConfig, Direction, Isolation};
+use judge::{judge, run_failure, run_metrics, Feedback, Reading, Runs};
+use sandbox::{Enclosure, Job, LimitHit, Limits, RunReport};
 
-use crate::{Error, Evaluation, Provenance, Result, Stage, StageTiming, Task, EVALUATOR_VERSION};
-
-/// The results directory's name inside the run's private directory.
-const RESULTS_DIR: &str = "results";
+use crate::{
+    Error, Evaluation, Provenance, Result, SandboxKind, Stage, StageTiming, Task, EVALUATOR_VERSION,
+};
 
 /// Scores candidates with an external command (see the module docs).
 #[derive(Clone, Debug)]
@@ -36,15 +51,83 @@ pub struct CommandTask {
     config: CommandConfig,
     /// What `{config_dir}` expands to: absolute, since the command runs elsewhere.
     config_dir: PathBuf,
+    /// `read_only_paths`, absolute.
+    read_only_paths: Vec<PathBuf>,
+    /// The sandbox, chosen at the first evaluation: bubblewrap, the process-group sandbox
+    /// (`None`), or a refusal saying why namespaces cannot run (`isolation = "required"`).
+    sandbox: OnceLock<std::result::Result<Option<Bubblewrap>, String>>,
+}
+
+/// Whether the namespace sandbox can run on this machine; `Err` says why not and what to
+/// install. It starts a private tmpfs in a user namespace and runs bubblewrap there.
+pub fn probe_namespaces() -> std::result::Result<(), String> {
+    Bubblewrap::probe().map(|_| ())
+}
+
+/// One of an evaluation's runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    /// `candidate_command`: the candidate alone.
+    Candidate,
+    /// `command`: the grader (and in the one-command shape the candidate inside it).
+    Grader,
+}
+
+impl Role {
+    fn noun(self) -> &'static str {
+        match self {
+            Role::Candidate => "the candidate command",
+            Role::Grader => "the command",
+        }
+    }
+
+    fn config_key(self) -> &'static str {
+        match self {
+            Role::Candidate => "candidate_command",
+            Role::Grader => "command",
+        }
+    }
+
+    fn workdir(self) -> Part {
+        match self {
+            Role::Candidate => Part::Candidate,
+            Role::Grader => Part::Grader,
+        }
+    }
+
+    fn shm(self) -> Part {
+        match self {
+            Role::Candidate => Part::CandidateShm,
+            Role::Grader => Part::GraderShm,
+        }
+    }
 }
 
 impl CommandTask {
-    /// A task from a checked config; `config_dir` is what `{config_dir}` stands for.
+    /// A task from a checked config; `config_dir` is what `{config_dir}` stands for, and what
+    /// relative `read_only_paths` are taken from. Each of those must exist.
     pub fn new(config: CommandConfig, config_dir: &Path) -> Result<CommandTask> {
         config.validate().map_err(Error::Invalid)?;
+        let config_dir = std::path::absolute(config_dir)?;
+        let read_only_paths = config
+            .read_only_paths
+            .iter()
+            .map(|path| {
+                let path = config_dir.join(path);
+                match path.try_exists() {
+                    Ok(true) => Ok(path),
+                    _ => Err(Error::Invalid(format!(
+                        "`read_only_paths` names {}, which does not exist",
+                        path.display()
+                    ))),
+                }
+            })
+            .collect::<Result<_>>()?;
         Ok(CommandTask {
             config,
-            config_dir: std::path::absolute(config_dir)?,
+            config_dir,
+            read_only_paths,
+            sandbox: OnceLock::new(),
         })
     }
 
@@ -64,6 +147,34 @@ impl CommandTask {
         &self.config
     }
 
+    /// The sandbox for this task's runs, chosen (and warned about) once: bubblewrap, or
+    /// `None` for the process-group sandbox.
+    fn sandbox(&self) -> Result<Option<&Bubblewrap>> {
+        let chosen = self.sandbox.get_or_init(|| match self.config.isolation {
+            Isolation::Off => Ok(None),
+            Isolation::Required => Bubblewrap::probe().map(Some),
+            Isolation::Auto => Ok(Bubblewrap::probe().map_or_else(
+                |reason| {
+                    eprintln!(
+                        "evokernel: WARNING: the command task runs WITHOUT namespace isolation: \
+                     {reason}.\nevokernel: WARNING: each run is confined only by rlimits and a \
+                     process-group sweep: a candidate can read and write whatever this user \
+                     can, use the network, forge its results and leave processes behind. Set \
+                     `isolation = \"required\"` to refuse to run like this."
+                    );
+                    None
+                },
+                Some,
+            )),
+        });
+        match chosen {
+            Ok(bwrap) => Ok(bwrap.as_ref()),
+            Err(reason) => Err(Error::Invalid(format!(
+                "isolation = \"required\", but the namespace sandbox cannot run here: {reason}"
+            ))),
+        }
+    }
+
     fn limits(&self) -> Limits {
         Limits {
             wall: Duration::from_secs_f64(self.config.timeout_seconds),
@@ -74,15 +185,28 @@ impl CommandTask {
         }
     }
 
-    fn argv(&self, program: &Path, results: &Path, trial: u32) -> Vec<String> {
-        let replacements = [
-            ("{program}", program.display().to_string()),
-            ("{results_dir}", results.display().to_string()),
-            ("{config_dir}", self.config_dir.display().to_string()),
-            ("{trial}", trial.to_string()),
-        ];
-        self.config
-            .command
+    /// Where the candidate's file is: in its own directory when it runs alone.
+    fn program_part(&self) -> Part {
+        match self.config.candidate_command {
+            Some(_) => Part::Candidate,
+            None => Part::Grader,
+        }
+    }
+
+    fn argv(&self, template: &[String], area: &Area, trial: u32) -> Vec<String> {
+        let value = |placeholder| match placeholder {
+            Placeholder::Program => self.program_path(area),
+            Placeholder::Trial => trial.to_string(),
+            Placeholder::ResultsDir => area.path(Part::Results).display().to_string(),
+            Placeholder::ConfigDir => self.config_dir.display().to_string(),
+            Placeholder::CandidateDir => area.path(Part::Candidate).display().to_string(),
+            Placeholder::CandidateStdout => area.path(Part::CandidateStdout).display().to_string(),
+        };
+        let replacements: Vec<(&str, String)> = Placeholder::ALL
+            .into_iter()
+            .map(|placeholder| (placeholder.token(), value(placeholder)))
+            .collect();
+        template
             .iter()
             .map(|arg| {
                 replacements
@@ -92,13 +216,14 @@ impl CommandTask {
             .collect()
     }
 
-    fn environment(
-        &self,
-        dir: &Path,
-        program: &Path,
-        results: &Path,
-        trial: u32,
-    ) -> Vec<(String, String)> {
+    fn program_path(&self, area: &Area) -> String {
+        area.path(self.program_part())
+            .join(&self.config.program_file)
+            .display()
+            .to_string()
+    }
+
+    fn environment(&self, area: &Area, role: Role, trial: u32) -> Vec<(String, String)> {
         let mut env: BTreeMap<String, String> = self
             .config
             .inherit_env
@@ -106,52 +231,146 @@ impl CommandTask {
             .filter_map(|name| Some((name.clone(), std::env::var(name).ok()?)))
             .collect();
         env.extend(self.config.env.clone());
-        for (name, value) in [
-            ("TMPDIR", dir.display().to_string()),
-            ("EVOKERNEL_PROGRAM", program.display().to_string()),
-            ("EVOKERNEL_RESULTS_DIR", results.display().to_string()),
-            ("EVOKERNEL_TRIAL", trial.to_string()),
-        ] {
-            env.insert(name.into(), value);
+        let shown = |part| area.path(part).display().to_string();
+        env.insert("TMPDIR".into(), shown(role.workdir()));
+        env.insert("EVOKERNEL_PROGRAM".into(), self.program_path(area));
+        env.insert("EVOKERNEL_TRIAL".into(), trial.to_string());
+        if role == Role::Grader {
+            env.insert("EVOKERNEL_RESULTS_DIR".into(), shown(Part::Results));
+            if self.config.candidate_command.is_some() {
+                env.insert("EVOKERNEL_CANDIDATE_DIR".into(), shown(Part::Candidate));
+                env.insert(
+                    "EVOKERNEL_CANDIDATE_STDOUT".into(),
+                    shown(Part::CandidateStdout),
+                );
+            }
         }
         env.into_iter().collect()
     }
 
-    /// Runs the command on the candidate in a fresh directory and reads what it reported.
-    fn run_in_scratch(&self, source: &str, trial: u32) -> Result<(RunReport, Reading)> {
-        let scratch = ScratchDir::create()?;
-        let program = scratch.path().join(&self.config.program_file);
-        let results = scratch.path().join(RESULTS_DIR);
-        fs::write(&program, source)?;
-        fs::create_dir(&results)?;
-        let argv = self.argv(&program, &results, trial);
-        let env = self.environment(scratch.path(), &program, &results, trial);
+    /// What a run sees in namespaces besides the system directories.
+    fn view(&self, area: &Area, role: Role, needs: Vec<PathBuf>) -> View {
+        // A program in the area itself (`{program}` run directly) is bound with its directory.
+        let mut read_only: Vec<PathBuf> = needs
+            .into_iter()
+            .filter(|path| !area.contains(path))
+            .collect();
+        read_only.extend(self.read_only_paths.iter().cloned());
+        let mut writable = vec![area.path(role.workdir())];
+        if role == Role::Grader {
+            read_only.push(self.config_dir.clone());
+            writable.push(area.path(Part::Results));
+            if self.config.candidate_command.is_some() {
+                read_only.push(area.path(Part::Candidate));
+                read_only.push(area.path(Part::CandidateStdout));
+            }
+        }
+        View {
+            read_only,
+            writable,
+            shm: area.path(role.shm()),
+            workdir: area.path(role.workdir()),
+            network: self.config.network,
+        }
+    }
+
+    /// Runs one of the commands in its sandbox; its working directory must exist.
+    fn run(
+        &self,
+        bwrap: Option<&Bubblewrap>,
+        area: &Area,
+        role: Role,
+        template: &[String],
+        trial: u32,
+    ) -> Result<RunReport> {
+        let mut argv = self.argv(template, area, trial);
+        let env = self.environment(area, role, trial);
+        let path_var = env
+            .iter()
+            .find(|(name, _)| name == "PATH")
+            .map(|(_, value)| value.as_str());
+        let outside = |path: &Path| area.outside(path);
+        let named = argv[0].clone();
+        let cannot_run = |problem: String| {
+            Error::Invalid(format!(
+                "cannot run {} {named:?}: {problem}; check `{}` in the config",
+                role.noun(),
+                role.config_key()
+            ))
+        };
+        let program = program::find(&named, path_var, outside).map_err(&cannot_run)?;
+        argv[0] = program.display().to_string();
         let limits = self.limits();
+        let dir = area.path(role.workdir());
         let job = Job {
             argv: &argv,
             env: &env,
-            dir: scratch.path(),
+            dir: &dir,
             limits: &limits,
         };
-        let report = sandbox::run(&job).map_err(|e| {
-            Error::Invalid(format!(
-                "cannot run the command {:?}: {e}; check `command` in the config",
-                argv[0]
-            ))
-        })?;
+        let report = match bwrap {
+            Some(bwrap) => {
+                let home = std::env::var_os("HOME").map(PathBuf::from);
+                let needs = program::needs(&program, path_var, home.as_deref(), outside);
+                let view = self.view(area, role, needs);
+                area.fresh_dir(role.shm())?;
+                let enclosure = Enclosure {
+                    bwrap,
+                    view: &view,
+                    holder: area.holder().expect("a namespace area has a holder"),
+                };
+                sandbox::run_enclosed(&job, &enclosure)
+            }
+            None => sandbox::run(&job),
+        };
+        let mut report = report.map_err(|e| cannot_run(e.to_string()))?;
+        if !report.exit.success() && report.limit_hit.is_none() && area.is_full() {
+            report.limit_hit = Some(LimitHit::PrivateDirFull);
+        }
+        Ok(report)
+    }
+
+    /// Runs the candidate (where it runs alone) and the command, and reads what the command
+    /// reported; the command does not run when the candidate failed.
+    fn run_all(
+        &self,
+        bwrap: Option<&Bubblewrap>,
+        area: &Area,
+        source: &str,
+        trial: u32,
+    ) -> Result<Runs> {
+        let program_dir = area.fresh_dir(self.program_part())?;
+        fs::write(program_dir.join(&self.config.program_file), source)?;
+        let mut scrubbed = 0;
+        let candidate = match &self.config.candidate_command {
+            Some(template) => {
+                let report = self.run(bwrap, area, Role::Candidate, template, trial)?;
+                if run_failure(&self.config, &report, Role::Candidate).is_some() {
+                    return Ok(Runs {
+                        candidate: Some(report),
+                        scrubbed,
+                        grader: None,
+                    });
+                }
+                scrubbed = area.scrub(Part::Candidate)?;
+                area.fresh_file(Part::CandidateStdout, report.stdout.bytes())?;
+                area.fresh_dir(Part::Grader)?;
+                Some(report)
+            }
+            None => None,
+        };
+        let results = area.fresh_dir(Part::Results)?;
+        let report = self.run(bwrap, area, Role::Grader, &self.config.command, trial)?;
         let reading = Reading {
             correctness: metrics::read_correctness(&results),
             metrics: metrics::read_metrics(&report.stdout.text(), &results),
         };
-        scratch.remove()?;
-        Ok((report, reading))
+        Ok(Runs {
+            candidate,
+            scrubbed,
+            grader: Some((report, reading)),
+        })
     }
-}
-
-/// What the command left for us to read, read before its directory goes.
-struct Reading {
-    correctness: std::result::Result<Option<Correctness>, String>,
-    metrics: std::result::Result<Reported, String>,
 }
 
 impl Task for CommandTask {
@@ -161,7 +380,23 @@ impl Task for CommandTask {
 
     fn evaluate(&self, source: &str, trial: u32) -> Result<Evaluation> {
         let started = Instant::now();
-        let (report, reading) = self.run_in_scratch(source, trial)?;
+        let bwrap = self.sandbox()?;
+        let (quota, kind) = match bwrap {
+            Some(_) => {
+                let quota = Quota {
+                    bytes: self.config.private_dir_bytes,
+                    files: self.config.private_dir_files,
+                };
+                (Some(quota), SandboxKind::Namespaces)
+            }
+            None => (None, SandboxKind::ProcessGroup),
+        };
+        let area = Area::create(quota).map_err(|e| {
+            Error::Invalid(format!("cannot make the private directory of a run: {e}"))
+        })?;
+        let runs = self.run_all(bwrap, &area, source, trial);
+        area.remove()?;
+        let runs = runs?;
         let mut evaluation = Evaluation {
             task: self.name().into(),
             candidate_hash: kernels::akl::sha256_hex(source.as_bytes()),
@@ -178,20 +413,30 @@ impl Task for CommandTask {
             provenance: Provenance {
                 evaluator_version: EVALUATOR_VERSION.into(),
                 trial,
+                sandbox: Some(kind),
                 ..Provenance::default()
             },
         };
         let scoring = Instant::now();
         let mut feedback = Feedback::default();
-        let verdict = judge(
-            &self.config,
-            &report,
-            reading,
-            &mut evaluation,
-            &mut feedback,
-        );
-        feedback.run_notes(&report, self.config.feedback_bytes);
-        evaluation.metrics.extend(run_metrics(&report));
+        let verdict = judge(&self.config, &runs, &mut evaluation, &mut feedback);
+        if runs.scrubbed > 0 {
+            feedback.sections.push(format!(
+                "{} symbolic link(s) or special file(s) the candidate left were removed before \
+                 grading; leave regular files only.",
+                runs.scrubbed
+            ));
+        }
+        if let Some(report) = &runs.candidate {
+            feedback.run_notes(report, Role::Candidate, self.config.feedback_bytes);
+            evaluation
+                .metrics
+                .extend(run_metrics(report, "run.candidate."));
+        }
+        if let Some((report, _)) = &runs.grader {
+            feedback.run_notes(report, Role::Grader, self.config.feedback_bytes);
+            evaluation.metrics.extend(run_metrics(report, "run."));
+        }
         if evaluation.stage_reached == Stage::Score {
             evaluation.timings.push(StageTiming {
                 stage: Stage::Score,
@@ -202,194 +447,5 @@ impl Task for CommandTask {
         evaluation.score = verdict;
         evaluation.feedback = feedback.text();
         Ok(evaluation)
-    }
-}
-
-/// Decides the stages from the run and its metrics; returns the score when every stage
-/// passed. Fills the evaluation's metrics, descriptors and stage, and the feedback.
-fn judge(
-    config: &CommandConfig,
-    report: &RunReport,
-    reading: Reading,
-    evaluation: &mut Evaluation,
-    feedback: &mut Feedback,
-) -> Option<f64> {
-    // Whatever the outcome, keep what the command managed to report.
-    if let Ok(reported) = &reading.metrics {
-        feedback.absorb(reported);
-        evaluation.metrics = reported.metrics.clone();
-    }
-    let incorrect = match &reading.correctness {
-        Ok(Some(Correctness {
-            correct: false,
-            error,
-        })) => Some(match error {
-            Some(error) => format!("the evaluator judged the program incorrect: {error}"),
-            None => {
-                "the evaluator judged the program incorrect (correct.json gave no error)".into()
-            }
-        }),
-        Ok(_) => None,
-        Err(problem) => Some(problem.clone()),
-    };
-    if let Some(limit) = report.limit_hit {
-        feedback.headline = limit_headline(limit, report, config);
-        return None;
-    }
-    if !report.exit.success() {
-        feedback.headline = format!("Run failed: the command ended with {}.", report.exit);
-        feedback.sections.extend(incorrect);
-        return None;
-    }
-    if let Some(incorrect) = incorrect {
-        feedback.headline = format!("Run failed: {incorrect}");
-        return None;
-    }
-    let reported = match reading.metrics {
-        Ok(reported) => reported,
-        Err(problem) => {
-            feedback.headline = format!("Run failed: the metrics could not be read: {problem}");
-            return None;
-        }
-    };
-
-    evaluation.stage_reached = Stage::Score;
-    let name = &config.score_metric;
-    let value = match (reported.metrics.get(name), reported.non_finite.get(name)) {
-        (Some(&value), _) => value,
-        (None, Some(token)) => {
-            feedback.headline =
-                format!("Score failed: `{name}` is {token}; a score must be a finite number.");
-            return None;
-        }
-        (None, None) => {
-            feedback.headline = format!(
-                "Score failed: the metrics from {} have no `{name}` (found: {}).",
-                reported.source,
-                listing(reported.metrics.keys())
-            );
-            return None;
-        }
-    };
-    for descriptor in &config.descriptors {
-        match reported.metrics.get(descriptor) {
-            Some(&x) => {
-                evaluation.descriptors.insert(descriptor.clone(), x);
-            }
-            None => {
-                feedback.headline = format!(
-                    "Score failed: the descriptor `{descriptor}` is missing or not a finite number \
-                     (found: {}).",
-                    listing(reported.metrics.keys())
-                );
-                return None;
-            }
-        }
-    }
-    let score = match config.direction {
-        Direction::Maximize => value,
-        Direction::Minimize => -value,
-    };
-    feedback.headline = format!("Passed: `{name}` = {value}.");
-    Some(score)
-}
-
-fn listing<'a>(names: impl Iterator<Item = &'a String>) -> String {
-    let names: Vec<&str> = names.map(String::as_str).collect();
-    if names.is_empty() {
-        "no numeric metrics".into()
-    } else {
-        names.join(", ")
-    }
-}
-
-fn limit_headline(limit: LimitHit, report: &RunReport, config: &CommandConfig) -> String {
-    match limit {
-        LimitHit::WallClock => format!(
-            "Run failed: the command ran past the wall-clock limit of {} s and its whole process \
-             group was killed. Look for an infinite loop or a blocking wait, or make it faster.",
-            config.timeout_seconds
-        ),
-        LimitHit::CpuTime => format!(
-            "Run failed: a process used more than the CPU limit of {} s and was killed ({}). \
-             Do less work or look for an infinite loop.",
-            config.cpu_seconds, report.exit
-        ),
-        LimitHit::Memory => format!(
-            "Run failed: the program ran out of memory under the address-space limit of {} MiB \
-             and ended with {}. Use less memory.",
-            config.memory_bytes >> 20,
-            report.exit
-        ),
-        LimitHit::FileSize => format!(
-            "Run failed: a file grew past the file-size limit of {} MiB ({}).",
-            config.file_bytes >> 20,
-            report.exit
-        ),
-    }
-}
-
-/// The sandbox's own measurements, recorded beside whatever the command reported.
-fn run_metrics(report: &RunReport) -> [(String, f64); 3] {
-    [
-        ("run.wall_seconds".into(), report.wall.as_secs_f64()),
-        ("run.cpu_seconds".into(), report.cpu.as_secs_f64()),
-        ("run.peak_rss_bytes".into(), report.peak_rss_bytes as f64),
-    ]
-}
-
-/// Feedback for the candidate's author, assembled in sections.
-#[derive(Default)]
-struct Feedback {
-    headline: String,
-    sections: Vec<String>,
-}
-
-impl Feedback {
-    fn absorb(&mut self, reported: &Reported) {
-        if !reported.text.is_empty() {
-            self.sections
-                .push(format!("The evaluator says:\n{}", reported.text.join("\n")));
-        }
-        if !reported.notes.is_empty() {
-            self.sections
-                .push(format!("Metrics not used: {}.", reported.notes.join("; ")));
-        }
-    }
-
-    fn run_notes(&mut self, report: &RunReport, feedback_bytes: usize) {
-        if report.strays_killed > 0 {
-            self.sections.push(format!(
-                "{} process(es) left running by the command were killed.",
-                report.strays_killed
-            ));
-        }
-        if report.output_held_open {
-            self.sections.push(
-                "A process that escaped the sandbox kept the output open; the output may be \
-                 incomplete."
-                    .into(),
-            );
-        }
-        if report.stdout.cut_bytes() > 0 {
-            self.sections.push(format!(
-                "stdout was {} bytes; only the last {} were kept.",
-                report.stdout.total_bytes(),
-                report.stdout.bytes().len()
-            ));
-        }
-        if report.stderr.total_bytes() > 0 && feedback_bytes > 0 {
-            self.sections.push(format!(
-                "stderr:\n{}",
-                report.stderr.tail_for_feedback(feedback_bytes)
-            ));
-        }
-    }
-
-    fn text(self) -> String {
-        std::iter::once(self.headline)
-            .chain(self.sections)
-            .collect::<Vec<_>>()
-            .join("\n\n")
     }
 }

@@ -4,35 +4,49 @@
 //! an environment made only of what the caller passes, and resource limits set before
 //! `exec`: CPU seconds (SIGXCPU, then SIGKILL a second later), address space (allocations
 //! fail), file size, and no core dumps. We poll its output pipes and its exit; at the
-//! wall-clock deadline the whole group is killed. When the leader exits we learn it without
-//! reaping it (`waitid` with `WNOWAIT`), so its pid stays ours while we kill the rest of its
-//! group and sweep for strays (see `sweep`); only then is it reaped, with its resource usage.
+//! wall-clock deadline everything it started is killed. When the leader exits we learn it
+//! without reaping it (`waitid` with `WNOWAIT`), so its pid stays ours while we kill the rest;
+//! only then is it reaped, with its resource usage.
+//!
+//! Two confinements share this loop. In the process-group sandbox ([`run`]) the rest is the
+//! leader's group plus the strays a `/proc` sweep finds (see `sweep`), which a determined
+//! process can outrun. In the namespace sandbox ([`run_enclosed`]) the leader is bwrap, which
+//! runs the command as PID 1 of its own PID namespace (see `bubblewrap`): when the command
+//! exits or we kill it, the kernel kills everything else in the namespace, and bwrap exits
+//! only after that.
 
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use libc::pid_t;
+use libc::{c_int, pid_t};
 
+use super::bubblewrap::{Bubblewrap, View};
 use super::capture::Captured;
+use super::holder::{pipe, Holder};
 use super::sweep::{self, TOKEN_VAR};
 
 /// How often the sandbox looks at the clock and at the leader while output is quiet.
 const POLL_INTERVAL: Duration = Duration::from_millis(10);
 /// How long output may still drain after the leader exits and its group is killed.
 const DRAIN_GRACE: Duration = Duration::from_millis(500);
+/// How long a leader killed at the deadline may take to exit before it is killed itself
+/// (bwrap exits once the command has; this is only a backstop).
+const KILL_GRACE: Duration = Duration::from_secs(2);
+/// How long bwrap may take to report the command's pid.
+const INFO_WAIT: Duration = Duration::from_secs(10);
 const READ_CHUNK: usize = 64 * 1024;
 
 /// The limits a command runs under.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Limits {
-    /// Wall-clock time until the whole process group is killed.
+    /// Wall-clock time until every process of the run is killed.
     pub wall: Duration,
     /// CPU seconds per process (RLIMIT_CPU): SIGXCPU at the limit, SIGKILL one second later.
     pub cpu_seconds: u64,
@@ -85,6 +99,8 @@ pub enum LimitHit {
     /// in its own way, so this is reported when a failed run's stderr says it ran out of memory.
     Memory,
     FileSize,
+    /// The private directory's quota (namespaces only): found full after a failed run.
+    PrivateDirFull,
 }
 
 /// What happened to one command.
@@ -112,44 +128,107 @@ impl RunReport {
     }
 }
 
-/// Runs `job` to completion or to its wall-clock limit. An `Err` means the command could not
-/// be started (or the system failed us); everything the command itself does is in the report.
+/// Runs `job` in the process-group sandbox to completion or to its wall-clock limit. An `Err`
+/// means the command could not be started (or the system failed us); everything the command
+/// itself does is in the report.
 pub fn run(job: &Job<'_>) -> io::Result<RunReport> {
-    let program = job
-        .argv
-        .first()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty command"))?;
-    let token = run_token();
+    supervise(job, None)
+}
+
+/// Runs `job` inside bubblewrap's namespaces, started in `holder`'s namespaces so that the
+/// run can bind parts of the private tmpfs; `job.argv[0]` must be absolute and `job.dir`
+/// is a path as the sandbox sees it. Otherwise as [`run`].
+pub(crate) fn run_enclosed(job: &Job<'_>, enclosure: &Enclosure<'_>) -> io::Result<RunReport> {
+    supervise(job, Some(enclosure))
+}
+
+/// Where an enclosed job runs and what it sees.
+pub(crate) struct Enclosure<'a> {
+    pub bwrap: &'a Bubblewrap,
+    pub view: &'a View,
+    pub holder: &'a Holder,
+}
+
+fn supervise(job: &Job<'_>, enclosure: Option<&Enclosure<'_>>) -> io::Result<RunReport> {
+    if job.argv.is_empty() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty command"));
+    }
     let limits = RawLimits::for_limits(job.limits)?;
-    let mut command = Command::new(program);
+    let mut command;
+    let mut info = None;
+    let mut confinement;
+    match enclosure {
+        None => {
+            let token = run_token();
+            command = Command::new(&job.argv[0]);
+            command.args(&job.argv[1..]).current_dir(job.dir);
+            // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
+            // system calls (setsid, setrlimit) on values computed before the fork.
+            unsafe {
+                command.pre_exec(move || limits.enter_sandbox());
+            }
+            confinement = Confinement::ProcessGroup {
+                token,
+                strays: BTreeSet::new(),
+            };
+        }
+        Some(enclosure) => {
+            let namespaces = enclosure.holder.namespaces()?;
+            let (info_read, info_write) = pipe()?;
+            let info_fd = info_write.as_raw_fd();
+            command = Command::new(enclosure.bwrap.path());
+            command
+                .args(enclosure.bwrap.options(enclosure.view))
+                .arg("--info-fd")
+                .arg(info_fd.to_string())
+                .arg("--")
+                .args(job.argv);
+            // SAFETY: as above, plus setns on descriptors the closure owns and fcntl on the
+            // info pipe, which the child keeps (only there) for bwrap to write to.
+            unsafe {
+                command.pre_exec(move || {
+                    limits.enter_sandbox()?;
+                    namespaces.enter()?;
+                    if libc::fcntl(info_fd, libc::F_SETFD, 0) != 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            info = Some((info_read, info_write));
+            confinement = Confinement::Namespace { init: None };
+        }
+    }
     command
-        .args(&job.argv[1..])
-        .current_dir(job.dir)
         .env_clear()
         .envs(job.env.iter().map(|(k, v)| (k, v)))
-        .env(TOKEN_VAR, &token)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
-    // system calls (setsid, setrlimit) on values computed before the fork.
-    unsafe {
-        command.pre_exec(move || limits.enter_sandbox());
+    if let Confinement::ProcessGroup { token, .. } = &confinement {
+        command.env(TOKEN_VAR, token);
     }
     let started = Instant::now();
     let mut child = command.spawn()?;
+    drop(command);
+    // A wall limit too far out to represent is no limit.
+    let deadline = started.checked_add(job.limits.wall);
+    if let Some((info_read, info_write)) = info {
+        drop(info_write);
+        let pid = child.id() as pid_t;
+        confinement = Confinement::Namespace {
+            init: read_init(info_read, pid, deadline),
+        };
+    }
     let mut leader = Leader {
         pid: child.id() as pid_t,
-        token,
-        strays: BTreeSet::new(),
+        confinement,
         reaped: false,
     };
     let mut stdout = Pipe::new(child.stdout.take(), job.limits.output_bytes);
     let mut stderr = Pipe::new(child.stderr.take(), job.limits.output_bytes);
 
-    // A wall limit too far out to represent is no limit.
-    let deadline = started.checked_add(job.limits.wall);
-    let mut timed_out = false;
+    let mut killed_at = None;
     let mut drain_until = None;
     loop {
         let now = Instant::now();
@@ -157,9 +236,11 @@ pub fn run(job: &Job<'_>) -> io::Result<RunReport> {
             if leader.has_exited()? {
                 leader.kill_all();
                 drain_until = Some(now + DRAIN_GRACE);
-            } else if deadline.is_some_and(|deadline| now >= deadline) && !timed_out {
-                timed_out = true;
+            } else if deadline.is_some_and(|deadline| now >= deadline) && killed_at.is_none() {
                 leader.kill_all();
+                killed_at = Some(now);
+            } else if killed_at.is_some_and(|killed| now >= killed + KILL_GRACE) {
+                leader.kill_leader();
             }
         }
         let wait = match drain_until {
@@ -170,7 +251,7 @@ pub fn run(job: &Job<'_>) -> io::Result<RunReport> {
                 until - now
             }
             Some(_) => break,
-            None if timed_out => POLL_INTERVAL,
+            None if killed_at.is_some() => POLL_INTERVAL,
             None => deadline.map_or(POLL_INTERVAL, |deadline| {
                 POLL_INTERVAL.min(deadline.saturating_duration_since(now))
             }),
@@ -182,10 +263,16 @@ pub fn run(job: &Job<'_>) -> io::Result<RunReport> {
     let wall = started.elapsed();
     drop(child);
 
-    let exit = decode_status(status);
+    let exit = match (decode_status(status), &leader.confinement) {
+        // bwrap reports a command killed by signal n as exit status 128 + n, as shells do.
+        (Exit::Code(code), Confinement::Namespace { .. }) if (129..=128 + 64).contains(&code) => {
+            Exit::Signal(code - 128)
+        }
+        (exit, _) => exit,
+    };
     let cpu = timeval(usage.ru_utime) + timeval(usage.ru_stime);
     let (stdout, stderr) = (stdout.into_captured(), stderr.into_captured());
-    let limit_hit = if timed_out {
+    let limit_hit = if killed_at.is_some() {
         Some(LimitHit::WallClock)
     } else {
         infer_limit(exit, cpu, job.limits, &stderr)
@@ -199,9 +286,54 @@ pub fn run(job: &Job<'_>) -> io::Result<RunReport> {
         peak_rss_bytes: (usage.ru_maxrss.max(0) as u64) * 1024,
         stdout,
         stderr,
-        strays_killed: leader.strays.len(),
+        strays_killed: leader.strays_killed(),
         output_held_open,
     })
+}
+
+/// The command, PID 1 of its namespace, from the JSON bwrap writes to its info pipe before the
+/// command starts, as a pidfd (so that it can be killed without any risk of the pid being
+/// reused), checked to be the child of `bwrap`. `None` if bwrap wrote nothing usable (it
+/// failed before starting).
+fn read_init(info: OwnedFd, bwrap: pid_t, deadline: Option<Instant>) -> Option<OwnedFd> {
+    let mut pipe = Pipe::new(Some(info), 1 << 16);
+    let until = Instant::now() + INFO_WAIT;
+    let until = deadline.map_or(until, |deadline| deadline.min(until));
+    while pipe.is_open() {
+        let now = Instant::now();
+        if now >= until {
+            break;
+        }
+        poll_pipes(&mut [&mut pipe], until - now).ok()?;
+    }
+    let text = pipe.into_captured().text();
+    let info: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let init = pid_t::try_from(info.get("child-pid")?.as_i64()?).ok()?;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, init, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: a fresh descriptor owned by nobody else.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+    // The pid named bwrap's child when the pidfd was opened if it still does now and the
+    // process the pidfd holds is alive (a reused pid would need it to have died between).
+    let is_child = sweep::read_stat(init).is_some_and(|stat| stat.parent == bwrap);
+    (is_child && send_signal(&pidfd, 0)).then_some(pidfd)
+}
+
+fn send_signal(pidfd: &OwnedFd, signal: c_int) -> bool {
+    // SAFETY: pidfd_send_signal on a pidfd we own, with no siginfo.
+    let sent = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    sent == 0
 }
 
 /// A token unique to one run, for marking its processes.
@@ -285,14 +417,25 @@ fn clamp(resource: Resource, soft: u64, hard: u64) -> io::Result<libc::rlimit> {
     })
 }
 
-/// The command's leader process: killed and reaped on drop if the run ends early (an error
-/// or a panic), so that no path leaves a process or a zombie behind.
+/// The command's leader process — the command itself, or bwrap outside the namespaces —
+/// killed and reaped on drop if the run ends early (an error or a panic), so that no path
+/// leaves a process or a zombie behind.
 struct Leader {
     pid: pid_t,
-    token: String,
-    /// Every process other than the leader found alive and killed.
-    strays: BTreeSet<pid_t>,
+    confinement: Confinement,
     reaped: bool,
+}
+
+/// How everything a command started is found and killed.
+enum Confinement {
+    /// By process group, session and environment token; `strays` are those found and killed.
+    ProcessGroup {
+        token: String,
+        strays: BTreeSet<pid_t>,
+    },
+    /// By killing the command, PID 1 of the run's PID namespace: the kernel kills the rest
+    /// before bwrap learns of it, so the namespace is empty once bwrap has exited.
+    Namespace { init: Option<OwnedFd> },
 }
 
 impl Leader {
@@ -313,15 +456,40 @@ impl Leader {
         Ok(unsafe { info.si_pid() } != 0)
     }
 
-    /// Kills everything the leader started and the leader too. The sweep comes first so that
-    /// every process still alive is counted; the group kill then catches any forked during
-    /// the sweep, and a last sweep any that left the group meanwhile. The leader's pid is
-    /// still ours (it is not reaped), so the group id is too.
+    /// Kills everything the leader started, and in the process-group sandbox the leader too.
+    /// There the sweep comes first so that every process still alive is counted; the group
+    /// kill then catches any forked during the sweep, and a last sweep any that left the group
+    /// meanwhile. The leader's pid is still ours (it is not reaped), so the group id is too.
     fn kill_all(&mut self) {
-        sweep::kill_strays(self.pid, &self.token, &mut self.strays);
-        // SAFETY: kill has no memory-safety preconditions.
-        unsafe { libc::kill(-self.pid, libc::SIGKILL) };
-        sweep::kill_strays(self.pid, &self.token, &mut self.strays);
+        match &mut self.confinement {
+            Confinement::ProcessGroup { token, strays } => {
+                sweep::kill_strays(self.pid, token, strays);
+                // SAFETY: kill has no memory-safety preconditions.
+                unsafe { libc::kill(-self.pid, libc::SIGKILL) };
+                sweep::kill_strays(self.pid, token, strays);
+            }
+            Confinement::Namespace { init: Some(init) } => {
+                send_signal(init, libc::SIGKILL);
+            }
+            Confinement::Namespace { init: None } => self.kill_leader(),
+        }
+    }
+
+    /// Kills the leader and its group; in the namespace sandbox the command follows (bwrap
+    /// gives it a parent-death signal).
+    fn kill_leader(&self) {
+        // SAFETY: kill has no memory-safety preconditions; the pid is our unreaped child.
+        unsafe {
+            libc::kill(-self.pid, libc::SIGKILL);
+            libc::kill(self.pid, libc::SIGKILL);
+        }
+    }
+
+    fn strays_killed(&self) -> usize {
+        match &self.confinement {
+            Confinement::ProcessGroup { strays, .. } => strays.len(),
+            Confinement::Namespace { .. } => 0,
+        }
     }
 
     fn reap(&mut self) -> io::Result<(libc::c_int, libc::rusage)> {
@@ -347,6 +515,7 @@ impl Drop for Leader {
     fn drop(&mut self) {
         if !self.reaped {
             self.kill_all();
+            self.kill_leader();
             let _ = self.reap();
         }
     }

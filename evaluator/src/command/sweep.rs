@@ -5,7 +5,8 @@
 //! as a session leader and marks its environment with a token unique to the run, so a stray
 //! is any live process that started no earlier than the leader and shares its session or
 //! group, or carries the token. What escapes both — a process that calls `setsid` and also
-//! drops its environment — needs cgroups or namespaces to catch, which we do not use.
+//! drops its environment, or a fork chain faster than the sweep — needs namespaces to catch:
+//! this is the process-group sandbox's fallback, used only where bubblewrap cannot run.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -15,16 +16,17 @@ use libc::pid_t;
 /// The environment variable that marks every process of one sandboxed run.
 pub(crate) const TOKEN_VAR: &str = "EVOKERNEL_SANDBOX_RUN";
 
-/// The fields of `/proc/PID/stat` the sweep needs.
-struct ProcStat {
+/// The fields of `/proc/PID/stat` the sandbox needs.
+pub(crate) struct ProcStat {
     state: u8,
+    pub(crate) parent: pid_t,
     group: pid_t,
     session: pid_t,
     /// Clock ticks since boot.
     start_ticks: u64,
 }
 
-fn read_stat(pid: pid_t) -> Option<ProcStat> {
+pub(crate) fn read_stat(pid: pid_t) -> Option<ProcStat> {
     let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name is in parentheses and may itself contain ") ", so split at the last.
     let after_name = &text[text.rfind(')')? + 1..];
@@ -32,6 +34,7 @@ fn read_stat(pid: pid_t) -> Option<ProcStat> {
     // Counting from the state (field 3 of proc(5)): state, ppid, pgrp, session, ..., starttime (22).
     Some(ProcStat {
         state: *fields.first()?.as_bytes().first()?,
+        parent: fields.get(1)?.parse().ok()?,
         group: fields.get(2)?.parse().ok()?,
         session: fields.get(3)?.parse().ok()?,
         start_ticks: fields.get(19)?.parse().ok()?,

@@ -131,6 +131,7 @@ impl DropInTask {
             slices: Vec::new(),
             seeds: vec![trial_seed(trial)],
             trial,
+            sandbox: None,
         }
     }
 
