@@ -1,11 +1,57 @@
-//! The body of `POST /v1/recommend`, read field by field so that every error names its field.
+//! The body of `POST /v1/recommend`: [`RecommendBody`] is its wire form, the type the
+//! OpenAPI document is generated from; [`RecommendRequest::parse`] reads a body field by
+//! field so that every error names its field, and takes the names of the fields it accepts
+//! from `RecommendBody`'s schema, so that the parser and the document cannot drift apart.
 
+use std::sync::LazyLock;
+
+use serde::Serialize;
 use serde_json::{Map, Value};
+use utoipa::openapi::{RefOr, Schema};
+use utoipa::PartialSchema;
 
 use super::{ApiError, AppState};
 
-/// The request fields every `POST /v1/recommend` may carry.
-const FIELDS: [&str; 5] = ["user_id", "history", "k", "exclude_seen", "explain"];
+/// What a client sends to `POST /v1/recommend`: exactly one of `user_id` and `history`.
+#[derive(Clone, Debug, Default, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RecommendBody {
+    /// A user of the training data; their whole history is used.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<RawId>,
+    /// Item ids, oldest first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(min_items = 1)]
+    pub history: Option<Vec<RawId>>,
+    /// How many items to recommend.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 100, default = 10)]
+    pub k: Option<u64>,
+    /// Leave out items already in the history.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(default = true)]
+    pub exclude_seen: Option<bool>,
+    /// Add each item's cached RecGPT explanation as `reason` (for a `user_id` whose
+    /// explanations `evokernel recsys enrich` wrote). When some items get none, the answer
+    /// says why in `explanations_unavailable`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(default = false)]
+    pub explain: Option<bool>,
+}
+
+/// A user or item id as the training data spelled it, sent as a string or an integer.
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum RawId {
+    Text(String),
+    Number(i64),
+}
+
+/// The fields of [`RecommendBody`], read from its schema.
+static FIELDS: LazyLock<Vec<String>> = LazyLock::new(|| match RecommendBody::schema() {
+    RefOr::T(Schema::Object(object)) => object.properties.keys().cloned().collect(),
+    _ => Vec::new(),
+});
 
 /// Whom to recommend for and how many.
 #[derive(Clone, Debug, PartialEq)]
@@ -66,7 +112,7 @@ impl RecommendRequest {
                 "the body must be a JSON object",
             ));
         };
-        if let Some(unknown) = body.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+        if let Some(unknown) = body.keys().find(|k| !FIELDS.contains(k)) {
             return Err(ApiError::invalid(
                 unknown,
                 format!("unknown field; the fields are {}", FIELDS.join(", ")),
@@ -153,5 +199,39 @@ impl RecommendRequest {
                 })
                 .collect(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_parser_reads_every_field_of_the_documented_body() {
+        let body = RecommendBody {
+            user_id: None,
+            history: Some(vec![RawId::Text("a".into()), RawId::Number(7)]),
+            k: Some(3),
+            exclude_seen: Some(false),
+            explain: Some(true),
+        };
+        let bytes = serde_json::to_vec(&body).unwrap();
+        let parsed = RecommendRequest::parse(&bytes).unwrap();
+        assert_eq!(
+            parsed,
+            RecommendRequest {
+                who: Who::History(vec!["a".into(), "7".into()]),
+                k: 3,
+                exclude_seen: false,
+                explain: true,
+            }
+        );
+        let by_user = RecommendBody {
+            user_id: Some(RawId::Number(5)),
+            ..Default::default()
+        };
+        let parsed = RecommendRequest::parse(&serde_json::to_vec(&by_user).unwrap()).unwrap();
+        assert_eq!(parsed.who, Who::User("5".into()));
+        assert_eq!(FIELDS.len(), 5, "{:?}", *FIELDS);
     }
 }
