@@ -698,6 +698,31 @@ async fn every_error_is_json_with_its_status_and_counted_in_the_metrics() {
 }
 
 #[tokio::test]
+async fn a_client_that_expects_100_continue_gets_it_and_then_its_answer() {
+    let base = start().await;
+    let body = json!({"user_id": "bob", "k": 2}).to_string();
+    let mut stream = connect(&base).await;
+    stream
+        .write_all(
+            format!(
+                "POST /v1/recommend HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nexpect: 100-continue\r\n\r\n",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut interim = [0u8; 25];
+    stream.read_exact(&mut interim).await.unwrap();
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    stream.write_all(body.as_bytes()).await.unwrap();
+    let answer = read_answer(&mut stream).await.unwrap();
+    assert_eq!(answer.status, 200);
+    let (_, metrics) = get(&base, "/metrics").await;
+    assert!(!counted(&metrics, "other", 100), "{metrics}");
+}
+
+#[tokio::test]
 async fn a_slow_head_gets_a_408_and_silent_or_idle_connections_close() {
     let config = ServeConfig {
         header_read_timeout: Duration::from_millis(300),

@@ -205,8 +205,9 @@ impl Watched {
 }
 
 /// hyper answers a request head it cannot read (400, 414, 431) itself, with an empty body
-/// and no content type; every answer of ours has a content type. Such an answer, written
-/// whole in one piece as hyper writes it, is its own: the JSON error that replaces it.
+/// and no content type; every answer of ours has a content type. Such a 4xx answer, written
+/// whole in one piece as hyper writes it, is its own: the JSON error that replaces it. (hyper
+/// also writes `100 Continue` heads, which pass untouched.)
 fn replace_hypers_answer(bytes: &[u8]) -> Option<ApiError> {
     if !bytes.starts_with(b"HTTP/1.") {
         return None;
@@ -224,6 +225,9 @@ fn replace_hypers_answer(bytes: &[u8]) -> Option<ApiError> {
         return None;
     }
     let status = StatusCode::from_u16(status).ok()?;
+    if !status.is_client_error() {
+        return None;
+    }
     let (field, message) = match status {
         StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => (
             "headers",
