@@ -11,6 +11,7 @@
 
 use utoipa::openapi::header::HeaderBuilder;
 use utoipa::openapi::path::Operation;
+use utoipa::openapi::schema::{AllOfBuilder, ObjectBuilder, OneOfBuilder};
 use utoipa::openapi::{ContentBuilder, OpenApi as Document, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi, PartialSchema};
 
@@ -42,9 +43,32 @@ use super::{
         ErrorBody,
         ErrorDetail
     )),
-    modifiers(&AnyRoute)
+    modifiers(&AnyRoute, &ExactlyOneWho)
 )]
 struct ApiDoc;
+
+/// A `RecommendBody` names exactly one of `user_id` and `history`, which a struct's schema
+/// cannot say: the document adds a `oneOf` of the two `required` lists (both given would
+/// match both, neither would match none).
+struct ExactlyOneWho;
+
+impl Modify for ExactlyOneWho {
+    fn modify(&self, document: &mut Document) {
+        let Some(components) = document.components.as_mut() else {
+            return;
+        };
+        let Some(body) = components.schemas.remove("RecommendBody") else {
+            return;
+        };
+        let who = OneOfBuilder::new()
+            .item(ObjectBuilder::new().required("user_id"))
+            .item(ObjectBuilder::new().required("history"));
+        components.schemas.insert(
+            "RecommendBody".to_string(),
+            AllOfBuilder::new().item(body).item(who).into(),
+        );
+    }
+}
 
 /// The answers any route may give, whatever its handler does: the connection layer's and
 /// the router's own.
@@ -178,9 +202,30 @@ mod tests {
     }
 
     #[test]
+    fn the_document_asks_for_exactly_one_of_user_id_and_history_never_null() {
+        let document = document();
+        let body = &document["components"]["schemas"]["RecommendBody"]["allOf"];
+        assert_eq!(body[0]["additionalProperties"], false);
+        let required: Vec<&Value> = body[1]["oneOf"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|alternative| &alternative["required"])
+            .collect();
+        assert_eq!(
+            required,
+            [&serde_json::json!(["user_id"]), &serde_json::json!(["history"])]
+        );
+        for (name, property) in body[0]["properties"].as_object().unwrap() {
+            assert!(!property.to_string().contains("null"), "{name}: {property}");
+        }
+    }
+
+    #[test]
     fn the_documented_k_limit_is_the_servers() {
         let document = document();
-        let body_k = &document["components"]["schemas"]["RecommendBody"]["properties"]["k"];
+        let body_k =
+            &document["components"]["schemas"]["RecommendBody"]["allOf"][0]["properties"]["k"];
         assert_eq!(body_k["maximum"], MAX_K);
         let similar = &document["paths"]["/v1/items/{id}/similar"]["get"]["parameters"];
         let k = similar

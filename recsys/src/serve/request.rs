@@ -12,30 +12,32 @@ use utoipa::PartialSchema;
 
 use super::{ApiError, AppState};
 
-/// What a client sends to `POST /v1/recommend`: exactly one of `user_id` and `history`.
+/// What a client sends to `POST /v1/recommend`: exactly one of `user_id` and `history`
+/// (which the document adds, `openapi.rs`); a field is given or left out, never `null`.
 #[derive(Clone, Debug, Default, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RecommendBody {
     /// A user of the training data; their whole history is used.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub user_id: Option<RawId>,
     /// Item ids, oldest first.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(min_items = 1)]
+    #[schema(nullable = false, min_items = 1)]
     pub history: Option<Vec<RawId>>,
     /// How many items to recommend.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(minimum = 1, maximum = 100, default = 10)]
+    #[schema(nullable = false, minimum = 1, maximum = 100, default = 10)]
     pub k: Option<u64>,
     /// Leave out items already in the history.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(default = true)]
+    #[schema(nullable = false, default = true)]
     pub exclude_seen: Option<bool>,
     /// Add each item's cached RecGPT explanation as `reason` (for a `user_id` whose
     /// explanations `evokernel recsys enrich` wrote). When some items get none, the answer
     /// says why in `explanations_unavailable`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(default = false)]
+    #[schema(nullable = false, default = false)]
     pub explain: Option<bool>,
 }
 
@@ -86,7 +88,7 @@ fn raw_id(value: &Value, field: &str) -> Result<String, ApiError> {
 
 fn flag(body: &Map<String, Value>, field: &str, default: bool) -> Result<bool, ApiError> {
     match body.get(field) {
-        None | Some(Value::Null) => Ok(default),
+        None => Ok(default),
         Some(Value::Bool(b)) => Ok(*b),
         Some(other) => Err(ApiError::invalid(
             field,
@@ -118,8 +120,14 @@ impl RecommendRequest {
                 format!("unknown field; the fields are {}", FIELDS.join(", ")),
             ));
         }
-        let user = body.get("user_id").filter(|v| !v.is_null());
-        let history = body.get("history").filter(|v| !v.is_null());
+        if let Some((field, _)) = body.iter().find(|(_, value)| value.is_null()) {
+            return Err(ApiError::invalid(
+                field,
+                "null is not a value here; leave the field out for its default",
+            ));
+        }
+        let user = body.get("user_id");
+        let history = body.get("history");
         let who = match (user, history) {
             (Some(_), Some(_)) => {
                 return Err(ApiError::invalid(
@@ -157,7 +165,7 @@ impl RecommendRequest {
             }
         };
         let k = match body.get("k") {
-            None | Some(Value::Null) => 10,
+            None => 10,
             Some(Value::Number(n)) if n.is_u64() => {
                 usize::try_from(n.as_u64().unwrap_or(u64::MAX)).unwrap_or(usize::MAX)
             }
