@@ -75,15 +75,32 @@ pub enum Who {
 }
 
 /// An id given as a JSON string or integer, as a string.
-fn raw_id(value: &Value, field: &str) -> Result<String, ApiError> {
-    match value {
-        Value::String(s) => Ok(s.clone()),
-        Value::Number(n) if n.is_u64() || n.is_i64() => Ok(n.to_string()),
-        other => Err(ApiError::invalid(
-            field,
-            format!("expected an id (a string or an integer), got {other}"),
-        )),
+/// A JSON number that is a whole number, as JSON Schema's `integer` counts them: `7`, `-7`
+/// and `7.0` alike.
+fn whole(n: &serde_json::Number) -> Option<i128> {
+    if let Some(i) = n.as_i64() {
+        return Some(i.into());
     }
+    if let Some(u) = n.as_u64() {
+        return Some(u.into());
+    }
+    let x = n.as_f64()?;
+    // Within ±2^63 every f64 with no fraction is an exact i64.
+    (x.fract() == 0.0 && x.abs() < 9.2e18).then_some(x as i64 as i128)
+}
+
+fn raw_id(value: &Value, field: &str) -> Result<String, ApiError> {
+    let id = match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => whole(n).map(|i| i.to_string()),
+        _ => None,
+    };
+    id.ok_or_else(|| {
+        ApiError::invalid(
+            field,
+            format!("expected an id (a string or an integer), got {value}"),
+        )
+    })
 }
 
 fn flag(body: &Map<String, Value>, field: &str, default: bool) -> Result<bool, ApiError> {
@@ -166,15 +183,15 @@ impl RecommendRequest {
         };
         let k = match body.get("k") {
             None => 10,
-            Some(Value::Number(n)) if n.is_u64() => {
-                usize::try_from(n.as_u64().unwrap_or(u64::MAX)).unwrap_or(usize::MAX)
-            }
-            Some(other) => {
-                return Err(ApiError::invalid(
-                    "k",
-                    format!("expected a positive whole number, got {other}"),
-                ))
-            }
+            Some(value) => match value.as_number().and_then(whole).map(usize::try_from) {
+                Some(Ok(k)) => k,
+                _ => {
+                    return Err(ApiError::invalid(
+                        "k",
+                        format!("expected a positive whole number, got {value}"),
+                    ))
+                }
+            },
         };
         Ok(RecommendRequest {
             who,
@@ -241,5 +258,29 @@ mod tests {
         let parsed = RecommendRequest::parse(&serde_json::to_vec(&by_user).unwrap()).unwrap();
         assert_eq!(parsed.who, Who::User("5".into()));
         assert_eq!(FIELDS.len(), 5, "{:?}", *FIELDS);
+    }
+
+    #[test]
+    fn whole_numbers_written_with_a_fraction_are_integers_as_json_schema_counts_them() {
+        // Schemathesis sent `{"history": [-72632412.0]}`, a valid integer to JSON Schema.
+        let parsed = RecommendRequest::parse(br#"{"history": [-72632412.0, 5], "k": 3.0}"#).unwrap();
+        assert_eq!(
+            parsed.who,
+            Who::History(vec!["-72632412".into(), "5".into()])
+        );
+        assert_eq!(parsed.k, 3);
+        assert_eq!(
+            RecommendRequest::parse(br#"{"user_id": 18446744073709551615}"#)
+                .unwrap()
+                .who,
+            Who::User("18446744073709551615".into())
+        );
+        for bad in [
+            r#"{"history": [1.5]}"#,
+            r#"{"user_id": 1e300}"#,
+            r#"{"user_id": "a", "k": 2.5}"#,
+        ] {
+            assert!(RecommendRequest::parse(bad.as_bytes()).is_err(), "{bad}");
+        }
     }
 }
