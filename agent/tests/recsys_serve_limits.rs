@@ -344,5 +344,8 @@ async fn threads_stay_bounded_under_64_concurrent_clients() {
          (bound {bound}); before: {memory_before}; after: {memory_after}"
     );
     assert!(answered > 64);
-    assert!(most <= bound, "{most} threads under 64 clients (bound {bound})");
+    assert!(
+        most <= bound,
+        "{most} threads under 64 clients (bound {bound})"
+    );
 }

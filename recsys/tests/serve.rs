@@ -706,7 +706,10 @@ async fn every_error_is_json_with_its_status_and_counted_in_the_metrics() {
 
     let (_, metrics) = get(&base, "/metrics").await;
     for (_, status, _, route) in &cases {
-        assert!(counted(&metrics, route, *status), "{route} {status}:\n{metrics}");
+        assert!(
+            counted(&metrics, route, *status),
+            "{route} {status}:\n{metrics}"
+        );
     }
     assert_eq!(get(&base, "/healthz").await.0, StatusCode::OK);
 }

@@ -304,7 +304,11 @@ impl hyper::service::Service<Request<Incoming>> for Tracked {
 
     fn call(&self, request: Request<Incoming>) -> Answer {
         let whole = http_body::Body::is_end_stream(request.body());
-        let to = if whole { Phase::Working } else { Phase::Reading };
+        let to = if whole {
+            Phase::Working
+        } else {
+            Phase::Reading
+        };
         self.slot.step(&[Phase::Fresh, Phase::Idle], to);
         let slot = self.slot.clone();
         let request = request.map(|body| {

@@ -645,7 +645,10 @@ async fn not_found(request: Request) -> ApiError {
 /// A path the router knows asked with another method; axum adds the `Allow` header.
 async fn method_not_allowed(request: Request) -> ApiError {
     let path = request.uri().path();
-    let template = request.extensions().get::<MatchedPath>().map(MatchedPath::as_str);
+    let template = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(MatchedPath::as_str);
     let allowed: Vec<String> = routes()
         .iter()
         .filter(|r| Some(r.path) == template)

@@ -16,7 +16,7 @@ use utoipa::openapi::{ContentBuilder, OpenApi as Document, Ref, ResponseBuilder}
 use utoipa::{Modify, OpenApi, PartialSchema};
 
 use super::{
-    ErrorBody, ErrorDetail, Health, KernelInfo, RawId, Recommendation, RecommendBody,
+    ErrorBody, ErrorDetail, Health, KernelInfo, RawId, RecommendBody, Recommendation,
     Recommendations,
 };
 
@@ -145,7 +145,10 @@ fn add_any_route_answers(operation: &mut Operation) {
 
 /// The document as `/openapi.json` serves it.
 pub(super) fn document_json() -> Vec<u8> {
-    ApiDoc::openapi().to_pretty_json().unwrap_or_default().into_bytes()
+    ApiDoc::openapi()
+        .to_pretty_json()
+        .unwrap_or_default()
+        .into_bytes()
 }
 
 #[cfg(test)]
@@ -214,7 +217,10 @@ mod tests {
             .collect();
         assert_eq!(
             required,
-            [&serde_json::json!(["user_id"]), &serde_json::json!(["history"])]
+            [
+                &serde_json::json!(["user_id"]),
+                &serde_json::json!(["history"])
+            ]
         );
         for (name, property) in body[0]["properties"].as_object().unwrap() {
             assert!(!property.to_string().contains("null"), "{name}: {property}");

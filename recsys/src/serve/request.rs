@@ -263,7 +263,8 @@ mod tests {
     #[test]
     fn whole_numbers_written_with_a_fraction_are_integers_as_json_schema_counts_them() {
         // Schemathesis sent `{"history": [-72632412.0]}`, a valid integer to JSON Schema.
-        let parsed = RecommendRequest::parse(br#"{"history": [-72632412.0, 5], "k": 3.0}"#).unwrap();
+        let parsed =
+            RecommendRequest::parse(br#"{"history": [-72632412.0, 5], "k": 3.0}"#).unwrap();
         assert_eq!(
             parsed.who,
             Who::History(vec!["-72632412".into(), "5".into()])

@@ -141,11 +141,9 @@ pub async fn serve(listener: TcpListener, app: App, shutdown: impl Future<Output
                 state.metrics.accept_failed();
                 if out_of_descriptors(&error) {
                     registry.shed_oldest();
-                    let _ = tokio::time::timeout(
-                        Duration::from_millis(100),
-                        registry.ended.notified(),
-                    )
-                    .await;
+                    let _ =
+                        tokio::time::timeout(Duration::from_millis(100), registry.ended.notified())
+                            .await;
                 } else {
                     // A client that reset before we accepted it; do not spin on a broken
                     // listener either.
