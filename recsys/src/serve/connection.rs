@@ -131,10 +131,10 @@ impl Slot {
         closed
     }
 
-    /// Whether the client had begun a request it never finished: such a client is told why
-    /// its connection closes, a silent one is not.
-    pub(super) fn mid_request(&self) -> bool {
-        self.heard.load(Ordering::Acquire) != 0 || self.phase() == Phase::Reading
+    /// Whether the client has begun a request head it has not finished: such a client is
+    /// told why its connection closes, a silent one is not.
+    pub(super) fn mid_head(&self) -> bool {
+        self.heard.load(Ordering::Acquire) != 0
     }
 
     fn heard_bytes(&self) {

@@ -283,12 +283,12 @@ async fn connection(
                 let Some((at, why)) = slot.deadline(&config) else {
                     continue;
                 };
-                let mid_request = slot.mid_request();
+                let mid_head = slot.mid_head();
                 if Instant::now() < at || !slot.close_unless_working() {
                     continue;
                 }
                 state.metrics.closed(why);
-                let answer = mid_request.then(|| {
+                let answer = mid_head.then(|| {
                     state
                         .metrics
                         .record(OTHER_ROUTE, 408, config.header_read_timeout);
