@@ -1,67 +1,48 @@
 //! The real server on 127.0.0.1:0, spoken to over HTTP: every route, and every kind of bad
-//! input answered with a 4xx JSON error naming the field while the server keeps serving.
+//! input answered with a JSON error naming the field (from the handlers, the router's
+//! fallbacks and the connection layer alike) and counted in `/metrics`, while the server
+//! keeps serving.
 
-use recsys::data::{Dataset, Item, ItemMeta};
+use std::time::Duration;
+
+mod common;
+
+use common::checkpoint;
 use recsys::fused::{Alpha, TagMatcher};
-use recsys::model::{Checkpoint, KernelSource, SasRec, SasRecConfig, EXACT};
+use recsys::model::{Checkpoint, KernelSource};
 use recsys::serve::{
     app, app_with_context, app_with_explanations, run, Explanations, ServeConfig, TagFusion,
 };
 use reqwest::StatusCode;
 use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 const MAX_BODY: usize = 2048;
-
-/// A small untrained model over 20 films and 3 users; the routes do not care about quality.
-fn checkpoint() -> Checkpoint {
-    let n_items = 20;
-    let dataset = Dataset {
-        name: "films".into(),
-        items: (0..n_items)
-            .map(|i| Item {
-                raw_id: (100 + i).to_string(),
-                meta: ItemMeta {
-                    title: format!("Film {i}"),
-                    year: Some(1990 + i as i32),
-                    genres: vec!["Drama".into()],
-                },
-            })
-            .collect(),
-        users: vec!["alice".into(), "bob".into(), "7".into()],
-        histories: vec![vec![0, 1, 2, 3], vec![4, 5], vec![6]],
-    };
-    let config = SasRecConfig {
-        n_items,
-        max_len: 8,
-        d_model: 16,
-        n_blocks: 1,
-        n_heads: 2,
-        d_ff: 32,
-        dropout: 0.0,
-    };
-    Checkpoint {
-        model: SasRec::new(config, EXACT, 9).unwrap(),
-        dataset,
-        report: None,
-        kernel_source: None,
-    }
-}
 
 /// Starts the server and returns its base URL.
 async fn start() -> String {
     start_with(checkpoint()).await
 }
 
+fn config() -> ServeConfig {
+    ServeConfig {
+        max_body_bytes: MAX_BODY,
+        ..Default::default()
+    }
+}
+
 /// Starts the server on `checkpoint` and returns its base URL.
 async fn start_with(checkpoint: Checkpoint) -> String {
-    let config = ServeConfig {
-        max_body_bytes: MAX_BODY,
-        max_k: 100,
-    };
-    let router = app(checkpoint, config).unwrap();
+    start_configured(checkpoint, config()).await
+}
+
+/// Starts the server on `checkpoint` with `config` and returns its base URL.
+async fn start_configured(checkpoint: Checkpoint, config: ServeConfig) -> String {
+    let app = app(checkpoint, config).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(run(listener, router));
+    tokio::spawn(run(listener, app));
     format!("http://{addr}")
 }
 
@@ -143,6 +124,12 @@ async fn recommends_for_a_history_and_keeps_seen_items_when_asked() {
         body["items"][0].get("reason").is_none(),
         "an ad-hoc history has no cached explanations"
     );
+    assert!(
+        body["explanations_unavailable"]
+            .as_str()
+            .is_some_and(|why| why.contains("ad-hoc history")),
+        "{body}"
+    );
     let (_, filtered) = post(&base, json!({"history": ["105", 106], "k": 20}).to_string()).await;
     assert_eq!(item_ids(&filtered).len(), 18);
 }
@@ -202,6 +189,20 @@ async fn empty_history_is_a_422_naming_history() {
     )
     .await;
     assert_error(&base, got, StatusCode::UNPROCESSABLE_ENTITY, "histroy").await;
+    // Schemathesis: the document once let both through; the server refuses them.
+    let got = post(
+        &base,
+        json!({"user_id": 9223372036854775806_i64, "history": [""], "k": 10}).to_string(),
+    )
+    .await;
+    assert_error(&base, got, StatusCode::UNPROCESSABLE_ENTITY, "history").await;
+    // A field is given or left out: null is refused, naming it.
+    for field in ["user_id", "history", "k", "exclude_seen", "explain"] {
+        let mut body = json!({"user_id": "bob"});
+        body[field] = Value::Null;
+        let got = post(&base, body.to_string()).await;
+        assert_error(&base, got, StatusCode::UNPROCESSABLE_ENTITY, field).await;
+    }
 }
 
 #[tokio::test]
@@ -303,9 +304,9 @@ async fn the_openapi_document_lists_every_route() {
     let schemas = &doc["components"]["schemas"];
     assert_eq!(
         schemas["Recommendations"]["properties"]["kernel"]["$ref"],
-        "#/components/schemas/Kernel"
+        "#/components/schemas/KernelInfo"
     );
-    assert_eq!(schemas["Kernel"]["required"], json!(["name", "hash"]));
+    assert_eq!(schemas["KernelInfo"]["required"], json!(["name", "hash"]));
     for route in [
         "/v1/recommend",
         "/v1/items/{id}/similar",
@@ -397,10 +398,10 @@ async fn explain_returns_the_cached_sentence_for_the_user_and_item() {
         let item = (100 + i).to_string();
         explanations.insert("alice", &item, &format!("Alice may like film {i}."));
     }
-    let router = app_with_explanations(checkpoint(), ServeConfig::default(), explanations).unwrap();
+    let app = app_with_explanations(checkpoint(), ServeConfig::default(), explanations).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(run(listener, router));
+    tokio::spawn(run(listener, app));
 
     let (status, body) = post(
         &base,
@@ -421,6 +422,11 @@ async fn explain_returns_the_cached_sentence_for_the_user_and_item() {
         quiet["items"][0].get("reason").is_none(),
         "only when asked: {quiet}"
     );
+    assert!(quiet.get("explanations_unavailable").is_none(), "{quiet}");
+    assert!(
+        body.get("explanations_unavailable").is_none(),
+        "every item explained: {body}"
+    );
     let (_, bob) = post(
         &base,
         json!({"user_id": "bob", "k": 3, "explain": true}).to_string(),
@@ -429,6 +435,47 @@ async fn explain_returns_the_cached_sentence_for_the_user_and_item() {
     assert!(
         bob["items"][0].get("reason").is_none(),
         "nothing cached for bob: {bob}"
+    );
+    assert!(
+        bob["explanations_unavailable"]
+            .as_str()
+            .is_some_and(|why| why.contains("user `bob`") && why.contains("3 of these 3")),
+        "{bob}"
+    );
+}
+
+#[tokio::test]
+async fn explain_without_explanations_says_they_are_unavailable_and_why() {
+    let base = start().await;
+    let (status, body) = post(
+        &base,
+        json!({"user_id": "alice", "k": 3, "explain": true}).to_string(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body["items"][0].get("reason").is_none(), "{body}");
+    assert_eq!(
+        body["explanations_unavailable"],
+        "the server was started without RecGPT explanations"
+    );
+
+    let app = app_with_explanations(
+        checkpoint(),
+        config(),
+        Explanations::none("the server found no database at x.db"),
+    )
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(run(listener, app));
+    let (_, body) = post(
+        &base,
+        json!({"user_id": "alice", "explain": true}).to_string(),
+    )
+    .await;
+    assert_eq!(
+        body["explanations_unavailable"],
+        "the server found no database at x.db"
     );
 }
 
@@ -443,7 +490,7 @@ async fn start_fused(alpha: f32) -> String {
         items: TagMatcher::new(&item_tags),
         users: [("alice".to_string(), vec!["space operas".to_string()])].into(),
     };
-    let router = app_with_context(
+    let app = app_with_context(
         checkpoint(),
         ServeConfig::default(),
         Explanations::default(),
@@ -452,7 +499,7 @@ async fn start_fused(alpha: f32) -> String {
     .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(run(listener, router));
+    tokio::spawn(run(listener, app));
     format!("http://{addr}")
 }
 
@@ -482,4 +529,276 @@ async fn fused_serving_ranks_a_tagged_user_by_model_and_tags() {
     let model_only = start_fused(1.0).await;
     let (_, body) = post(&model_only, ask("alice")).await;
     assert_eq!(ranked(&body), ranked(&plain_alice));
+}
+
+/// An answer read off a raw socket.
+struct RawAnswer {
+    status: u16,
+    /// Names lower-cased.
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl RawAnswer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as the API's error shape: asserts JSON with a field and a message.
+    fn error_field(&self) -> String {
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/json"),
+            "status {}",
+            self.status
+        );
+        let body: Value = serde_json::from_slice(&self.body).unwrap();
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{body}"
+        );
+        body["error"]["field"].as_str().unwrap().to_string()
+    }
+}
+
+/// The first whole answer in `bytes` (head and a body of its content-length), if there is one.
+fn parse_answer(bytes: &[u8]) -> Option<RawAnswer> {
+    let head_end = bytes.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&bytes[..head_end]).unwrap();
+    let mut lines = head.split("\r\n");
+    let status = lines.next()?.get(9..12)?.parse().ok()?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let length: usize = headers
+        .iter()
+        .find(|(n, _)| n == "content-length")
+        .map_or(0, |(_, v)| v.parse().unwrap());
+    let body = bytes.get(head_end + 4..head_end + 4 + length)?.to_vec();
+    Some(RawAnswer {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// Reads one answer from `stream`; `None` if the server closes without one.
+async fn read_answer(stream: &mut TcpStream) -> Option<RawAnswer> {
+    let mut bytes = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        if let Some(answer) = parse_answer(&bytes) {
+            return Some(answer);
+        }
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+            .await
+            .expect("the server answers or closes within 5 s");
+        match read {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => bytes.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+async fn connect(base: &str) -> TcpStream {
+    TcpStream::connect(base.trim_start_matches("http://"))
+        .await
+        .unwrap()
+}
+
+/// Sends `request` as it is on a new connection and reads the answer.
+async fn raw(base: &str, request: &[u8]) -> RawAnswer {
+    let mut stream = connect(base).await;
+    stream.write_all(request).await.unwrap();
+    read_answer(&mut stream).await.expect("an answer")
+}
+
+/// Whether the server closes `stream` within `within` (reading nothing else).
+async fn closes_within(stream: &mut TcpStream, within: Duration) -> bool {
+    let mut buf = [0u8; 64];
+    matches!(
+        tokio::time::timeout(within, stream.read(&mut buf)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+fn counted(metrics: &str, route: &str, status: u16) -> bool {
+    let line = format!("recsys_requests_total{{route=\"{route}\",status=\"{status}\"}} ");
+    metrics.lines().any(|l| l.starts_with(&line))
+}
+
+#[tokio::test]
+async fn every_error_is_json_with_its_status_and_counted_in_the_metrics() {
+    let base = start().await;
+    let huge_header = format!(
+        "GET /healthz HTTP/1.1\r\nhost: x\r\nx-filler: {}\r\n\r\n",
+        "a".repeat(ServeConfig::default().max_header_bytes + 1024)
+    );
+    let big_body = "x".repeat(MAX_BODY + 1);
+    let cases: Vec<(String, u16, &str, &str)> = vec![
+        // The router's fallbacks.
+        ("GET /nothing HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n".into(), 404, "path", "other"),
+        ("DELETE /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n".into(), 405, "method", "/healthz"),
+        ("GET /v1/recommend HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n".into(), 405, "method", "/v1/recommend"),
+        // The extractors' refusals: a path part that is not UTF-8, a query that is not a number.
+        ("GET /v1/items/%FF/similar HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n".into(), 400, "id", "/v1/items/{id}/similar"),
+        ("GET /v1/items/100/similar?k=%FF HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n".into(), 422, "k", "/v1/items/{id}/similar"),
+        (
+            format!(
+                "POST /v1/recommend HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{big_body}",
+                big_body.len()
+            ),
+            413,
+            "body",
+            "/v1/recommend",
+        ),
+        // hyper's own answers, rewritten: a head over the size limit, a malformed head.
+        (huge_header, 431, "headers", "other"),
+        ("GET /healthz HTTP/1.1\r\nhost: x\r\nbad header line\r\n\r\n".into(), 400, "request", "other"),
+        ("GET /\u{1}nothing HTTP/1.1\r\nhost: x\r\n\r\n".into(), 400, "request", "other"),
+    ];
+    for (request, status, field, _) in &cases {
+        let answer = raw(&base, request.as_bytes()).await;
+        assert_eq!(answer.status, *status, "{request:.80}");
+        assert_eq!(answer.error_field(), *field, "{request:.80}");
+    }
+    let allow = raw(&base, cases[1].0.as_bytes()).await;
+    assert_eq!(allow.header("allow"), Some("GET,HEAD"));
+
+    let (_, metrics) = get(&base, "/metrics").await;
+    for (_, status, _, route) in &cases {
+        assert!(
+            counted(&metrics, route, *status),
+            "{route} {status}:\n{metrics}"
+        );
+    }
+    assert_eq!(get(&base, "/healthz").await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_client_that_expects_100_continue_gets_it_and_then_its_answer() {
+    let base = start().await;
+    let body = json!({"user_id": "bob", "k": 2}).to_string();
+    let mut stream = connect(&base).await;
+    stream
+        .write_all(
+            format!(
+                "POST /v1/recommend HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nexpect: 100-continue\r\n\r\n",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut interim = [0u8; 25];
+    stream.read_exact(&mut interim).await.unwrap();
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    stream.write_all(body.as_bytes()).await.unwrap();
+    let answer = read_answer(&mut stream).await.unwrap();
+    assert_eq!(answer.status, 200);
+    let (_, metrics) = get(&base, "/metrics").await;
+    assert!(!counted(&metrics, "other", 100), "{metrics}");
+}
+
+#[tokio::test]
+async fn a_slow_head_gets_a_408_and_silent_or_idle_connections_close() {
+    let config = ServeConfig {
+        header_read_timeout: Duration::from_millis(300),
+        idle_timeout: Duration::from_millis(300),
+        ..config()
+    };
+    let base = start_configured(checkpoint(), config).await;
+
+    let mut half_sent = connect(&base).await;
+    half_sent
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nx-slow")
+        .await
+        .unwrap();
+    let mut silent = connect(&base).await;
+    let mut kept_alive = connect(&base).await;
+    kept_alive
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_answer(&mut kept_alive).await.unwrap().status, 200);
+
+    let answer = read_answer(&mut half_sent).await.expect("a 408");
+    assert_eq!(answer.status, 408);
+    assert_eq!(answer.error_field(), "headers");
+    assert!(closes_within(&mut half_sent, Duration::from_secs(2)).await);
+    assert!(closes_within(&mut silent, Duration::from_secs(2)).await);
+    assert!(closes_within(&mut kept_alive, Duration::from_secs(2)).await);
+
+    let (_, metrics) = get(&base, "/metrics").await;
+    assert!(counted(&metrics, "other", 408), "{metrics}");
+    assert!(
+        metrics.contains("recsys_connections_closed_total{reason=\"header_timeout\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("recsys_connections_closed_total{reason=\"idle_timeout\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_slow_body_gets_a_408_naming_the_body() {
+    let config = ServeConfig {
+        body_read_timeout: Duration::from_millis(300),
+        ..config()
+    };
+    let base = start_configured(checkpoint(), config).await;
+    let mut stream = connect(&base).await;
+    stream
+        .write_all(b"POST /v1/recommend HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"user_id\"")
+        .await
+        .unwrap();
+    let answer = read_answer(&mut stream).await.expect("a 408");
+    assert_eq!(answer.status, 408);
+    assert_eq!(answer.error_field(), "body");
+    let (_, metrics) = get(&base, "/metrics").await;
+    assert!(counted(&metrics, "/v1/recommend", 408), "{metrics}");
+}
+
+#[tokio::test]
+async fn at_the_connection_cap_the_oldest_waiting_connection_makes_room() {
+    let config = ServeConfig {
+        max_connections: 4,
+        ..config()
+    };
+    let base = start_configured(checkpoint(), config).await;
+    let mut waiting = Vec::new();
+    for _ in 0..4 {
+        waiting.push(connect(&base).await);
+        // Accepted in this order.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    waiting[1]
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    // Two newcomers, who keep their connections: each finds the door open.
+    let mut newcomers = Vec::new();
+    for _ in 0..2 {
+        let client = reqwest::Client::new();
+        let response = client.get(format!("{base}/healthz")).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        newcomers.push(client);
+    }
+    assert!(closes_within(&mut waiting[0], Duration::from_secs(2)).await);
+    assert!(closes_within(&mut waiting[1], Duration::from_secs(2)).await);
+    assert!(!closes_within(&mut waiting[3], Duration::from_millis(200)).await);
+    let (_, metrics) = get(&base, "/metrics").await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("recsys_connections_closed_total{reason=\"shed\"} ")),
+        "{metrics}"
+    );
 }

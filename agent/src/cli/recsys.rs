@@ -17,7 +17,7 @@ use recsys::eval::{evaluate, report_of, ItemKnn, Popularity, Report};
 use recsys::fused::{evaluate_fused, Alpha, TagMatcher};
 use recsys::model::{train, Checkpoint, KernelSource, SasRec, SasRecConfig, TrainConfig, EXACT};
 use recsys::semantic::{GenerativeCheckpoint, GenerativeConfig};
-use recsys::serve::{Explanations, TagFusion};
+use recsys::serve::{Explanations, RawId, RecommendBody, ServeConfig, TagFusion};
 
 use super::block_on;
 
@@ -62,9 +62,32 @@ pub struct ServeArgs {
     /// library kernel's name, or a program id or hash prefix in --db.
     #[arg(long)]
     kernel: Option<String>,
-    /// The largest request body accepted, in bytes.
-    #[arg(long, default_value_t = 64 * 1024)]
+    /// The largest request body accepted, in bytes (larger: 413).
+    #[arg(long, default_value_t = ServeConfig::default().max_body_bytes)]
     max_body_bytes: usize,
+    /// The largest request line and headers accepted, in bytes (larger: 431).
+    #[arg(long, default_value_t = ServeConfig::default().max_header_bytes)]
+    max_header_bytes: usize,
+    /// Seconds a request's line and headers may take to arrive, counted from the
+    /// connection's opening or, on a kept-alive connection, from the request's first byte
+    /// (slower: 408, and the connection closes).
+    #[arg(long, default_value_t = ServeConfig::default().header_read_timeout.as_secs_f64())]
+    header_read_timeout: f64,
+    /// Seconds a request body may take to arrive once its headers have (slower: 408).
+    #[arg(long, default_value_t = ServeConfig::default().body_read_timeout.as_secs_f64())]
+    body_read_timeout: f64,
+    /// Seconds a kept-alive connection may wait, silent, for its next request.
+    #[arg(long, default_value_t = ServeConfig::default().idle_timeout.as_secs_f64())]
+    idle_timeout: f64,
+    /// Connections open at once at most (fewer if the open-file limit, `ulimit -n`, leaves
+    /// less room). At the cap, the oldest connection that is idle or has not sent a whole
+    /// request is closed to let a new one in.
+    #[arg(long, default_value_t = ServeConfig::default().max_connections)]
+    max_connections: usize,
+    /// Requests answered at once at most; more get 503 with `Retry-After`. The model itself
+    /// scores on the compute threads (--threads).
+    #[arg(long, default_value_t = ServeConfig::default().max_in_flight)]
+    max_in_flight: usize,
     /// The local model whose cached explanations answer `explain: true` (from --db).
     #[arg(long, default_value = "smollm2")]
     recgpt_model: String,
@@ -832,16 +855,23 @@ fn cached_explanations(
     dataset: &Dataset,
     recgpt_model: &str,
 ) -> anyhow::Result<Explanations> {
-    let mut explanations = Explanations::default();
     if !db.exists() {
-        eprintln!(
-            "no database at {}: serving without explanations",
+        let why = format!(
+            "the server found no database at {} to read explanations from",
             db.display()
         );
-        return Ok(explanations);
+        eprintln!("{why}: serving without explanations");
+        return Ok(Explanations::none(why));
     }
     let key = recgpt::enrichment_key(dataset, &recgpt::model_name(recgpt_model));
     let rows = block_on(async { Ok(Db::open_existing(db).await?.explanations(&key).await?) })?;
+    let mut explanations = Explanations::none(format!(
+        "the database {} holds no explanations of dataset {} by {} (`evokernel recsys enrich \
+         --explain-checkpoint CKPT --model {recgpt_model}` writes them)",
+        db.display(),
+        key.dataset,
+        key.model
+    ));
     for row in rows.iter().filter(|r| !r.sentence.is_empty()) {
         explanations.insert(&row.user_id, &row.item_id, &row.sentence);
     }
@@ -859,10 +889,10 @@ fn cached_explanations(
 fn load_app(
     checkpoint: &Path,
     kernel: Option<ChosenKernel>,
-    config: recsys::serve::ServeConfig,
+    config: ServeConfig,
     explanations: Option<(&Path, &str)>,
     alpha: Option<Alpha>,
-) -> anyhow::Result<recsys::serve::Router> {
+) -> anyhow::Result<recsys::serve::App> {
     let mut checkpoint = Checkpoint::load(checkpoint)?;
     if let Some(kernel) = kernel {
         kernel.replace_in(&mut checkpoint)?;
@@ -904,10 +934,33 @@ fn load_app(
     )?)
 }
 
+/// `--NAME SECONDS` as a duration, refusing what is not a positive number.
+fn seconds(name: &str, value: f64) -> anyhow::Result<std::time::Duration> {
+    anyhow::ensure!(
+        value > 0.0,
+        "--{name} must be a positive number of seconds, not {value}"
+    );
+    std::time::Duration::try_from_secs_f64(value)
+        .with_context(|| format!("--{name} {value} is not a usable number of seconds"))
+}
+
 fn run_serve(db: &Path, args: ServeArgs) -> anyhow::Result<()> {
-    let config = recsys::serve::ServeConfig {
+    for (name, value) in [
+        ("max-body-bytes", args.max_body_bytes),
+        ("max-header-bytes", args.max_header_bytes),
+        ("max-connections", args.max_connections),
+        ("max-in-flight", args.max_in_flight),
+    ] {
+        anyhow::ensure!(value > 0, "--{name} must be at least 1");
+    }
+    let config = ServeConfig {
         max_body_bytes: args.max_body_bytes,
-        ..Default::default()
+        max_header_bytes: args.max_header_bytes,
+        header_read_timeout: seconds("header-read-timeout", args.header_read_timeout)?,
+        body_read_timeout: seconds("body-read-timeout", args.body_read_timeout)?,
+        idle_timeout: seconds("idle-timeout", args.idle_timeout)?,
+        max_connections: args.max_connections,
+        max_in_flight: args.max_in_flight,
     };
     let alpha = args
         .alpha
@@ -920,17 +973,27 @@ fn run_serve(db: &Path, args: ServeArgs) -> anyhow::Result<()> {
         Some((db, args.recgpt_model.as_str())),
         alpha,
     )?;
-    let runtime = tokio::runtime::Runtime::new().context("could not start the async runtime")?;
+    // The model scores on rayon's pool; the async side needs no blocking pool beyond the
+    // address lookup at start.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(2)
+        .build()
+        .context("could not start the async runtime")?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(&args.addr)
             .await
             .with_context(|| format!("cannot listen on {}", args.addr))?;
         eprintln!(
-            "serving {} on http://{} (GET /openapi.json for the API; Ctrl-C stops)",
+            "serving {} on http://{} (at most {} connections, {} requests in flight, {} \
+             scoring threads; GET /openapi.json for the API; Ctrl-C stops)",
             args.checkpoint.display(),
-            listener.local_addr()?
+            listener.local_addr()?,
+            recsys::serve::connection_cap(&config),
+            config.max_in_flight,
+            rayon::current_num_threads(),
         );
-        recsys::serve::run(listener, app).await?;
+        recsys::serve::run(listener, app).await;
         anyhow::Ok(())
     })
 }
@@ -959,7 +1022,12 @@ fn run_bench_serve(db: &Path, args: BenchServeArgs) -> anyhow::Result<()> {
         let users = std::sync::Arc::new(checkpoint_users);
         // The same users in the same order every run: request i asks for user i·7919 mod n.
         let body = move |i: usize| {
-            serde_json::json!({"user_id": users[(i * 7919) % users.len()], "k": args.k}).to_string()
+            let request = RecommendBody {
+                user_id: Some(RawId::Text(users[(i * 7919) % users.len()].clone())),
+                k: Some(args.k as u64),
+                ..Default::default()
+            };
+            serde_json::to_string(&request).unwrap_or_default()
         };
         let send = |client: reqwest::Client, url: String, body: String| async move {
             let started = Instant::now();

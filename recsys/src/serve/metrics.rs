@@ -1,8 +1,10 @@
-//! Request counts by route and status, a latency histogram per route, and the kernel served
-//! as an info gauge, in the Prometheus text exposition format.
+//! Request counts by route and status, a latency histogram per route, the kernel served as
+//! an info gauge, and the connection layer's gauges and counters, in the Prometheus text
+//! exposition format.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -21,35 +23,92 @@ struct Histogram {
     sum: f64,
 }
 
-#[derive(Default)]
-struct Tables {
-    requests: BTreeMap<(&'static str, u16), u64>,
-    latency: BTreeMap<&'static str, Histogram>,
+/// Why the server closed a connection itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Closed {
+    /// Room was needed for a new connection while this one sat idle or had not sent a
+    /// whole request.
+    Shed,
+    /// A request head (or, on a new connection, the first one) took too long to arrive.
+    HeaderTimeout,
+    /// A kept-alive connection waited too long for its next request.
+    IdleTimeout,
 }
 
-/// The server's counters.
+impl Closed {
+    fn label(self) -> &'static str {
+        match self {
+            Closed::Shed => "shed",
+            Closed::HeaderTimeout => "header_timeout",
+            Closed::IdleTimeout => "idle_timeout",
+        }
+    }
+}
+
+/// The route label of requests that matched no route or never reached the router (a
+/// request head hyper could not read, or one cut off by a timeout).
+pub const OTHER_ROUTE: &str = "other";
+
+#[derive(Default)]
+struct Tables {
+    requests: BTreeMap<(String, u16), u64>,
+    latency: BTreeMap<String, Histogram>,
+    closed: BTreeMap<Closed, u64>,
+    accept_errors: u64,
+}
+
+/// The server's counters and gauges.
 #[derive(Default)]
 pub struct Metrics {
     tables: Mutex<Tables>,
+    connections_open: AtomicUsize,
+    in_flight: AtomicUsize,
 }
 
-/// The route template a path belongs to, so that labels stay few.
-pub fn route_of(path: &str) -> &'static str {
-    match path {
-        "/v1/recommend" => "/v1/recommend",
-        "/healthz" => "/healthz",
-        "/metrics" => "/metrics",
-        "/openapi.json" => "/openapi.json",
-        p if p.starts_with("/v1/items/") && p.ends_with("/similar") => "/v1/items/{id}/similar",
-        _ => "other",
+/// A request counted as in flight until this is dropped.
+pub struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
 impl Metrics {
-    pub fn record(&self, route: &'static str, status: u16, elapsed: Duration) {
+    /// Counts one more request in flight, unless `max` already are.
+    pub fn admit(&self, max: usize) -> Option<InFlight<'_>> {
+        self.in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| InFlight(&self.in_flight))
+    }
+
+    pub fn connection_opened(&self) {
+        self.connections_open.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub fn connection_ended(&self) {
+        self.connections_open.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    pub fn closed(&self, why: Closed) {
         let mut t = self.tables.lock().unwrap_or_else(|e| e.into_inner());
-        *t.requests.entry((route, status)).or_default() += 1;
-        let h = t.latency.entry(route).or_default();
+        *t.closed.entry(why).or_default() += 1;
+    }
+
+    pub fn accept_failed(&self) {
+        self.tables
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .accept_errors += 1;
+    }
+
+    pub fn record(&self, route: &str, status: u16, elapsed: Duration) {
+        let mut t = self.tables.lock().unwrap_or_else(|e| e.into_inner());
+        *t.requests.entry((route.to_string(), status)).or_default() += 1;
+        let h = t.latency.entry(route.to_string()).or_default();
         let secs = elapsed.as_secs_f64();
         if let Some(i) = BUCKETS.iter().position(|&b| secs <= b) {
             h.counts[i] += 1;
@@ -120,6 +179,41 @@ impl Metrics {
                 h.count
             );
         }
+        let gauges = [
+            (
+                "recsys_connections_open",
+                "Connections open now.",
+                self.connections_open.load(Ordering::Acquire),
+            ),
+            (
+                "recsys_requests_in_flight",
+                "Requests being answered now, of at most --max-in-flight.",
+                self.in_flight.load(Ordering::Acquire),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} gauge");
+            let _ = writeln!(out, "{name} {value}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP recsys_connections_closed_total Connections the server closed itself, by reason."
+        );
+        let _ = writeln!(out, "# TYPE recsys_connections_closed_total counter");
+        for (why, n) in &t.closed {
+            let _ = writeln!(
+                out,
+                "recsys_connections_closed_total{{reason=\"{}\"}} {n}",
+                why.label()
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP recsys_accept_errors_total Connections the listener failed to accept, such as for want of file descriptors."
+        );
+        let _ = writeln!(out, "# TYPE recsys_accept_errors_total counter");
+        let _ = writeln!(out, "recsys_accept_errors_total {}", t.accept_errors);
         out
     }
 }

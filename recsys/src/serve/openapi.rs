@@ -1,128 +1,263 @@
-//! The OpenAPI 3 document of the server, written by hand to match the routes in `mod.rs`.
+//! The OpenAPI 3.1 document of the server, generated from the handlers' `#[utoipa::path]`
+//! attributes and the request and response types themselves.
+//!
+//! Why utoipa: it derives schemas from the same structs that serde writes (field names,
+//! optional fields, doc comments as descriptions) and operations from attributes on the
+//! handlers, so a field added to a response type appears in the document with no second
+//! edit; schemars would give the schemas only, leaving the paths hand-written. What the
+//! types cannot say is checked by tests: that every route of the router is documented
+//! (below), and that the request parser accepts exactly the documented fields
+//! (`request.rs`).
 
-use serde_json::{json, Value};
+use utoipa::openapi::header::HeaderBuilder;
+use utoipa::openapi::path::Operation;
+use utoipa::openapi::schema::{AllOfBuilder, ObjectBuilder, OneOfBuilder};
+use utoipa::openapi::{ContentBuilder, OpenApi as Document, Ref, ResponseBuilder};
+use utoipa::{Modify, OpenApi, PartialSchema};
 
-fn error_response(description: &str) -> Value {
-    json!({
-        "description": description,
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
-    })
+use super::{
+    ErrorBody, ErrorDetail, Health, KernelInfo, RawId, RecommendBody, Recommendation,
+    Recommendations,
+};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "evokernel recsys",
+        description = "Sequential recommendations from a SASRec-style transformer whose attention is an AKL kernel. Every error is `{\"error\": {\"field\", \"message\"}}`."
+    ),
+    paths(
+        super::recommend,
+        super::similar,
+        super::healthz,
+        super::metrics_text,
+        super::openapi_json
+    ),
+    components(schemas(
+        RecommendBody,
+        RawId,
+        Recommendations,
+        Recommendation,
+        KernelInfo,
+        Health,
+        ErrorBody,
+        ErrorDetail
+    )),
+    modifiers(&AnyRoute, &ExactlyOneWho)
+)]
+struct ApiDoc;
+
+/// A `RecommendBody` names exactly one of `user_id` and `history`, which a struct's schema
+/// cannot say: the document adds a `oneOf` of the two `required` lists (both given would
+/// match both, neither would match none).
+struct ExactlyOneWho;
+
+impl Modify for ExactlyOneWho {
+    fn modify(&self, document: &mut Document) {
+        let Some(components) = document.components.as_mut() else {
+            return;
+        };
+        let Some(body) = components.schemas.remove("RecommendBody") else {
+            return;
+        };
+        let who = OneOfBuilder::new()
+            .item(ObjectBuilder::new().required("user_id"))
+            .item(ObjectBuilder::new().required("history"));
+        components.schemas.insert(
+            "RecommendBody".to_string(),
+            AllOfBuilder::new().item(body).item(who).into(),
+        );
+    }
 }
 
-fn recommendations() -> Value {
-    json!({
-        "description": "Items, best first.",
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Recommendations"}}}
-    })
-}
+/// The answers any route may give, whatever its handler does: the connection layer's and
+/// the router's own.
+struct AnyRoute;
 
-/// The whole document.
-pub fn document() -> Value {
-    json!({
-        "openapi": "3.0.3",
-        "info": {
-            "title": "evokernel recsys",
-            "version": env!("CARGO_PKG_VERSION"),
-            "description": "Sequential recommendations from a SASRec-style transformer whose attention is an AKL kernel."
-        },
-        "paths": {
-            "/v1/recommend": {"post": {
-                "summary": "Recommend items for a known user or an ad-hoc history.",
-                "requestBody": {"required": true, "content": {"application/json": {
-                    "schema": {"$ref": "#/components/schemas/RecommendRequest"}}}},
-                "responses": {
-                    "200": recommendations(),
-                    "400": error_response("Malformed JSON, or a body that is not an object (field `body`)."),
-                    "404": error_response("Unknown user (`user_id`) or item (`history[i]`)."),
-                    "413": error_response("The body exceeds the size limit (field `body`)."),
-                    "422": error_response("A field with an unacceptable value: k out of range, empty history, both or neither of user_id and history, an unknown field.")
-                }
-            }},
-            "/v1/items/{id}/similar": {"get": {
-                "summary": "Items whose embeddings are closest (cosine) to an item's.",
-                "parameters": [
-                    {"name": "id", "in": "path", "required": true, "schema": {"type": "string"}},
-                    {"name": "k", "in": "query", "required": false,
-                     "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 10}}
-                ],
-                "responses": {
-                    "200": recommendations(),
-                    "404": error_response("Unknown item (field `id`)."),
-                    "422": error_response("k out of range or not a number (field `k`).")
-                }
-            }},
-            "/healthz": {"get": {
-                "summary": "Liveness, with the model name, the kernel and the catalogue size.",
-                "responses": {"200": {"description": "Serving.", "content": {"application/json": {
-                    "schema": {"type": "object", "properties": {
-                        "status": {"type": "string"}, "model": {"type": "string"},
-                        "kernel": {"$ref": "#/components/schemas/Kernel"},
-                        "items": {"type": "integer"}, "users": {"type": "integer"}}}}}}}
-            }},
-            "/metrics": {"get": {
-                "summary": "Prometheus text: the kernel served as the gauge recsys_kernel_info{name, hash[, program_id, campaign]} = 1, requests by route and status, latency histograms.",
-                "responses": {"200": {"description": "Prometheus text exposition format.",
-                    "content": {"text/plain": {"schema": {"type": "string"}}}}}
-            }},
-            "/openapi.json": {"get": {
-                "summary": "This document.",
-                "responses": {"200": {"description": "OpenAPI 3 JSON.",
-                    "content": {"application/json": {"schema": {"type": "object"}}}}}
-            }}
-        },
-        "components": {"schemas": {
-            "RecommendRequest": {
-                "type": "object",
-                "additionalProperties": false,
-                "description": "Exactly one of user_id and history.",
-                "properties": {
-                    "user_id": {"oneOf": [{"type": "string"}, {"type": "integer"}],
-                        "description": "A user of the training data; their whole history is used."},
-                    "history": {"type": "array", "minItems": 1,
-                        "items": {"oneOf": [{"type": "string"}, {"type": "integer"}]},
-                        "description": "Item ids, oldest first."},
-                    "k": {"type": "integer", "minimum": 1, "maximum": 100, "default": 10},
-                    "exclude_seen": {"type": "boolean", "default": true,
-                        "description": "Leave out items already in the history."},
-                    "explain": {"type": "boolean", "default": false,
-                        "description": "Add each item's cached RecGPT explanation as `reason` (for a `user_id` whose explanations `evokernel recsys enrich` wrote; none for an ad-hoc history)."}
-                }
-            },
-            "Recommendations": {
-                "type": "object",
-                "required": ["items", "model", "kernel"],
-                "properties": {
-                    "items": {"type": "array", "items": {
-                        "type": "object",
-                        "required": ["item_id", "title", "score"],
-                        "properties": {
-                            "item_id": {"type": "string"},
-                            "title": {"type": "string"},
-                            "score": {"type": "number"},
-                            "reason": {"type": "string", "description": "Why this user may like the item, in one sentence; only with `explain: true` and a cached explanation."}
-                        }
-                    }},
-                    "model": {"type": "string", "description": "sasrec@ and the kernel hash's first 12 hex digits."},
-                    "kernel": {"$ref": "#/components/schemas/Kernel"}
-                }
-            },
-            "Kernel": {
-                "type": "object",
-                "description": "The attention kernel that ranked the items.",
-                "required": ["name", "hash"],
-                "properties": {
-                    "name": {"type": "string", "description": "The AKL program's name."},
-                    "hash": {"type": "string", "description": "SHA-256 of the kernel's canonical AKL text (64 hex digits): its identity in the discovered-kernel database."},
-                    "program_id": {"type": "integer", "description": "Its program id in the database, when a campaign found it."},
-                    "campaign": {"type": "string", "description": "The campaign that found it."}
-                }
-            },
-            "Error": {
-                "type": "object",
-                "required": ["error"],
-                "properties": {"error": {"type": "object", "required": ["field", "message"],
-                    "properties": {"field": {"type": "string"}, "message": {"type": "string"}}}}
+const ANY_ROUTE: [(&str, &str); 5] = [
+    (
+        "400",
+        "The request line or a header is not valid HTTP/1.1 (field `request`), or a path part is not valid percent-encoded UTF-8.",
+    ),
+    (
+        "405",
+        "The path exists, the method does not (field `method`); `Allow` lists the methods.",
+    ),
+    (
+        "408",
+        "The request did not arrive in time (field `headers` or `body`).",
+    ),
+    (
+        "431",
+        "The request line and headers exceed the size limit (field `headers`).",
+    ),
+    (
+        "503",
+        "The server is answering as many requests as it may; `Retry-After` says when to try again.",
+    ),
+];
+
+impl Modify for AnyRoute {
+    fn modify(&self, document: &mut Document) {
+        for item in document.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.options,
+                &mut item.head,
+                &mut item.patch,
+                &mut item.trace,
+                &mut item.query,
+            ];
+            for operation in operations.into_iter().flatten() {
+                add_any_route_answers(operation);
             }
-        }}
-    })
+        }
+    }
+}
+
+fn add_any_route_answers(operation: &mut Operation) {
+    for (status, description) in ANY_ROUTE {
+        let mut response = ResponseBuilder::new().description(description).content(
+            "application/json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("ErrorBody")))
+                .build(),
+        );
+        if status == "503" {
+            response = response.header(
+                "Retry-After",
+                HeaderBuilder::new()
+                    .schema(Some(<u32 as PartialSchema>::schema()))
+                    .description(Some("Seconds to wait before trying again."))
+                    .build(),
+            );
+        }
+        operation
+            .responses
+            .responses
+            .entry(status.to_string())
+            .or_insert_with(|| response.build().into());
+    }
+}
+
+/// The document as `/openapi.json` serves it.
+pub(super) fn document_json() -> Vec<u8> {
+    ApiDoc::openapi()
+        .to_pretty_json()
+        .unwrap_or_default()
+        .into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    use super::*;
+    use crate::serve::{routes, MAX_K};
+
+    fn document() -> Value {
+        serde_json::from_slice(&document_json()).unwrap()
+    }
+
+    #[test]
+    fn every_route_of_the_router_is_in_the_document_and_nothing_else() {
+        let document = document();
+        let paths = document["paths"].as_object().unwrap();
+        let mut documented: Vec<(String, String)> = paths
+            .iter()
+            .flat_map(|(path, item)| {
+                item.as_object()
+                    .unwrap()
+                    .keys()
+                    .map(move |method| (method.to_uppercase(), path.clone()))
+            })
+            .collect();
+        let mut routed: Vec<(String, String)> = routes()
+            .iter()
+            .map(|r| (r.method.to_string(), r.path.to_string()))
+            .collect();
+        documented.sort();
+        routed.sort();
+        assert_eq!(routed, documented);
+    }
+
+    #[test]
+    fn every_operation_documents_the_answers_any_route_may_give() {
+        let document = document();
+        for (path, item) in document["paths"].as_object().unwrap() {
+            for (method, operation) in item.as_object().unwrap() {
+                for (status, _) in ANY_ROUTE {
+                    let response = &operation["responses"][status];
+                    assert_eq!(
+                        response["content"]["application/json"]["schema"]["$ref"],
+                        "#/components/schemas/ErrorBody",
+                        "{method} {path} {status}"
+                    );
+                }
+                assert!(operation["responses"]["503"]["headers"]
+                    .get("Retry-After")
+                    .is_some());
+            }
+        }
+    }
+
+    #[test]
+    fn the_document_asks_for_exactly_one_of_user_id_and_history_never_null() {
+        let document = document();
+        let body = &document["components"]["schemas"]["RecommendBody"]["allOf"];
+        assert_eq!(body[0]["additionalProperties"], false);
+        let required: Vec<&Value> = body[1]["oneOf"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|alternative| &alternative["required"])
+            .collect();
+        assert_eq!(
+            required,
+            [
+                &serde_json::json!(["user_id"]),
+                &serde_json::json!(["history"])
+            ]
+        );
+        for (name, property) in body[0]["properties"].as_object().unwrap() {
+            assert!(!property.to_string().contains("null"), "{name}: {property}");
+        }
+    }
+
+    #[test]
+    fn the_documented_k_limit_is_the_servers() {
+        let document = document();
+        let body_k =
+            &document["components"]["schemas"]["RecommendBody"]["allOf"][0]["properties"]["k"];
+        assert_eq!(body_k["maximum"], MAX_K);
+        let similar = &document["paths"]["/v1/items/{id}/similar"]["get"]["parameters"];
+        let k = similar
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "k")
+            .unwrap();
+        assert_eq!(k["schema"]["maximum"], MAX_K);
+    }
+
+    #[test]
+    fn the_document_is_openapi_3_1_with_the_kernel_schema() {
+        let document = document();
+        assert_eq!(document["openapi"], "3.1.0");
+        let schemas = &document["components"]["schemas"];
+        assert_eq!(
+            schemas["Recommendations"]["properties"]["kernel"]["$ref"],
+            "#/components/schemas/KernelInfo"
+        );
+        assert_eq!(
+            schemas["KernelInfo"]["required"],
+            serde_json::json!(["name", "hash"])
+        );
+        assert!(schemas["Recommendations"]["properties"]
+            .get("explanations_unavailable")
+            .is_some());
+    }
 }

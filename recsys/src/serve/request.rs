@@ -1,11 +1,59 @@
-//! The body of `POST /v1/recommend`, read field by field so that every error names its field.
+//! The body of `POST /v1/recommend`: [`RecommendBody`] is its wire form, the type the
+//! OpenAPI document is generated from; [`RecommendRequest::parse`] reads a body field by
+//! field so that every error names its field, and takes the names of the fields it accepts
+//! from `RecommendBody`'s schema, so that the parser and the document cannot drift apart.
 
+use std::sync::LazyLock;
+
+use serde::Serialize;
 use serde_json::{Map, Value};
+use utoipa::openapi::{RefOr, Schema};
+use utoipa::PartialSchema;
 
 use super::{ApiError, AppState};
 
-/// The request fields every `POST /v1/recommend` may carry.
-const FIELDS: [&str; 5] = ["user_id", "history", "k", "exclude_seen", "explain"];
+/// What a client sends to `POST /v1/recommend`: exactly one of `user_id` and `history`
+/// (which the document adds, `openapi.rs`); a field is given or left out, never `null`.
+#[derive(Clone, Debug, Default, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RecommendBody {
+    /// A user of the training data; their whole history is used.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub user_id: Option<RawId>,
+    /// Item ids, oldest first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, min_items = 1)]
+    pub history: Option<Vec<RawId>>,
+    /// How many items to recommend.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, minimum = 1, maximum = 100, default = 10)]
+    pub k: Option<u64>,
+    /// Leave out items already in the history.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, default = true)]
+    pub exclude_seen: Option<bool>,
+    /// Add each item's cached RecGPT explanation as `reason` (for a `user_id` whose
+    /// explanations `evokernel recsys enrich` wrote). When some items get none, the answer
+    /// says why in `explanations_unavailable`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, default = false)]
+    pub explain: Option<bool>,
+}
+
+/// A user or item id as the training data spelled it, sent as a string or an integer.
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum RawId {
+    Text(String),
+    Number(i64),
+}
+
+/// The fields of [`RecommendBody`], read from its schema.
+static FIELDS: LazyLock<Vec<String>> = LazyLock::new(|| match RecommendBody::schema() {
+    RefOr::T(Schema::Object(object)) => object.properties.keys().cloned().collect(),
+    _ => Vec::new(),
+});
 
 /// Whom to recommend for and how many.
 #[derive(Clone, Debug, PartialEq)]
@@ -27,20 +75,37 @@ pub enum Who {
 }
 
 /// An id given as a JSON string or integer, as a string.
-fn raw_id(value: &Value, field: &str) -> Result<String, ApiError> {
-    match value {
-        Value::String(s) => Ok(s.clone()),
-        Value::Number(n) if n.is_u64() || n.is_i64() => Ok(n.to_string()),
-        other => Err(ApiError::invalid(
-            field,
-            format!("expected an id (a string or an integer), got {other}"),
-        )),
+/// A JSON number that is a whole number, as JSON Schema's `integer` counts them: `7`, `-7`
+/// and `7.0` alike.
+fn whole(n: &serde_json::Number) -> Option<i128> {
+    if let Some(i) = n.as_i64() {
+        return Some(i.into());
     }
+    if let Some(u) = n.as_u64() {
+        return Some(u.into());
+    }
+    let x = n.as_f64()?;
+    // Within ±2^63 every f64 with no fraction is an exact i64.
+    (x.fract() == 0.0 && x.abs() < 9.2e18).then_some(x as i64 as i128)
+}
+
+fn raw_id(value: &Value, field: &str) -> Result<String, ApiError> {
+    let id = match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => whole(n).map(|i| i.to_string()),
+        _ => None,
+    };
+    id.ok_or_else(|| {
+        ApiError::invalid(
+            field,
+            format!("expected an id (a string or an integer), got {value}"),
+        )
+    })
 }
 
 fn flag(body: &Map<String, Value>, field: &str, default: bool) -> Result<bool, ApiError> {
     match body.get(field) {
-        None | Some(Value::Null) => Ok(default),
+        None => Ok(default),
         Some(Value::Bool(b)) => Ok(*b),
         Some(other) => Err(ApiError::invalid(
             field,
@@ -66,14 +131,20 @@ impl RecommendRequest {
                 "the body must be a JSON object",
             ));
         };
-        if let Some(unknown) = body.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+        if let Some(unknown) = body.keys().find(|k| !FIELDS.contains(k)) {
             return Err(ApiError::invalid(
                 unknown,
                 format!("unknown field; the fields are {}", FIELDS.join(", ")),
             ));
         }
-        let user = body.get("user_id").filter(|v| !v.is_null());
-        let history = body.get("history").filter(|v| !v.is_null());
+        if let Some((field, _)) = body.iter().find(|(_, value)| value.is_null()) {
+            return Err(ApiError::invalid(
+                field,
+                "null is not a value here; leave the field out for its default",
+            ));
+        }
+        let user = body.get("user_id");
+        let history = body.get("history");
         let who = match (user, history) {
             (Some(_), Some(_)) => {
                 return Err(ApiError::invalid(
@@ -111,16 +182,16 @@ impl RecommendRequest {
             }
         };
         let k = match body.get("k") {
-            None | Some(Value::Null) => 10,
-            Some(Value::Number(n)) if n.is_u64() => {
-                usize::try_from(n.as_u64().unwrap_or(u64::MAX)).unwrap_or(usize::MAX)
-            }
-            Some(other) => {
-                return Err(ApiError::invalid(
-                    "k",
-                    format!("expected a positive whole number, got {other}"),
-                ))
-            }
+            None => 10,
+            Some(value) => match value.as_number().and_then(whole).map(usize::try_from) {
+                Some(Ok(k)) => k,
+                _ => {
+                    return Err(ApiError::invalid(
+                        "k",
+                        format!("expected a positive whole number, got {value}"),
+                    ))
+                }
+            },
         };
         Ok(RecommendRequest {
             who,
@@ -152,6 +223,65 @@ impl RecommendRequest {
                     })
                 })
                 .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_parser_reads_every_field_of_the_documented_body() {
+        let body = RecommendBody {
+            user_id: None,
+            history: Some(vec![RawId::Text("a".into()), RawId::Number(7)]),
+            k: Some(3),
+            exclude_seen: Some(false),
+            explain: Some(true),
+        };
+        let bytes = serde_json::to_vec(&body).unwrap();
+        let parsed = RecommendRequest::parse(&bytes).unwrap();
+        assert_eq!(
+            parsed,
+            RecommendRequest {
+                who: Who::History(vec!["a".into(), "7".into()]),
+                k: 3,
+                exclude_seen: false,
+                explain: true,
+            }
+        );
+        let by_user = RecommendBody {
+            user_id: Some(RawId::Number(5)),
+            ..Default::default()
+        };
+        let parsed = RecommendRequest::parse(&serde_json::to_vec(&by_user).unwrap()).unwrap();
+        assert_eq!(parsed.who, Who::User("5".into()));
+        assert_eq!(FIELDS.len(), 5, "{:?}", *FIELDS);
+    }
+
+    #[test]
+    fn whole_numbers_written_with_a_fraction_are_integers_as_json_schema_counts_them() {
+        // Schemathesis sent `{"history": [-72632412.0]}`, a valid integer to JSON Schema.
+        let parsed =
+            RecommendRequest::parse(br#"{"history": [-72632412.0, 5], "k": 3.0}"#).unwrap();
+        assert_eq!(
+            parsed.who,
+            Who::History(vec!["-72632412".into(), "5".into()])
+        );
+        assert_eq!(parsed.k, 3);
+        assert_eq!(
+            RecommendRequest::parse(br#"{"user_id": 18446744073709551615}"#)
+                .unwrap()
+                .who,
+            Who::User("18446744073709551615".into())
+        );
+        for bad in [
+            r#"{"history": [1.5]}"#,
+            r#"{"user_id": 1e300}"#,
+            r#"{"user_id": "a", "k": 2.5}"#,
+        ] {
+            assert!(RecommendRequest::parse(bad.as_bytes()).is_err(), "{bad}");
         }
     }
 }
