@@ -1,7 +1,7 @@
 //! Reading a GGUF file with errors that name the file and the key or tensor at fault.
 
 use std::fs::File;
-use std::io::BufReader;
+use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use candle_core::quantized::gguf_file::{Content, Value};
@@ -35,6 +35,18 @@ impl GgufFile {
             path: path.to_path_buf(),
             reason,
         };
+        // candle-core divides by the declared alignment, so a zero would panic inside it.
+        if declares_zero_alignment(&mut reader, file_len) {
+            return Err(bad(
+                "`general.alignment` is 0; it must be a positive number of bytes".into(),
+            ));
+        }
+        reader
+            .seek(SeekFrom::Start(0))
+            .map_err(|source| Error::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
         let content = Content::read(&mut reader).map_err(|e| bad(e.to_string()))?;
         // A truncated download still has a whole header; catch it here rather than at the
         // first missing tensor, many seconds into loading.
@@ -232,4 +244,140 @@ impl GgufFile {
 pub fn tensor_bytes(dtype: GgmlDType, dims: &[usize]) -> Option<usize> {
     let elems = dims.iter().try_fold(1usize, |n, &d| n.checked_mul(d))?;
     (elems / dtype.block_size()).checked_mul(dtype.type_size())
+}
+
+/// Whether the header's last `general.alignment` is an integer 0 (the value candle-core's
+/// parser would divide by). Walks the metadata as that parser reads it; where the header
+/// breaks off or is malformed it answers false and leaves the error to the parser.
+fn declares_zero_alignment(reader: &mut impl Read, file_len: u64) -> bool {
+    let mut walk = HeaderWalk {
+        reader,
+        left: file_len,
+        wide: true,
+    };
+    walk.zero_alignment().unwrap_or(false)
+}
+
+/// A cursor over a GGUF header that never reads past the file's end.
+struct HeaderWalk<'a, R> {
+    reader: &'a mut R,
+    left: u64,
+    /// Lengths are u64 from GGUF v2 on, u32 in v1.
+    wide: bool,
+}
+
+impl<R: Read> HeaderWalk<'_, R> {
+    fn zero_alignment(&mut self) -> Option<bool> {
+        let magic = self.u32()?;
+        if magic != 0x4655_4747 && magic != 0x4747_5546 {
+            return None;
+        }
+        self.wide = match self.u32()? {
+            1 => false,
+            2 | 3 => true,
+            _ => return None,
+        };
+        let _tensor_count = self.length()?;
+        let metadata_count = self.length()?;
+        let mut zero = false;
+        for _ in 0..metadata_count {
+            let mut key = self.string()?;
+            let value_type = self.u32()?;
+            let integer = self.value(value_type, 0)?;
+            // The parser drops a key's trailing NULs; a later duplicate replaces an earlier one.
+            while key.last() == Some(&0) {
+                key.pop();
+            }
+            if key == b"general.alignment" {
+                zero = integer == Some(0);
+            }
+        }
+        Some(zero)
+    }
+
+    fn take<const N: usize>(&mut self) -> Option<[u8; N]> {
+        let mut bytes = [0; N];
+        self.skip_into(&mut bytes)?;
+        Some(bytes)
+    }
+
+    fn skip_into(&mut self, bytes: &mut [u8]) -> Option<()> {
+        self.left = self.left.checked_sub(bytes.len() as u64)?;
+        self.reader.read_exact(bytes).ok()
+    }
+
+    fn u32(&mut self) -> Option<u32> {
+        self.take().map(u32::from_le_bytes)
+    }
+
+    fn length(&mut self) -> Option<u64> {
+        if self.wide {
+            self.take().map(u64::from_le_bytes)
+        } else {
+            self.u32().map(u64::from)
+        }
+    }
+
+    fn skip(&mut self, n: u64) -> Option<()> {
+        self.left = self.left.checked_sub(n)?;
+        let copied = std::io::copy(&mut self.reader.by_ref().take(n), &mut std::io::sink()).ok()?;
+        (copied == n).then_some(())
+    }
+
+    fn string(&mut self) -> Option<Vec<u8>> {
+        let len = self.length()?;
+        if len > self.left {
+            return None;
+        }
+        let mut bytes = vec![0; len as usize];
+        self.skip_into(&mut bytes)?;
+        Some(bytes)
+    }
+
+    /// Reads past one value of GGUF type `value_type`; the value of the integer types the
+    /// parser takes as an alignment (8- to 32-bit) comes back.
+    fn value(&mut self, value_type: u32, depth: usize) -> Option<Option<i64>> {
+        let integer = match value_type {
+            0 => i64::from(self.take::<1>()?[0]),
+            1 => i64::from(i8::from_le_bytes(self.take()?)),
+            2 => i64::from(u16::from_le_bytes(self.take()?)),
+            3 => i64::from(i16::from_le_bytes(self.take()?)),
+            4 => i64::from(self.u32()?),
+            5 => i64::from(i32::from_le_bytes(self.take()?)),
+            8 => {
+                let len = self.length()?;
+                self.skip(len)?;
+                return Some(None);
+            }
+            9 if depth <= 64 => {
+                let element_type = self.u32()?;
+                let count = self.length()?;
+                match fixed_size(element_type) {
+                    Some(size) => self.skip(count.checked_mul(size)?)?,
+                    None => {
+                        for _ in 0..count {
+                            self.value(element_type, depth + 1)?;
+                        }
+                    }
+                }
+                return Some(None);
+            }
+            other => {
+                self.skip(fixed_size(other)?)?;
+                return Some(None);
+            }
+        };
+        Some(Some(integer))
+    }
+}
+
+/// Bytes of one value of a fixed-size GGUF type; `None` for strings, arrays and unknown types.
+fn fixed_size(value_type: u32) -> Option<u64> {
+    match value_type {
+        0 | 1 | 7 => Some(1),
+        2 | 3 => Some(2),
+        4..=6 => Some(4),
+        10..=12 => Some(8),
+        _ => None,
+    }
 }

@@ -8,6 +8,7 @@ use std::path::Path;
 use candle_core::quantized::gguf_file::{Content, Value};
 use common::{write_model, ScratchFile, Spec, TinyGguf, VOCAB};
 use kernels::generate::{generate, GenerateOptions, Sampling};
+use kernels::gguf::GgufFile;
 use kernels::{Error, Logits, Model};
 
 fn load_error(path: &Path) -> Error {
@@ -96,6 +97,40 @@ fn corrupt_file_is_rejected() {
             assert!(error.to_string().contains("`token_embd.weight`"), "{error}");
         }
     }
+}
+
+/// Found by `scripts/fuzz` (target `gguf`): candle-core's parser divides by
+/// `general.alignment`, so a zero there panicked inside `GgufFile::open`.
+#[test]
+fn zero_alignment_is_rejected_not_a_panic() {
+    let crash = ScratchFile::with_bytes(
+        "zero-alignment.gguf",
+        include_bytes!("fuzz/gguf-zero-alignment.gguf"),
+    );
+    let error = GgufFile::open(&crash)
+        .err()
+        .expect("a zero alignment is refused");
+    assert_bad_gguf(&error, &crash);
+    assert!(
+        error.to_string().contains("`general.alignment` is 0"),
+        "{error}"
+    );
+
+    // A whole model: the walk passes its tokenizer's string arrays before the key.
+    for value in [Value::U32(0), Value::U8(0), Value::I16(0)] {
+        let mut gguf = TinyGguf::new(&Spec::llama());
+        gguf.set("general.alignment", value);
+        let path = gguf.write("zero-alignment-model");
+        let error = load_error(&path);
+        assert_bad_gguf(&error, &path);
+        assert!(
+            error.to_string().contains("`general.alignment` is 0"),
+            "{error}"
+        );
+    }
+    let mut gguf = TinyGguf::new(&Spec::llama());
+    gguf.set("general.alignment", Value::U32(32));
+    assert!(Model::load(&gguf.write("alignment-32")).is_ok());
 }
 
 #[test]
