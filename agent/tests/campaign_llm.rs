@@ -215,7 +215,10 @@ fn an_llm_campaign_records_its_calls_and_replays_without_the_model() {
     // call diverged (below).
     let linked =
         |calls: &[agent::db::LlmCall]| calls.iter().filter(|c| c.program_id.is_some()).count();
-    assert!(linked(&replay_calls) > 0, "the replay's calls made programs");
+    assert!(
+        linked(&replay_calls) > 0,
+        "the replay's calls made programs"
+    );
     assert!(
         linked(&replay_calls) <= linked(&calls),
         "the replay linked calls the recording never made"

@@ -396,9 +396,15 @@ fn cheat(tries: &'static str, source: &str, stage: Stage, phrase: &'static str) 
 /// what to fix. (The hand-made run-time kernels have tests of their own above.)
 #[test]
 fn the_cheat_bank_is_stopped_at_the_right_stages() {
-    let params: String = (0..33).map(|i| format!("(param p{i} int 1 (0 8))")).collect();
-    let comparisons: String = (0..33).map(|i| format!(" (> kv (- q {}))", 100 + i)).collect();
-    let overrides: String = (0..33).map(|i| format!("(layers (list {i}) window)")).collect();
+    let params: String = (0..33)
+        .map(|i| format!("(param p{i} int 1 (0 8))"))
+        .collect();
+    let comparisons: String = (0..33)
+        .map(|i| format!(" (> kv (- q {}))", 100 + i))
+        .collect();
+    let overrides: String = (0..33)
+        .map(|i| format!("(layers (list {i}) window)"))
+        .collect();
     let huge = "(* (* 16777216 16777216) 16777216)";
     let bank = [
         // Size: every limit holds before any proof or allocation.
@@ -608,7 +614,10 @@ fn a_kernel_that_cheats_only_past_the_scored_rows_gains_nothing() {
     assert!(e.passed, "{}", e.feedback);
     assert!(e.metrics["kl_max_mean"] < 1e-3);
     let held = e.metrics["kv_bytes_held_ratio"];
-    assert!(held > 0.99, "the cost model prices an emptied cache: {held}");
+    assert!(
+        held > 0.99,
+        "the cost model prices an emptied cache: {held}"
+    );
     let measured = e.metrics["kv_bytes_held_measured_ratio"];
     assert!(measured > 0.99, "the measured cache is empty: {measured}");
     assert!(e.metrics["flops_reduction"] <= 1.0, "{:?}", e.metrics);

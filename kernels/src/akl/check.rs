@@ -356,7 +356,7 @@ fn check_rule(
             reason,
         })?;
         let bound = compiled.term.magnitude_bound();
-        if !(bound <= MAX_SCORE_MAGNITUDE) {
+        if bound.is_nan() || bound > MAX_SCORE_MAGNITUDE {
             return fail(
                 clause("score"),
                 format!(
