@@ -85,8 +85,12 @@ fn whole(n: &serde_json::Number) -> Option<i128> {
         return Some(u.into());
     }
     let x = n.as_f64()?;
+    // serde_json reads some decimals one unit in the last place off (-2047385396778105.0 as
+    // -2047385396778104.75): within that of a whole number counts as the whole number.
+    let rounded = x.round();
+    let whole = (x - rounded).abs() <= x.abs() * f64::EPSILON;
     // Within ±2^63 every f64 with no fraction is an exact i64.
-    (x.fract() == 0.0 && x.abs() < 9.2e18).then_some(x as i64 as i128)
+    (whole && rounded.abs() < 9.2e18).then_some(rounded as i64 as i128)
 }
 
 fn raw_id(value: &Value, field: &str) -> Result<String, ApiError> {
@@ -270,6 +274,9 @@ mod tests {
             Who::History(vec!["-72632412".into(), "5".into()])
         );
         assert_eq!(parsed.k, 3);
+        // And `[-2047385396778105.0]`, which serde_json reads a quarter off.
+        let parsed = RecommendRequest::parse(br#"{"history": [-2047385396778105.0]}"#).unwrap();
+        assert_eq!(parsed.who, Who::History(vec!["-2047385396778105".into()]));
         assert_eq!(
             RecommendRequest::parse(br#"{"user_id": 18446744073709551615}"#)
                 .unwrap()
