@@ -69,7 +69,11 @@ impl RecommendRequest {
         if let Some(unknown) = body.keys().find(|k| !FIELDS.contains(&k.as_str())) {
             return Err(ApiError::invalid(
                 unknown,
-                format!("unknown field; the fields are {}", FIELDS.join(", ")),
+                format!(
+                    "unknown field {}; the fields are {}",
+                    Value::from(unknown.as_str()),
+                    FIELDS.join(", ")
+                ),
             ));
         }
         let user = body.get("user_id").filter(|v| !v.is_null());
