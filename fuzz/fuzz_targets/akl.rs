@@ -22,6 +22,10 @@ fuzz_target!(|bytes: &[u8]| {
     let canonical = checked.program.canonical_text();
     let again = akl::parse_and_check(&canonical)
         .unwrap_or_else(|e| panic!("canonical text does not parse: {e}\n{canonical}"));
-    assert_eq!(again.program.canonical_text(), canonical, "printing is not stable");
+    assert_eq!(
+        again.program.canonical_text(),
+        canonical,
+        "printing is not stable"
+    );
     let _ = akl::cost(&checked, &SHAPE, 48);
 });

@@ -54,6 +54,14 @@ impl GgufFile {
             let dims = info.shape.dims();
             let bytes = tensor_bytes(info.ggml_dtype, dims)
                 .ok_or_else(|| bad(format!("tensor `{name}` has impossible dims {dims:?}")))?;
+            // candle-core reads a tensor into a byte buffer and views it as blocks; an empty
+            // buffer's dangling pointer is not aligned for them.
+            if bytes == 0 {
+                return Err(bad(format!(
+                    "tensor `{name}` holds no data: dims {dims:?} in {:?}",
+                    info.ggml_dtype
+                )));
+            }
             let end = content
                 .tensor_data_offset
                 .saturating_add(info.offset)

@@ -133,6 +133,24 @@ fn zero_alignment_is_rejected_not_a_panic() {
     assert!(Model::load(&gguf.write("alignment-32")).is_ok());
 }
 
+/// Found by `scripts/fuzz` (target `gguf`): a tensor of dims `[0, 0]` passed the size check,
+/// and reading it had candle-core view an empty buffer, whose pointer is not aligned for `f32`.
+#[test]
+fn tensor_without_data_is_rejected() {
+    let crash = ScratchFile::with_bytes(
+        "empty-tensor.gguf",
+        include_bytes!("fuzz/gguf-empty-tensor.gguf"),
+    );
+    let error = GgufFile::open(&crash)
+        .err()
+        .expect("an empty tensor is refused");
+    assert_bad_gguf(&error, &crash);
+    assert!(
+        error.to_string().contains("holds no data: dims [0, 0]"),
+        "{error}"
+    );
+}
+
 #[test]
 fn unknown_architecture_is_named_with_the_supported_ones() {
     let mut gguf = TinyGguf::new(&Spec::llama());

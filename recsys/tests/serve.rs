@@ -205,6 +205,34 @@ async fn empty_history_is_a_422_naming_history() {
     }
 }
 
+/// Found by `scripts/fuzz` (target `recommend_request`): an unknown key that is the empty
+/// string was refused with an empty `field` and a message that did not say which key it was.
+#[tokio::test]
+async fn an_empty_unknown_key_is_named_in_the_message() {
+    let base = start().await;
+    let crash: &[u8] = br#"{"277resu_id": null, "k0story": [1], "": 19}"#;
+    let got = post(&base, crash.to_vec()).await;
+    let message = got.1["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        message.starts_with(r#"unknown field ""; the fields are"#),
+        "{message}"
+    );
+    assert_error(&base, got, StatusCode::UNPROCESSABLE_ENTITY, "").await;
+    let got = post(
+        &base,
+        json!({"user_id": "bob", "histroy": ["100"]}).to_string(),
+    )
+    .await;
+    let message = got.1["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with(r#"unknown field "histroy""#),
+        "{message}"
+    );
+}
+
 #[tokio::test]
 async fn malformed_json_is_a_400_naming_the_body() {
     let base = start().await;

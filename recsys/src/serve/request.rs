@@ -138,7 +138,11 @@ impl RecommendRequest {
         if let Some(unknown) = body.keys().find(|k| !FIELDS.contains(k)) {
             return Err(ApiError::invalid(
                 unknown,
-                format!("unknown field; the fields are {}", FIELDS.join(", ")),
+                format!(
+                    "unknown field {}; the fields are {}",
+                    Value::from(unknown.as_str()),
+                    FIELDS.join(", ")
+                ),
             ));
         }
         if let Some((field, _)) = body.iter().find(|(_, value)| value.is_null()) {
