@@ -20,9 +20,10 @@ use serde_json::{json, Value};
 
 /// A stand-in for a model: deterministic in the prompt, so that a replay asks the same
 /// questions. Research gets a proposal; a code prompt gets prose with no program for some
-/// prompts (a debug round must follow) and a library program for others; the first research
-/// prompt gets an HTTP 400, which the client does not retry (a replay reads the recording,
-/// so this need not follow from the prompt).
+/// prompts (a debug round must follow) and a library program for others; a third of the
+/// research prompts get an HTTP 400, which the client does not retry. Every answer follows
+/// from the prompt alone: two jobs may ask the same question at once, and a replay must be
+/// able to give each the answer it got.
 async fn chat(Json(body): Json<Value>) -> (StatusCode, String) {
     let user = body["messages"][1]["content"].as_str().unwrap_or_default();
     let digest = user
@@ -34,9 +35,7 @@ async fn chat(Json(body): Json<Value>) -> (StatusCode, String) {
         library::source(name).unwrap()
     };
     let text = if user.contains("PROPOSAL:") {
-        static REFUSED_ONE: std::sync::atomic::AtomicBool =
-            std::sync::atomic::AtomicBool::new(false);
-        if !REFUSED_ONE.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        if digest % 3 == 0 {
             return (
                 StatusCode::BAD_REQUEST,
                 "{\"error\": \"model overloaded\"}".into(),
