@@ -5,7 +5,8 @@
 #[path = "db_common/mod.rs"]
 mod db_common;
 
-use std::process::Command;
+use std::path::Path;
+use std::process::{Command, Output};
 
 use agent::db::Db;
 use agent::llm::extract::extract_program;
@@ -42,16 +43,29 @@ debug_retries = 1
 evaluations = 6
 "#;
 
+/// `evokernel campaign run CONFIG` in `dir`, on `dir`'s `evokernel.db`.
+fn run_campaign(dir: &Path, config: &str) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_evokernel"))
+        .args(["--db", "evokernel.db", "campaign", "run", config])
+        .current_dir(dir)
+        .output()
+        .unwrap()
+}
+
+fn block_on(body: impl std::future::Future<Output = ()>) {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(body)
+}
+
 #[test]
 fn a_drop_in_campaign_with_an_in_process_model_finishes_and_records_everything() {
     assets::SMOLLM2.require().unwrap_or_else(|e| panic!("{e}"));
     let dir = ScratchDir::new("campaign-drop-in");
     std::fs::write(dir.path().join("tiny.toml"), CONFIG).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_evokernel"))
-        .args(["--db", "evokernel.db", "campaign", "run", "tiny.toml"])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
+    let out = run_campaign(dir.path(), "tiny.toml");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -60,44 +74,40 @@ fn a_drop_in_campaign_with_an_in_process_model_finishes_and_records_everything()
     );
     assert!(stdout.contains("campaign tiny: finished"), "{stdout}");
 
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(async {
-            let db = Db::open_existing(&dir.db()).await.unwrap();
-            let campaign = db.campaign_by_name("tiny").await.unwrap();
-            let evaluations = db.campaign_evaluations(campaign.id).await.unwrap();
-            assert_eq!(evaluations.len(), 6);
-            let seed = &evaluations[0].evaluation;
-            assert!(seed.passed, "the seed passes: {}", seed.feedback);
-            for e in &evaluations {
-                let e = &e.evaluation;
-                assert_eq!(e.task, "drop-in");
-                if e.passed {
-                    assert!(e.metrics["kl_max_mean"] <= 0.1);
-                    assert!(e.metrics.contains_key("attention_speedup"));
-                    assert!(e.score.unwrap() > 0.0);
-                }
+    block_on(async {
+        let db = Db::open_existing(&dir.db()).await.unwrap();
+        let campaign = db.campaign_by_name("tiny").await.unwrap();
+        let evaluations = db.campaign_evaluations(campaign.id).await.unwrap();
+        assert_eq!(evaluations.len(), 6);
+        let seed = &evaluations[0].evaluation;
+        assert!(seed.passed, "the seed passes: {}", seed.feedback);
+        for e in &evaluations {
+            let e = &e.evaluation;
+            assert_eq!(e.task, "drop-in");
+            if e.passed {
+                assert!(e.metrics["kl_max_mean"] <= 0.1);
+                assert!(e.metrics.contains_key("attention_speedup"));
+                assert!(e.score.unwrap() > 0.0);
             }
-            let calls = db.campaign_llm_calls(campaign.id).await.unwrap();
-            assert!(
-                calls.iter().any(|c| c.stage == "research"),
-                "the local model was asked"
-            );
-            for call in calls.iter().filter(|c| c.stage != "research") {
-                let response = call.response.as_deref().expect("a local call answers");
-                assert!(call.params_json.contains("\"akl_grammar\":true"));
-                // Constrained decoding: a reply is a prefix of one AKL program, and a
-                // complete one parses.
-                if let Ok(program) = extract_program(response) {
-                    kernels::akl::parse(program).unwrap_or_else(|e| {
-                        panic!("a complete constrained reply must parse: {e}\n{response}")
-                    });
-                }
+        }
+        let calls = db.campaign_llm_calls(campaign.id).await.unwrap();
+        assert!(
+            calls.iter().any(|c| c.stage == "research"),
+            "the local model was asked"
+        );
+        for call in calls.iter().filter(|c| c.stage != "research") {
+            let response = call.response.as_deref().expect("a local call answers");
+            assert!(call.params_json.contains("\"akl_grammar\":true"));
+            // Constrained decoding: a reply is a prefix of one AKL program, and a
+            // complete one parses.
+            if let Ok(program) = extract_program(response) {
+                kernels::akl::parse(program).unwrap_or_else(|e| {
+                    panic!("a complete constrained reply must parse: {e}\n{response}")
+                });
             }
-            db.close().await.unwrap();
-        });
+        }
+        db.close().await.unwrap();
+    });
 }
 
 /// Evaluations run in worker processes under the task's time limit: one that runs past it is
@@ -122,35 +132,27 @@ fn an_evaluation_past_its_time_limit_is_stopped_and_recorded_as_a_timeout() {
             "[mutators.local_llm]\nweight = 0.0",
         );
     std::fs::write(dir.path().join("slow.toml"), config).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_evokernel"))
-        .args(["--db", "evokernel.db", "campaign", "run", "slow.toml"])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
+    let out = run_campaign(dir.path(), "slow.toml");
     // The only seed is stopped, so there is nothing to mutate: the campaign says so.
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("stopped at timeout"), "{stderr}");
     assert!(stderr.contains("no seed program passed"), "{stderr}");
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(async {
-            let db = Db::open_existing(&dir.db()).await.unwrap();
-            let campaign = db.campaign_by_name("slow").await.unwrap();
-            let evaluations = db.campaign_evaluations(campaign.id).await.unwrap();
-            assert_eq!(evaluations.len(), 1);
-            for e in &evaluations {
-                let e = &e.evaluation;
-                assert_eq!(e.stage_reached, evaluator::Stage::Timeout, "{}", e.feedback);
-                assert!(!e.passed && e.score.is_none());
-                assert!(e.feedback.contains("limit of 2 s"), "{}", e.feedback);
-                let seconds = e.seconds();
-                assert!((2.0..3.0).contains(&seconds), "stopped after {seconds} s");
-            }
-            db.close().await.unwrap();
-        });
+    block_on(async {
+        let db = Db::open_existing(&dir.db()).await.unwrap();
+        let campaign = db.campaign_by_name("slow").await.unwrap();
+        let evaluations = db.campaign_evaluations(campaign.id).await.unwrap();
+        assert_eq!(evaluations.len(), 1);
+        for e in &evaluations {
+            let e = &e.evaluation;
+            assert_eq!(e.stage_reached, evaluator::Stage::Timeout, "{}", e.feedback);
+            assert!(!e.passed && e.score.is_none());
+            assert!(e.feedback.contains("limit of 2 s"), "{}", e.feedback);
+            let seconds = e.seconds();
+            assert!((2.0..3.0).contains(&seconds), "stopped after {seconds} s");
+        }
+        db.close().await.unwrap();
+    });
     // The campaign's process has exited: so have its workers.
     let workers = std::fs::read_dir("/proc")
         .unwrap()
