@@ -172,8 +172,8 @@ fn default_evaluation_timeout() -> f64 {
     1800.0
 }
 
-/// The evaluator's tasks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// The evaluator's tasks (also `evokernel eval --task`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 pub enum TaskName {
     /// The kernel replaces attention in a pretrained model.
     #[serde(rename = "drop-in")]

@@ -1,9 +1,8 @@
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use agent::campaign::TaskConfig;
+use agent::campaign::{TaskConfig, TaskName};
 use agent::engine::run::{task_for, worker_command};
 use evaluator::config::EvaluatorConfig;
 use evaluator::worker::{self, Isolated};
@@ -58,15 +57,7 @@ pub fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     };
     let stdout = std::io::stdout();
     worker::serve(build, std::io::stdin().lock(), stdout.lock())?;
-    stdout.lock().flush()?;
     Ok(())
-}
-
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum TaskName {
-    DropIn,
-    Recsys,
-    Command,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -75,12 +66,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Some(path) => EvaluatorConfig::load(path)?,
         None => EvaluatorConfig::default(),
     };
-    let name = match args.task {
-        TaskName::DropIn => agent::campaign::TaskName::DropIn,
-        TaskName::Recsys => agent::campaign::TaskName::Recsys,
-        TaskName::Command => agent::campaign::TaskName::Command,
-    };
-    if matches!(args.task, TaskName::Command) && evaluator.command.is_none() {
+    let name = args.task;
+    if name == TaskName::Command && evaluator.command.is_none() {
         anyhow::bail!("--task command needs --config FILE with a [command] section");
     }
     // `eval.toml` has the parent "", which means the current directory.
